@@ -1,0 +1,40 @@
+"""Command line: ``fusedssl train --config RECIPE [--set section.key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fusedssl", description="Self-supervised pretraining with fused objectives")
+    sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="pretrain a network from a recipe in configs/")
+    tr.add_argument("--config", required=True, help="YAML recipe (overrides of the defaults in engine/config.py)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="override one config value, e.g. --set optim.base_lr=0.3 (repeatable)")
+    tr.add_argument("--resume", default=None, help="'auto' (newest valid checkpoint of the run) or a path")
+    args = parser.parse_args(argv)
+
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append(f"checkpoint.resume={args.resume}")
+    try:
+        cfg = config.load(args.config, overrides)
+    except config.ConfigError as e:
+        print(f"fusedssl: config error: {e}", file=sys.stderr)
+        return 2
+    from . import train  # imported late: config errors are reported without importing torch
+
+    try:
+        train.main(cfg)
+    except (config.ConfigError, ValueError) as e:
+        print(f"fusedssl: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Optimiser stage: parameter groups, SGD / LARS / AdamW, and per-step schedule arrays (lr, EMA momentum).
+
+Parameters with ndim == 1 (biases, BatchNorm weights; torchvision's ``downsample.1`` included) get no weight decay and,
+under LARS, no trust-ratio adaptation: excluded by ndim, never by name (a name filter misses ``downsample.1``).
+LARS here is a multi-tensor update with no host synchronisation: the trust ratios are computed on the device with
+``torch.where`` for all tensors at once (solo-learn's LARS syncs per parameter with a Python ``if`` on GPU norms).
+Schedules are arrays indexed by the global step (DINO style): linear warm-up from 0, then cosine to
+``min_lr_ratio`` x peak; the EMA momentum follows 1 - (1 - base)(1 + cos(pi k / K)) / 2 (BYOL / Matrix-SSL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratio eta * ||w|| / ||g + wd w|| for groups with ``lars=True``."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["lars"]:
+                wn = torch.stack(torch._foreach_norm(params))
+                gn = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where((wn > 0) & (gn > 0), group["eta"] * wn / gn, torch.ones_like(wn))
+                grads = torch._foreach_mul(grads, list(trust.unbind()))
+            bufs = []
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "lars": True},
+            {"params": no_decay, "weight_decay": 0.0, "lars": False}]
+
+
+@dataclass
+class Schedules:
+    lr: np.ndarray          # per step
+    ema: np.ndarray         # per step (teacher momentum tau)
+
+
+def schedules(cfg, *, peak_lr: float, total_steps: int, steps_per_epoch: int, ema_base: float, ema_schedule: str
+              ) -> Schedules:
+    warm = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps)
+    lr = np.empty(total_steps)
+    lr[:warm] = peak_lr * np.arange(warm) / max(warm, 1)
+    rest = total_steps - warm
+    floor = cfg.min_lr_ratio * peak_lr
+    k = np.arange(rest)
+    lr[warm:] = floor + (peak_lr - floor) * 0.5 * (1 + np.cos(np.pi * k / max(rest, 1)))
+    k = np.arange(total_steps)
+    if ema_schedule == "cosine":
+        ema = 1 - (1 - ema_base) * (np.cos(np.pi * k / max(total_steps, 1)) + 1) / 2
+    else:
+        ema = np.full(total_steps, ema_base)
+    return Schedules(lr=lr, ema=ema)
+
+
+def build(cfg, model: torch.nn.Module, *, batch_size: int, total_steps: int, steps_per_epoch: int, ema_base: float,
+          ema_schedule: str) -> tuple[torch.optim.Optimizer, Schedules]:
+    """Optimiser and schedules from the ``optim`` section; lr = base_lr * batch_size / 256 under linear scaling."""
+    peak = cfg.base_lr * (batch_size / 256 if cfg.lr_scaling == "linear" else 1.0)
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name == "sgd":
+        opt = torch.optim.SGD(groups, lr=peak, momentum=cfg.momentum, foreach=True)
+    elif cfg.name == "lars":
+        opt = LARS(groups, lr=peak, momentum=cfg.momentum, eta=cfg.lars_eta)
+    else:
+        opt = torch.optim.AdamW(groups, lr=peak, foreach=True)
+    sched = schedules(cfg, peak_lr=peak, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                      ema_base=ema_base, ema_schedule=ema_schedule)
+    return opt, sched
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr

@@ -1,0 +1,75 @@
+"""Backend registry: which implementation serves each public op.
+
+Every public op in ``fusedssl.kernels`` takes ``backend="auto" | "torch" | "triton" | "cuda"``. Family files register
+their implementations here by (op, backend) at import time; the public function validates its inputs once and then
+calls ``dispatch``. ``"torch"`` is always the plain-PyTorch reference ``<op>_ref``, so "kernels off" is simply
+``backend="torch"``. ``"auto"`` picks ``"torch"`` for CPU tensors and the first registered entry of the op's preference
+list for CUDA tensors. Asking for a backend that has no implementation raises ``BackendUnavailable`` with the reason
+and the fix; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+BACKENDS: tuple[str, ...] = ("torch", "triton", "cuda")
+# Preference on CUDA devices when backend="auto"; benchmarks in bench/results/ decide the order.
+_CUDA_PREFERENCE: tuple[str, ...] = ("cuda", "triton", "torch")
+
+_REGISTRY: dict[str, dict[str, Callable]] = {}
+
+# Why a backend may be missing for an op, keyed by backend: shown in BackendUnavailable messages.
+_WHY_MISSING = {
+    "triton": "the Triton kernels for this op are not in this version of fusedssl (they arrive with issue #3)",
+    "cuda": (
+        "the CUDA C++ extension fusedssl.kernels._C does not provide this op in this version "
+        "(the csrc/ kernels arrive with issue #4; build them with FUSEDSSL_BUILD_CUDA=1 pip install "
+        "--no-build-isolation -e .)"
+    ),
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run this op here; the message says why and how to fix it."""
+
+
+def register(op: str, backend: str) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as the ``backend`` implementation of the public op ``op``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"register: backend={backend!r} is not one of {BACKENDS}")
+
+    def wrap(fn: Callable) -> Callable:
+        _REGISTRY.setdefault(op, {})[backend] = fn
+        return fn
+
+    return wrap
+
+
+def available(op: str) -> list[str]:
+    """Backends that have an implementation of ``op`` in this installation."""
+    return [b for b in BACKENDS if b in _REGISTRY.get(op, {})]
+
+
+def resolve(op: str, backend: str, device: torch.device) -> str:
+    """Return the concrete backend name that serves ``op`` for tensors on ``device``."""
+    if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
+        raise ValueError(f"backend={backend!r} is not one of 'auto', " + ", ".join(repr(b) for b in BACKENDS))
+    impls = _REGISTRY.get(op)
+    if not impls:
+        raise KeyError(f"no op named {op!r} is registered")
+    if backend == "auto":
+        if device.type != "cuda":
+            return "torch"
+        return next(b for b in _CUDA_PREFERENCE if b in impls)
+    if backend not in impls:
+        raise BackendUnavailable(f"backend={backend!r} cannot run {op}: {_WHY_MISSING[backend]}. Use backend='torch'.")
+    if backend == "cuda" and device.type != "cuda":
+        raise BackendUnavailable(f"backend='cuda' cannot run {op} on a {device.type} tensor: move the inputs to a GPU")
+    return backend
+
+
+def dispatch(op: str, backend: str, device: torch.device) -> Callable:
+    """The callable implementing ``op`` for ``backend`` on ``device``."""
+    return _REGISTRY[op][resolve(op, backend, device)]

@@ -1,0 +1,174 @@
+"""Covariance objectives: Barlow Twins, its HSIC variant (Tsai et al.), and VICReg (methods.md §5, §7, §16.2).
+
+Efficient formulation (what the reference computes; the Triton/CUDA kernels of issues #3/#4 fuse the same algebra):
+  * Barlow Twins with a general off-diagonal target t (t = 0: Zbontar et al.; t = -1: the HSIC variant):
+        L = sum_i (1 - c_ii)^2 + lam * [ sum_{i!=j} c_ij^2 - 2 t (1'c1 - tr c) + t^2 D (D-1) ]
+    with c = Za'Zb / N. The diagonal needs only sum_n za_ni zb_ni (O(ND)), the sum of all entries only the per-sample
+    row sums (1'c1 = (Za 1)'(Zb 1) / N), and ||c||_F^2 comes from whichever side is smaller:
+        ||Za'Zb||_F^2 = <Za Za', Zb Zb'>       (N x N Grams when N < D)
+    so D x D memory is never needed when N < D (e.g. N = 256, D = 8192).
+  * VICReg: C = X~'X~ / (N-1) per view, ||C||_F^2 again from the smaller side, diag C = unbiased variances.
+
+Distributed semantics (how engine/methods.py calls these; methods.md §13):
+  * Barlow Twins / HSIC: computed on the all-gathered batch of both views, redundantly on every rank (equivalent to
+    official BT with SyncBN statistics; exact global-batch gradients with a gradient-preserving gather).
+  * VICReg: invariance on the local rows; variance and covariance on the all-gathered batch.
+All losses are computed in float32 (float64 for float64 inputs) outside autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _backend
+from ._checks import check_choice, check_embeddings, check_number, check_pair, full_precision
+from .normalize import col_normalize_ref, row_normalize_ref
+
+BT_NORMALIZE = ("bn", "tsai", "none")
+
+
+def frob2_cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||a' b||_F^2 for a, b of shape (N, D), evaluated on the D x D or the N x N side, whichever is smaller."""
+    n, d = a.shape
+    if d <= n:
+        return (a.T @ b).pow(2).sum()
+    if b is a:
+        return (a @ a.T).pow(2).sum()
+    return ((a @ a.T) * (b @ b.T)).sum()
+
+
+# ----------------------------------------------------------------------------------------------------- Barlow Twins
+
+
+def barlow_twins_loss(za: torch.Tensor, zb: torch.Tensor, *, lam: float = 0.0051, normalize: str = "bn",
+                      off_diagonal_target: float = 0.0, backend: str = "auto", check_finite: bool = True
+                      ) -> torch.Tensor:
+    """Barlow Twins redundancy-reduction loss, with the HSIC variant as ``off_diagonal_target=-1``.
+
+    ``L = sum_i (1 - c_ii)^2 + lam * sum_{i != j} (c_ij - t)^2``,  ``c = Za^ ' Zb^ / N`` (methods.md §5).
+
+    Args:
+        za, zb: (N, D) projector outputs of the two views (raw; normalised here).
+        lam: off-diagonal weight. Official BT code: 0.0051; Tsai's HSIC runs: 1/128.
+        normalize: ``"bn"``: per-column (z - mean)/sqrt(biased var + 1e-5), as BT's affine-free BatchNorm;
+            ``"tsai"``: row L2 then per-column unbiased standardisation (Barlow-Twins-HSIC repository);
+            ``"none"``: use the inputs as they are.
+        off_diagonal_target: t; 0 for Barlow Twins, -1 for the HSIC variant.
+        backend: "auto" | "torch" | "triton" | "cuda".
+        check_finite: raise on NaN/Inf inputs (reads the tensors).
+
+    Returns:
+        Scalar loss, float32 (float64 for float64 inputs). Computed on the batch passed in: pass the all-gathered
+        batch under DDP (engine/methods.py does) to get the global-batch value and gradient.
+    """
+    check_pair("za", za, "zb", zb, check_finite=check_finite)
+    check_number("lam", lam, low=0.0)
+    check_choice("normalize", normalize, BT_NORMALIZE)
+    check_number("off_diagonal_target", off_diagonal_target)
+    return _backend.dispatch("barlow_twins_loss", backend, za.device)(za, zb, lam, normalize, off_diagonal_target)
+
+
+def _bt_normalize(z: torch.Tensor, normalize: str) -> torch.Tensor:
+    if normalize == "bn":
+        return col_normalize_ref(z, "bn")
+    if normalize == "tsai":
+        return col_normalize_ref(row_normalize_ref(z), "std")
+    return z
+
+
+@_backend.register("barlow_twins_loss", "torch")
+def barlow_twins_loss_ref(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
+                          off_diagonal_target: float = 0.0) -> torch.Tensor:
+    """Plain-PyTorch reference of ``barlow_twins_loss`` (module docstring gives the formulation)."""
+    with full_precision(za) as dt:
+        a = _bt_normalize(za.to(dt), normalize)
+        b = _bt_normalize(zb.to(dt), normalize)
+        n, d = a.shape
+        diag = (a * b).sum(0) / n                       # c_ii
+        frob2 = frob2_cross(a, b) / (n * n)             # ||c||_F^2
+        off2 = frob2 - diag.pow(2).sum()
+        loss = (1.0 - diag).pow(2).sum() + lam * off2
+        t = float(off_diagonal_target)
+        if t != 0.0:
+            total = (a.sum(1) * b.sum(1)).sum() / n     # 1'c1 from per-sample row sums
+            loss = loss + lam * (-2.0 * t * (total - diag.sum()) + t * t * d * (d - 1))
+        return loss
+
+
+# ----------------------------------------------------------------------------------------------------------- VICReg
+
+
+def vicreg_loss(za: torch.Tensor, zb: torch.Tensor, *, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+                cov_coeff: float = 1.0, eps: float = 1e-4, backend: str = "auto", check_finite: bool = True
+                ) -> torch.Tensor:
+    """VICReg: ``sim * MSE(za, zb) + std * (v(za) + v(zb)) / 2 + cov * (c(za) + c(zb))`` (methods.md §7).
+
+    ``v(z) = mean_j relu(1 - sqrt(Var_unbiased(z_j) + eps))`` and ``c(z) = (1/D) sum_{i != j} C_ij^2`` with
+    ``C = z~' z~ / (N - 1)``. Under DDP the invariance term is local and v, c use the all-gathered batch; use
+    ``vicreg_invariance`` / ``vicreg_variance`` / ``vicreg_covariance`` to split them (engine/methods.py does).
+
+    Args:
+        za, zb: (N, D) projector outputs of the two views.
+        sim_coeff, std_coeff, cov_coeff: term weights (official: 25, 25, 1).
+        eps: added to the variance before the square root (official: 1e-4).
+    """
+    check_pair("za", za, "zb", zb, check_finite=check_finite)
+    for name, v in (("sim_coeff", sim_coeff), ("std_coeff", std_coeff), ("cov_coeff", cov_coeff)):
+        check_number(name, v, low=0.0)
+    check_number("eps", eps, low=0.0)
+    return _backend.dispatch("vicreg_loss", backend, za.device)(za, zb, sim_coeff, std_coeff, cov_coeff, eps)
+
+
+@_backend.register("vicreg_loss", "torch")
+def vicreg_loss_ref(za: torch.Tensor, zb: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+                    cov_coeff: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """Plain-PyTorch reference of ``vicreg_loss``."""
+    inv = vicreg_invariance_ref(za, zb)
+    var = 0.5 * (vicreg_variance_ref(za, eps) + vicreg_variance_ref(zb, eps))
+    cov = vicreg_covariance_ref(za) + vicreg_covariance_ref(zb)
+    return sim_coeff * inv + std_coeff * var + cov_coeff * cov
+
+
+def vicreg_invariance(za: torch.Tensor, zb: torch.Tensor, *, backend: str = "auto", check_finite: bool = True
+                      ) -> torch.Tensor:
+    """VICReg invariance term: mean squared error over all N * D entries."""
+    check_pair("za", za, "zb", zb, min_rows=1, check_finite=check_finite)
+    return _backend.dispatch("vicreg_invariance", backend, za.device)(za, zb)
+
+
+@_backend.register("vicreg_invariance", "torch")
+def vicreg_invariance_ref(za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+    with full_precision(za) as dt:
+        return F.mse_loss(za.to(dt), zb.to(dt))
+
+
+def vicreg_variance(z: torch.Tensor, *, eps: float = 1e-4, backend: str = "auto", check_finite: bool = True
+                    ) -> torch.Tensor:
+    """VICReg variance hinge of one view: ``mean_j relu(1 - sqrt(Var_unbiased(z_j) + eps))``."""
+    check_embeddings("z", z, check_finite=check_finite)
+    check_number("eps", eps, low=0.0)
+    return _backend.dispatch("vicreg_variance", backend, z.device)(z, eps)
+
+
+@_backend.register("vicreg_variance", "torch")
+def vicreg_variance_ref(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    with full_precision(z) as dt:
+        std = torch.sqrt(z.to(dt).var(dim=0) + eps)
+        return F.relu(1.0 - std).mean()
+
+
+def vicreg_covariance(z: torch.Tensor, *, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """VICReg covariance term of one view: ``(1/D) sum_{i != j} C_ij^2``, ``C = z~' z~ / (N - 1)``."""
+    check_embeddings("z", z, check_finite=check_finite)
+    return _backend.dispatch("vicreg_covariance", backend, z.device)(z)
+
+
+@_backend.register("vicreg_covariance", "torch")
+def vicreg_covariance_ref(z: torch.Tensor) -> torch.Tensor:
+    with full_precision(z) as dt:
+        x = col_normalize_ref(z.to(dt), "center")
+        n, d = x.shape
+        var = x.pow(2).sum(0) / (n - 1)                  # diag C
+        frob2 = frob2_cross(x, x) / (n - 1) ** 2         # ||C||_F^2 from the smaller side
+        return (frob2 - var.pow(2).sum()) / d

@@ -1,0 +1,83 @@
+"""DirectPred / DirectCopy: set the linear predictor directly from the EMA correlation of its inputs (methods.md §6).
+
+  every step   B_f = f' f / rows  (f: the detached online projector outputs of all views stacked, NOT centred)
+               F^ <- rho F^ + (1 - rho) B_f        (first step: F^ = B_f; rho = 0.3 in the README command)
+  every freq   DirectPred: F^ = U diag(s) U',  s+_j = max(s_j, 0) / max_k s_k,
+                           p_j = max((s+_j)^(1/c) + eps, 1e-4)   (c = 2: square root; eps = 0.01)
+                           W_p = U diag(p) U'
+               DirectCopy: W_p = F^ + eps I (no eigendecomposition; no normalisation of F^, as in luckmatters HEAD)
+
+No gradient flows through any of this. The reference uses ``torch.linalg.eigh`` (luckmatters used the removed
+``torch.eig``; for a symmetric F^ the real parts agree). Distributed semantics: engine/methods.py all-reduces (mean)
+B_f before the EMA so every rank sets an identical W_p, as DDP's replicated parameters require.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend
+from ._checks import check_choice, check_embeddings, check_number, compute_dtype
+
+MODES = ("directpred", "directcopy")
+
+
+def correlation_ema(f: torch.Tensor, corr: torch.Tensor | None, *, rho: float = 0.3, check_finite: bool = True
+                    ) -> torch.Tensor:
+    """One EMA step of the uncentred correlation ``F^ <- rho F^ + (1 - rho) f'f/rows``; ``corr=None`` starts it.
+
+    Args:
+        f: (rows, D) predictor inputs (all views stacked); detached here.
+        corr: (D, D) running F^, or None on the first step.
+        rho: EMA weight of the old value (``dyn_lambda``).
+    Returns:
+        The new (D, D) F^ in float32 (float64 for float64 inputs).
+    """
+    check_embeddings("f", f, min_rows=1, check_finite=check_finite)
+    check_number("rho", rho, low=0.0, high=1.0)
+    if corr is not None and corr.shape != (f.shape[1], f.shape[1]):
+        raise ValueError(f"corr must be ({f.shape[1]}, {f.shape[1]}) for f of shape {tuple(f.shape)}, "
+                         f"got {tuple(corr.shape)}")
+    return _backend.dispatch("correlation_ema", "auto", f.device)(f, corr, rho)
+
+
+@_backend.register("correlation_ema", "torch")
+def correlation_ema_ref(f: torch.Tensor, corr: torch.Tensor | None, rho: float = 0.3) -> torch.Tensor:
+    with torch.no_grad(), torch.autocast(device_type=f.device.type, enabled=False):
+        f = f.detach().to(compute_dtype(f))
+        bf = f.T @ f / f.shape[0]
+        return bf if corr is None else rho * corr.to(bf.dtype) + (1.0 - rho) * bf
+
+
+def predictor_weight(corr: torch.Tensor, *, mode: str = "directpred", eps: float = 0.01, convert: float = 2.0,
+                     backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """The (D, D) predictor weight W_p set from the running correlation ``corr`` (module docstring).
+
+    Args:
+        corr: (D, D) symmetric F^.
+        mode: ``"directpred"`` (eigh + spectral map) or ``"directcopy"`` (F^ + eps I).
+        eps: the boost added to every eigenvalue (``dyn_eps``).
+        convert: c in p = s^(1/c) (``dyn_convert``; 2 = square root).
+    """
+    check_embeddings("corr", corr, min_rows=1, check_finite=check_finite)
+    if corr.shape[0] != corr.shape[1]:
+        raise ValueError(f"corr must be square (D, D), got {tuple(corr.shape)}")
+    check_choice("mode", mode, MODES)
+    check_number("eps", eps, low=0.0)
+    check_number("convert", convert, low=0.0, low_open=True)
+    return _backend.dispatch("predictor_weight", backend, corr.device)(corr, mode, eps, convert)
+
+
+@_backend.register("predictor_weight", "torch")
+def predictor_weight_ref(corr: torch.Tensor, mode: str = "directpred", eps: float = 0.01, convert: float = 2.0
+                         ) -> torch.Tensor:
+    with torch.no_grad(), torch.autocast(device_type=corr.device.type, enabled=False):
+        corr = corr.to(compute_dtype(corr))
+        eye = torch.eye(corr.shape[0], dtype=corr.dtype, device=corr.device)
+        if mode == "directcopy":
+            return corr + eps * eye
+        s, u = torch.linalg.eigh(0.5 * (corr + corr.T))
+        # max s can be <= 0 only for an all-zero F^; the clamp keeps p finite (every p_j is then eps).
+        s_plus = s.clamp_min(0.0) / s.max().clamp_min(torch.finfo(s.dtype).tiny)
+        p = (s_plus.pow(1.0 / convert) + eps).clamp_min(1e-4)
+        return (u * p) @ u.T

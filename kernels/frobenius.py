@@ -1,0 +1,83 @@
+"""FroSSL objectives (methods.md §4): Frobenius-norm entropy regulariser plus an invariance term, no eigendecomposition.
+
+With S2(K^) = -log ||K / tr K||_F^2 the matrix Renyi-2 entropy, FroSSL minimises -S2 per view plus an MSE invariance:
+
+  multiview (solo-learn fork HEAD 4942ce5, any V >= 2; ``variant="multiview"``):
+      Z^_v = colL2(Z_v)   (so tr(Z^'Z^) = D),   Z- = mean_v Z^_v
+      L = sum_v [ log ||Z^_v' Z^_v||_F^2 - 2 log D + (V w / N) ||Z^_v - Z-||_F^2 ]
+  legacy two-view (``frossl_loss_func`` at HEAD, "kept for the original paper"; ``variant="legacy"``):
+      Z^_v = sqrt(D) colL2(Z_v - mean)   (so tr(Z^'Z^) = D^2)
+      L = w/(N D) ||Z^_a - Z^_b||_F^2 + sum_v [ log ||Z^_v' Z^_v||_F^2 - 4 log D ]
+
+The constants make the value equal the code's (the trace normalisation is a constant because the column norms are fixed;
+the code takes it with ``.item()``, which fusedssl never does). ||Z'Z||_F = ||ZZ'||_F: the reference forms whichever of
+D x D or N x N is smaller, so the cost is 2 N D min(N, D) per view.
+
+Distributed semantics: per GPU (the loss of the local batch; DDP averages, so the gradient is that of the mean of the
+per-GPU losses: the per-GPU batch is part of the recipe). engine/methods.py can gather instead (``gather: true``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from . import _backend
+from ._checks import check_choice, check_embeddings, check_number, check_views, full_precision
+from .covariance import frob2_cross
+from .normalize import col_normalize_ref
+
+FROSSL_VARIANTS = ("multiview", "legacy")
+
+
+def frossl_loss(views: Sequence[torch.Tensor], *, invariance_weight: float = 1.0, variant: str = "multiview",
+                backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """FroSSL loss over V views (module docstring gives both variants).
+
+    Args:
+        views: V >= 2 projector outputs, each (N, D); ``variant="legacy"`` takes exactly two.
+        invariance_weight: w (solo-learn recipes: 1.0; STL-10 1.4; ImageNet-1k 2.0).
+        variant: ``"multiview"`` (current code) or ``"legacy"`` (paper-era two-view).
+    """
+    views = check_views("views", views, check_finite=check_finite)
+    check_number("invariance_weight", invariance_weight, low=0.0)
+    check_choice("variant", variant, FROSSL_VARIANTS)
+    if variant == "legacy" and len(views) != 2:
+        raise ValueError(f"variant='legacy' is the two-view loss; got {len(views)} views (use variant='multiview')")
+    return _backend.dispatch("frossl_loss", backend, views[0].device)(views, invariance_weight, variant)
+
+
+@_backend.register("frossl_loss", "torch")
+def frossl_loss_ref(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
+                    ) -> torch.Tensor:
+    """Plain-PyTorch reference of ``frossl_loss``."""
+    with full_precision(views[0]) as dt:
+        n, d = views[0].shape
+        v = len(views)
+        if variant == "legacy":
+            za, zb = (col_normalize_ref(z.to(dt), "std_l2") for z in views)
+            inv = invariance_weight * (za - zb).pow(2).sum() / (n * d)
+            reg = sum(torch.log(frob2_cross(z, z)) - 4.0 * math.log(d) for z in (za, zb))
+            return inv + reg
+        zs = [col_normalize_ref(z.to(dt), "l2") for z in views]
+        mean = torch.stack(zs).mean(0)
+        loss = 0.0
+        for z in zs:
+            loss = loss + torch.log(frob2_cross(z, z)) - 2.0 * math.log(d)
+            loss = loss + (v * invariance_weight / n) * (z - mean).pow(2).sum()
+        return loss
+
+
+def log_frobenius(z: torch.Tensor, *, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """``log ||z' z||_F^2`` of an (N, D) matrix, via the N x N Gram when N < D (= -S2 + 2 log tr(z'z))."""
+    check_embeddings("z", z, min_rows=1, check_finite=check_finite)
+    return _backend.dispatch("log_frobenius", backend, z.device)(z)
+
+
+@_backend.register("log_frobenius", "torch")
+def log_frobenius_ref(z: torch.Tensor) -> torch.Tensor:
+    with full_precision(z) as dt:
+        z = z.to(dt)
+        return torch.log(frob2_cross(z, z))

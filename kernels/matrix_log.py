@@ -1,0 +1,276 @@
+"""Matrix-SSL and Kernel-SSL objectives (methods.md §2, §3, §16.3 kernel 4): matrix cross-entropy via trace series.
+
+Notation: T^ = rowL2(teacher), O^ = rowL2(online), both (m, D); J centres columns (never formed: we subtract column
+means). C_x = T^'J O^/m (cross, not symmetric), C_t = T^'J T^/m, C_o = O^'J O^/m, X = C + (mu - 1) I.
+
+  uniformity  U = -lam * tr log_K(C_x + mu I) = -lam * sum_k (-1)^(k+1)/k tr X^k
+  alignment   A = -tr[(C_t + mu I) log_K(C_o + mu I)] = -sum_k (-1)^(k+1)/k tr(P X^k),  P = C_t + mu I
+  HSIC        H = ||C_x||_F^2  (= (1/m^2) tr(T^T^' J O^O^' J), Kernel-SSL's extra term, for free)
+  Matrix-SSL  L = 1/2 [U(T2,O1) + U(T1,O2)] + gamma/2 [A(T2,O1) + A(T1,O2)] - a (1+gamma)/2 [H(T2,O1) + H(T1,O2)]
+              (a = 0: Matrix-SSL; a = 0.003: Kernel-SSL, i.e. the code at bf80b2e run with --HSIC)
+
+Efficient evaluation (exactly equal to the code's matrix-power form; tests prove it):
+  * Only traces of powers are needed. With the powers X^1..X^ceil(K/2) stored, tr X^k = <X^a, (X^b)'> and
+    tr(P X^k) = <P X^b, X^a> (a + b = k). For K = 4 that is 1 GEMM for U and 3 for A instead of the code's 5 each.
+  * Gram side when m < D: tr(C_x^j) = tr(M^j) with M = O~T~'/m (m x m, Sylvester), tr X^k follows by the binomial
+    expansion in (mu - 1); tr(C_t C_o^j) = <B A^(j-1), B> with A = O~O~'/m, B = T~O~'/m. No D x D matrix is formed.
+  * Exact log (``exact=True``): U = -lam log|det(C_x + mu I)| (LU; on the Gram side D log mu + log det(I + M/mu));
+    A via eigh of C_o + mu I with a Daleckii-Krein backward whose divided differences are evaluated with log1p, so
+    (near-)degenerate spectra give finite, exact gradients (autograd through eigh gives NaN there).
+
+The teacher outputs are constants (stop-gradient): every function here detaches them.
+Distributed semantics: computed on the all-gathered batch (m = global batch), redundantly on every rank, as the
+reference code does; with a gradient-preserving gather the DDP gradient equals the global-batch gradient.
+Precision: float32 (float64 for float64 inputs) outside autocast (methods.md §16.6).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _backend
+from ._checks import check_embeddings, check_number, check_pair, full_precision
+from .covariance import frob2_cross
+from .normalize import row_normalize_ref
+
+
+def _series_coeff(k: int) -> float:
+    """Coefficient of X^k in the Taylor series of log(I + X)."""
+    return (-1.0) ** (k + 1) / k
+
+
+def trace_powers(a: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """[tr a^1, ..., tr a^order] for a square matrix, with ceil(order/2) - 1 matrix products.
+
+    tr a^k = <a^hi, (a^lo)'> with hi = ceil(k/2), lo = k - hi, so only the powers up to ceil(order/2) are formed.
+    """
+    half = (order + 1) // 2
+    pw = [a]
+    for _ in range(half - 1):
+        pw.append(pw[-1] @ a)
+    out = []
+    for k in range(1, order + 1):
+        hi, lo = (k + 1) // 2, k // 2
+        out.append(torch.diagonal(pw[hi - 1]).sum() if lo == 0 else (pw[hi - 1] * pw[lo - 1].T).sum())
+    return out
+
+
+def _shift_traces(traces: list[torch.Tensor], tr0: float | torch.Tensor, shift: float, order: int
+                  ) -> list[torch.Tensor]:
+    """tr (C + shift I)^k for k = 1..order from s_j = tr C^j (j >= 1) and s_0 = tr(C^0) = ``tr0``, binomially."""
+    s = [tr0, *traces]
+    return [sum(math.comb(k, j) * shift ** (k - j) * s[j] for j in range(k + 1)) for k in range(1, order + 1)]
+
+
+def _prep(z: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """Row-L2 normalise, then centre the columns (J applied to the data, never formed)."""
+    z = row_normalize_ref(z.to(dt))
+    return z - z.mean(dim=0, keepdim=True)
+
+
+# --------------------------------------------------------------------------------------------- exact tr(P log S)
+
+
+class _TraceLogm(torch.autograd.Function):
+    """tr(P log S) for symmetric positive definite S, with the Daleckii-Krein backward (methods.md §2.7).
+
+    The divided difference Gamma_ij = (log s_i - log s_j)/(s_i - s_j) is evaluated as log1p(d)/(s_i - s_j) with
+    d = (s_i - s_j)/s_j, and by its series 1/s_j (1 - d/2 + d^2/3) for |d| < 1e-4: exact to rounding for equal or
+    nearly equal eigenvalues, where autograd through eigh divides by zero.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, p: torch.Tensor, min_eig: float) -> torch.Tensor:
+        sym = 0.5 * (s + s.T)  # eigh reads one triangle; symmetrising makes the gradient the symmetric one
+        sig, v = torch.linalg.eigh(sym)
+        sig = sig.clamp_min(min_eig)
+        logs = torch.log(sig)
+        pv = v.T @ p @ v
+        ctx.save_for_backward(v, sig, logs, pv)
+        return (torch.diagonal(pv) * logs).sum()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        v, sig, logs, pv = ctx.saved_tensors
+        si, sj = sig[:, None], sig[None, :]
+        diff = si - sj
+        d = diff / sj
+        small = d.abs() < 1e-4
+        safe_diff = torch.where(small, torch.ones_like(diff), diff)
+        gamma = torch.where(small, (1.0 - d / 2.0 + d * d / 3.0) / sj, torch.log1p(torch.where(small, 0.0, d)) / safe_diff)
+        grad_s = v @ (pv * gamma) @ v.T
+        grad_p = (v * logs) @ v.T
+        return g * grad_s, g * grad_p, None
+
+
+def trace_logm(s: torch.Tensor, p: torch.Tensor | None = None, *, min_eig: float = 1e-12, check_finite: bool = True
+               ) -> torch.Tensor:
+    """Exact ``tr(P log S)`` (``tr log S`` when ``p`` is None) of a symmetric positive-definite S, eigenvalues
+    clamped at ``min_eig``, with a degeneracy-safe backward. Reference op (torch); no kernel backend."""
+    check_embeddings("s", s, min_rows=1, check_finite=check_finite)
+    if s.shape[0] != s.shape[1]:
+        raise ValueError(f"s must be square, got shape {tuple(s.shape)}")
+    if p is None:
+        p = torch.eye(s.shape[0], dtype=s.dtype, device=s.device)
+    elif p.shape != s.shape:
+        raise ValueError(f"p must have the shape of s {tuple(s.shape)}, got {tuple(p.shape)}")
+    check_number("min_eig", min_eig, low=0.0, low_open=True)
+    return _TraceLogm.apply(s, p, min_eig)
+
+
+# ----------------------------------------------------------------------------------------- uniformity / alignment
+
+
+def _uniformity(t: torch.Tensor, o: torch.Tensor, lam: float, mu: float, order: int, exact: bool) -> torch.Tensor:
+    """U on prepared (row-L2, centred) teacher t and online o, each (m, D)."""
+    m, d = o.shape
+    if exact:
+        if d <= m:
+            eye = torch.eye(d, dtype=o.dtype, device=o.device)
+            return -lam * torch.linalg.slogdet(t.T @ o / m + mu * eye).logabsdet
+        eye = torch.eye(m, dtype=o.dtype, device=o.device)
+        return -lam * (d * math.log(mu) + torch.linalg.slogdet(eye + (o @ t.T) / (m * mu)).logabsdet)
+    if d <= m:
+        x = t.T @ o / m
+        x = x + (mu - 1.0) * torch.eye(d, dtype=o.dtype, device=o.device)
+        traces = trace_powers(x, order)
+    else:
+        traces = _shift_traces(trace_powers(o @ t.T / m, order), float(d), mu - 1.0, order)
+    return -lam * sum(_series_coeff(k + 1) * traces[k] for k in range(order))
+
+
+def _alignment(t: torch.Tensor, o: torch.Tensor, mu: float, order: int, exact: bool) -> torch.Tensor:
+    """A on prepared teacher t and online o, each (m, D)."""
+    m, d = o.shape
+    if exact or d <= m:
+        eye = torch.eye(d, dtype=o.dtype, device=o.device)
+        p = t.T @ t / m + mu * eye
+        if exact:
+            # Exact alignment always runs on the D x D side (documented limitation; D <= a few thousand).
+            return -_TraceLogm.apply(o.T @ o / m + mu * eye, p, 0.5 * mu)
+        x = o.T @ o / m + (mu - 1.0) * eye
+        half = (order + 1) // 2
+        xp = [x]                                      # X^1 .. X^half
+        for _ in range(half - 1):
+            xp.append(xp[-1] @ x)
+        pxp = [p] + [p @ xj for xj in xp[: order // 2]]  # P X^0 .. P X^(order//2)
+        traces = [(pxp[k // 2] * xp[(k + 1) // 2 - 1]).sum() for k in range(1, order + 1)]
+    else:
+        a = o @ o.T / m                               # m x m, eigenvalues of C_o plus zeros
+        b = t @ o.T / m
+        tr_co = trace_powers(a, order)                # tr C_o^j, j >= 1
+        tr_ctco, y = [], b                            # tr(C_t C_o^j) = <B A^(j-1), B>
+        for j in range(1, order + 1):
+            if j > 1:
+                y = y @ a
+            tr_ctco.append((y * b).sum())
+        tr_p = t.pow(2).sum() / m + mu * d            # tr P = tr C_t + mu D
+        tr_pco = [tr_ctco[j] + mu * tr_co[j] for j in range(order)]
+        traces = _shift_traces(tr_pco, tr_p, mu - 1.0, order)
+    return -sum(_series_coeff(k + 1) * traces[k] for k in range(order))
+
+
+def _check_mce(teacher, online, lam, mu, order, check_finite):
+    check_pair("teacher", teacher, "online", online, check_finite=check_finite)
+    check_number("lam", lam, low=0.0)
+    check_number("mu", mu, low=0.0, low_open=True)
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be a positive int (the Taylor order K), got {order!r}")
+
+
+def mce_uniformity(teacher: torch.Tensor, online: torch.Tensor, *, lam: float = 1.0, mu: float = 1.0, order: int = 4,
+                   exact: bool = False, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """Matrix-SSL uniformity ``-lam tr log(C_x + mu I)`` (order-K series, or exact with ``exact=True``).
+
+    Args:
+        teacher: (m, D) teacher projector outputs (treated as constant).
+        online: (m, D) online predictor outputs.
+        lam, mu, order: lambda, mu and the Taylor order K (README command: 1.0, 1.0, 4).
+        exact: use log|det| instead of the series.
+    """
+    _check_mce(teacher, online, lam, mu, order, check_finite)
+    return _backend.dispatch("mce_uniformity", backend, online.device)(teacher, online, lam, mu, order, exact)
+
+
+@_backend.register("mce_uniformity", "torch")
+def mce_uniformity_ref(teacher, online, lam=1.0, mu=1.0, order=4, exact=False) -> torch.Tensor:
+    with full_precision(online) as dt:
+        return _uniformity(_prep(teacher.detach(), dt), _prep(online, dt), lam, mu, order, exact)
+
+
+def mce_alignment(teacher: torch.Tensor, online: torch.Tensor, *, mu: float = 1.0, order: int = 4,
+                  exact: bool = False, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """Matrix-SSL alignment ``-tr[(C_t + mu I) log(C_o + mu I)]`` (matrix cross-entropy without the +tr Q term)."""
+    _check_mce(teacher, online, 1.0, mu, order, check_finite)
+    return _backend.dispatch("mce_alignment", backend, online.device)(teacher, online, mu, order, exact)
+
+
+@_backend.register("mce_alignment", "torch")
+def mce_alignment_ref(teacher, online, mu=1.0, order=4, exact=False) -> torch.Tensor:
+    with full_precision(online) as dt:
+        return _alignment(_prep(teacher.detach(), dt), _prep(online, dt), mu, order, exact)
+
+
+def hsic_term(teacher: torch.Tensor, online: torch.Tensor, *, backend: str = "auto", check_finite: bool = True
+              ) -> torch.Tensor:
+    """``||C_x||_F^2``: the biased linear-kernel HSIC estimator (1/m^2) tr(T^T^' J O^O^' J) (methods.md §3.2)."""
+    check_pair("teacher", teacher, "online", online, check_finite=check_finite)
+    return _backend.dispatch("hsic_term", backend, online.device)(teacher, online)
+
+
+@_backend.register("hsic_term", "torch")
+def hsic_term_ref(teacher, online) -> torch.Tensor:
+    with full_precision(online) as dt:
+        t, o = _prep(teacher.detach(), dt), _prep(online, dt)
+        return frob2_cross(t, o) / o.shape[0] ** 2
+
+
+# ------------------------------------------------------------------------------------------------- full objectives
+
+
+def matrix_ssl_loss(online1: torch.Tensor, online2: torch.Tensor, teacher1: torch.Tensor, teacher2: torch.Tensor, *,
+                    lam: float = 1.0, mu: float = 1.0, gamma: float = 1.0, order: int = 4, exact: bool = False,
+                    hsic_weight: float = 0.0, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """Matrix-SSL loss as implemented at yifanzhang-pro/Matrix-SSL HEAD b8164df (module docstring).
+
+    Args:
+        online1, online2: (m, D) online predictor outputs of views 1 and 2.
+        teacher1, teacher2: (m, D) EMA-teacher projector outputs of views 1 and 2 (constants).
+        lam, mu, gamma, order: lambda (uniformity weight), mu (shift inside the log), gamma (alignment weight),
+            Taylor order K. The README command uses 1, 1, 1, 4.
+        exact: exact matrix log instead of the series.
+        hsic_weight: a; 0 for Matrix-SSL, 0.003 for Kernel-SSL (``kernel_ssl_loss``).
+    """
+    for name, x in (("online2", online2), ("teacher1", teacher1), ("teacher2", teacher2)):
+        check_pair("online1", online1, name, x, check_finite=check_finite)
+    _check_mce(teacher1, online1, lam, mu, order, False)
+    check_number("gamma", gamma, low=0.0)
+    check_number("hsic_weight", hsic_weight, low=0.0)
+    fn = _backend.dispatch("matrix_ssl_loss", backend, online1.device)
+    return fn(online1, online2, teacher1, teacher2, lam, mu, gamma, order, exact, hsic_weight)
+
+
+@_backend.register("matrix_ssl_loss", "torch")
+def matrix_ssl_loss_ref(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0, gamma=1.0, order=4, exact=False,
+                        hsic_weight=0.0) -> torch.Tensor:
+    with full_precision(online1) as dt:
+        o1, o2 = _prep(online1, dt), _prep(online2, dt)
+        t1, t2 = _prep(teacher1.detach(), dt), _prep(teacher2.detach(), dt)
+        loss = 0.5 * (_uniformity(t2, o1, lam, mu, order, exact) + _uniformity(t1, o2, lam, mu, order, exact))
+        loss = loss + 0.5 * gamma * (_alignment(t2, o1, mu, order, exact) + _alignment(t1, o2, mu, order, exact))
+        if hsic_weight:
+            m = o1.shape[0]
+            h = (frob2_cross(t2, o1) + frob2_cross(t1, o2)) / (m * m)
+            loss = loss - hsic_weight * (1.0 + gamma) / 2.0 * h
+        return loss
+
+
+def kernel_ssl_loss(online1: torch.Tensor, online2: torch.Tensor, teacher1: torch.Tensor, teacher2: torch.Tensor, *,
+                    lam: float = 1.0, mu: float = 1.0, gamma: float = 1.0, order: int = 4, exact: bool = False,
+                    hsic_weight: float = 0.003, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """Kernel-SSL: Matrix-SSL plus ``-a (1+gamma)/2 (||C_x^21||_F^2 + ||C_x^12||_F^2)``, a = ``hsic_weight``
+    (Matrix-SSL repository at bf80b2e with ``--HSIC``, ``--align_gamma`` default 0.003; methods.md §3)."""
+    return matrix_ssl_loss(online1, online2, teacher1, teacher2, lam=lam, mu=mu, gamma=gamma, order=order,
+                           exact=exact, hsic_weight=hsic_weight, backend=backend, check_finite=check_finite)

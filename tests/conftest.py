@@ -1,0 +1,53 @@
+"""Shared test setup: fresh seeds, markers, float64 helpers.
+
+TRITON_INTERPRET must be set before any @triton.jit runs, so the Triton kernels (issue #3) can run on CPU here.
+Tolerance floors live only here (style.md §5); the reference tests below compare float64 against float64 and use the
+float64 tolerance.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Relative-error floors per dtype for kernel-vs-reference checks (style.md §5). FLOAT64 is the tolerance of
+# float64-vs-float64 identity tests (different but exact formulations agree to rounding).
+FLOORS = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 1e-4}
+FLOAT64 = 1e-10
+# Central finite differences in float64 (h = 1e-5) against an analytic gradient.
+FINITE_DIFF = 1e-6
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")
+    config.addinivalue_line("markers", "slow: longer than a few seconds; not in CI's default run")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    # A different seed per test (from its id) so the data is fresh random but each test is reproducible.
+    torch.manual_seed(abs(hash(request.node.nodeid)) % 2**31)
+    yield
+
+
+def randn(*shape, dtype=torch.float64, requires_grad=False):
+    return torch.randn(*shape, dtype=dtype).requires_grad_(requires_grad)
+
+
+def assert_close(a, b, tol=FLOAT64, what=""):
+    """max |a - b| / max(1, max |b|) <= tol, elementwise over tensors (scaled like style.md §5)."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    scale = max(1.0, float(b.abs().max()))
+    err = float((a - b).abs().max()) / scale
+    assert err <= tol, f"{what} relative error {err:.3e} > {tol:.1e}"

@@ -1,0 +1,119 @@
+"""Barlow Twins, BT-HSIC and VICReg: originals, identities, closed-form gradients (methods.md §5, §7, §16.2)."""
+
+import pytest
+import torch
+from conftest import FLOORS, assert_close, randn
+
+import originals
+from fusedssl import kernels
+from fusedssl.kernels.covariance import frob2_cross
+
+SHAPES = [(2, 3), (16, 7), (7, 16), (33, 33), (5, 40)]  # N > D, N < D (Gram side), N = D, N = 2
+
+
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_barlow_twins_equals_original_code(n, d):
+    za, zb = randn(n, d), randn(n, d)
+    assert_close(kernels.barlow_twins_loss(za, zb), originals.barlow_twins(za, zb), what="BT")
+    assert_close(kernels.barlow_twins_loss(za, zb, lam=0.2), originals.barlow_twins(za, zb, lam=0.2), what="BT")
+
+
+@pytest.mark.parametrize("n,d", SHAPES[1:])
+def test_hsic_variant_equals_tsai_code(n, d):
+    za, zb = randn(n, d), randn(n, d)
+    ours = kernels.barlow_twins_loss(za, zb, lam=1 / 128, normalize="tsai", off_diagonal_target=-1.0)
+    assert_close(ours, originals.barlow_twins_hsic_tsai(za, zb), what="HSIC")
+
+
+@pytest.mark.parametrize("normalize", ["bn", "tsai"])
+def test_hsic_identity(normalize):
+    """HSIC-BT = BT + 2 lam (1'c1 - tr c) + lam D (D - 1), methods.md §5.2."""
+    n, d, lam = 12, 9, 0.3
+    za, zb = randn(n, d), randn(n, d)
+    a = kernels.col_normalize(kernels.row_normalize(za), "std") if normalize == "tsai" else kernels.col_normalize(za)
+    b = kernels.col_normalize(kernels.row_normalize(zb), "std") if normalize == "tsai" else kernels.col_normalize(zb)
+    c = a.T @ b / n
+    bt = kernels.barlow_twins_loss(za, zb, lam=lam, normalize=normalize)
+    hsic = kernels.barlow_twins_loss(za, zb, lam=lam, normalize=normalize, off_diagonal_target=-1.0)
+    assert_close(hsic, bt + 2 * lam * (c.sum() - c.trace()) + lam * d * (d - 1), what="identity")
+
+
+@pytest.mark.parametrize("n,d", [(8, 5), (5, 8)])
+def test_frobenius_either_side(n, d):
+    """||a'b||_F = the N x N Gram form, both branches of frob2_cross against the dense D x D product."""
+    a, b = randn(n, d), randn(n, d)
+    assert_close(frob2_cross(a, b), (a.T @ b).pow(2).sum(), what="cross")
+    assert_close(frob2_cross(a, a), (a.T @ a).pow(2).sum(), what="auto")
+
+
+@pytest.mark.parametrize("target", [0.0, -1.0])
+def test_barlow_gradient_closed_form(target):
+    """dL/dza^ = zb^ G' / N with G = 2[lam C + (1 - lam) Diag(C) - I] (+ 2 lam off(11') for HSIC)."""
+    n, d, lam = 10, 6, 0.05
+    za, zb = randn(n, d, requires_grad=True), randn(n, d, requires_grad=True)
+    loss = kernels.barlow_twins_loss(za, zb, lam=lam, normalize="none", off_diagonal_target=target)
+    ga, gb = torch.autograd.grad(loss, (za, zb))
+    c = za.detach().T @ zb.detach() / n
+    eye = torch.eye(d, dtype=c.dtype)
+    g = 2 * (lam * c + (1 - lam) * torch.diag(torch.diagonal(c)) - eye)
+    if target == -1.0:
+        g = g + 2 * lam * (torch.ones(d, d, dtype=c.dtype) - eye)
+    assert_close(ga, zb.detach() @ g.T / n, what="dza")
+    assert_close(gb, za.detach() @ g / n, what="dzb")
+
+
+@pytest.mark.parametrize("n,d", [(6, 4), (4, 9)])
+def test_barlow_gradcheck(n, d):
+    za, zb = randn(n, d, requires_grad=True), randn(n, d, requires_grad=True)
+    for kw in ({}, {"normalize": "tsai", "off_diagonal_target": -1.0, "lam": 0.1}):
+        assert torch.autograd.gradcheck(lambda a, b: kernels.barlow_twins_loss(a, b, backend="torch", **kw), (za, zb))
+
+
+@pytest.mark.parametrize("n,d", SHAPES[1:])
+def test_vicreg_equals_original_code(n, d):
+    za, zb = randn(n, d), randn(n, d)
+    assert_close(kernels.vicreg_loss(za, zb), originals.vicreg(za, zb), what="VICReg")
+    parts = (25 * kernels.vicreg_invariance(za, zb)
+             + 12.5 * (kernels.vicreg_variance(za) + kernels.vicreg_variance(zb))
+             + kernels.vicreg_covariance(za) + kernels.vicreg_covariance(zb))
+    assert_close(parts, originals.vicreg(za, zb), what="terms")
+
+
+def test_vicreg_gradient_closed_form():
+    """dx = 2 x~ G / (N - 1) + 2 mu_s (x - y) / (N D), G = (2 nu / D) off(C) - (mu_v / 4D) Diag(1[s<1]/s)."""
+    n, d, mu_s, mu_v, nu = 9, 5, 25.0, 25.0, 1.0
+    x = (0.3 * randn(n, d)).requires_grad_(True)  # small variance so the hinge is active for most columns
+    y = randn(n, d)
+    (gx,) = torch.autograd.grad(kernels.vicreg_loss(x, y), x)
+    xt = x.detach() - x.detach().mean(0)
+    c = xt.T @ xt / (n - 1)
+    s = torch.sqrt(torch.diagonal(c) + 1e-4)
+    off = c - torch.diag(torch.diagonal(c))
+    g = (2 * nu / d) * off - (mu_v / (4 * d)) * torch.diag((s < 1).double() / s)
+    expected = 2 * xt @ g / (n - 1) + 2 * mu_s * (x.detach() - y) / (n * d)
+    assert_close(gx, expected, what="VICReg dx")
+
+
+@pytest.mark.parametrize("n,d", [(6, 4), (4, 7)])
+def test_vicreg_gradcheck(n, d):
+    za, zb = randn(n, d, requires_grad=True), (0.2 * randn(n, d)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: kernels.vicreg_loss(a, b, backend="torch"), (za, zb))
+
+
+def test_against_lightly():
+    """An independent implementation (lightly) agrees on Barlow Twins and VICReg."""
+    loss_mod = pytest.importorskip("lightly.loss")
+    za, zb = randn(32, 16), randn(32, 16)
+    lt = loss_mod.BarlowTwinsLoss(lambda_param=0.0051)(za, zb)
+    assert_close(kernels.barlow_twins_loss(za, zb, lam=0.0051), lt, what="BT vs lightly")
+    lv = loss_mod.VICRegLoss()(za, zb)
+    assert_close(kernels.vicreg_loss(za, zb), lv, what="VICReg vs lightly")
+
+
+def test_half_precision_inputs_compute_in_float32():
+    za, zb = randn(64, 32, dtype=torch.float32), randn(64, 32, dtype=torch.float32)
+    ref = kernels.barlow_twins_loss(za.double(), zb.double())
+    out = kernels.barlow_twins_loss(za.bfloat16(), zb.bfloat16())
+    assert out.dtype == torch.float32
+    # bf16 inputs carry ~3 significant digits; the loss itself is accumulated in fp32.
+    assert_close(out, ref, tol=FLOORS[torch.bfloat16], what="bf16 inputs")

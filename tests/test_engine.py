@@ -1,0 +1,143 @@
+"""Engine: smoke run of every method, exact resume, data layout, checkpoint integrity, recipe/model combinations."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusedssl.engine import checkpoint, cli, config, data, methods, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
+        "model.projector=32-16", "evaluate.knn=false", "run.log_every=1"]
+PREDICTOR = {"byol": "32-16", "simsiam": "32-16", "matrix_ssl": "32-16", "kernel_ssl": "32-16", "directpred": "16",
+             "directcopy": "16"}
+
+
+def _cfg(tmp_path, method, *extra):
+    over = [*TINY, f"method.name={method}", f"run.out_dir={tmp_path}", f"run.name={method}", "run.steps=2"]
+    if method in PREDICTOR:
+        over.append(f"model.predictor={PREDICTOR[method]}")
+    if method.startswith("direct"):
+        over.append("model.predictor_bias=false")
+    return config.load(None, [*over, *extra])
+
+
+@pytest.mark.parametrize("method", config.CHOICES["method.name"])
+def test_every_method_trains(tmp_path, method):
+    metrics = train.main(_cfg(tmp_path, method))
+    assert torch.isfinite(torch.tensor(metrics["last_loss"]))
+    lines = (tmp_path / method / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "perf/images_per_s" in json.loads(lines[-1])
+    assert (tmp_path / method / "checkpoints" / "step_00000002.pt").is_file()
+
+
+def test_directpred_sets_the_predictor(tmp_path):
+    cfg = _cfg(tmp_path, "directpred")
+    train.main(cfg)
+    state = checkpoint.load(tmp_path / "directpred" / "checkpoints" / "step_00000002.pt")
+    from fusedssl import kernels
+    expected = kernels.predictor_weight(state["method"]["corr"], eps=0.01)
+    assert torch.allclose(state["model"]["predictor.0.weight"], expected.float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["barlow", "byol", "directpred"])
+def test_resume_is_exact(tmp_path, method):
+    """4 steps straight == 2 steps, save, resume, 2 more steps (same data, augmentations, schedules, teacher, F^)."""
+    full = _cfg(tmp_path / "a", method, "run.steps=4")
+    train.main(full)
+    part = _cfg(tmp_path / "b", method, "run.steps=4", "checkpoint.every_steps=2")
+    train.main(part)
+    ckpts = sorted((tmp_path / "b" / method / "checkpoints").glob("step_*.pt"))
+    assert [c.name for c in ckpts] == ["step_00000002.pt", "step_00000004.pt"]
+    ckpts[-1].unlink()  # pretend the run died after step 2
+    ckpts[-1].with_suffix(".sha256").unlink()
+    train.main(_cfg(tmp_path / "b", method, "run.steps=4", "checkpoint.resume=auto"))
+    a = checkpoint.load(tmp_path / "a" / method / "checkpoints" / "step_00000004.pt")
+    b = checkpoint.load(tmp_path / "b" / method / "checkpoints" / "step_00000004.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    if a["teacher"] is not None:
+        for k in a["teacher"]:
+            assert torch.equal(a["teacher"][k], b["teacher"][k]), k
+
+
+def test_views_layout_and_determinism():
+    cfg = config.load(None, ["data.batch_size=32", "data.image_size=24"])
+    d = data.build(cfg.data, seed=0, rank=0, world=1, device=torch.device("cpu"), channels_last=True)
+    v1, v2 = d.views(5)
+    assert v1.shape == (32, 3, 24, 24) and v1.dtype == torch.float32
+    assert v1.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(v1, v2)
+    w1, _ = d.views(5)
+    assert torch.equal(v1, w1)                       # a pure function of the step: exact resume
+    assert not torch.equal(d.views(6)[0], v1)
+
+
+def test_sharding_is_disjoint_and_complete():
+    cfg = config.load(None, ["data.batch_size=32"])
+    shards = [data.build(cfg.data, seed=3, rank=r, world=2, device=torch.device("cpu"), channels_last=False)
+              for r in range(2)]
+    whole = data.build(cfg.data, seed=3, rank=0, world=1, device=torch.device("cpu"), channels_last=False)
+    for step in (0, 7, shards[0].steps_per_epoch + 1):
+        a, b = shards[0].indices(step), shards[1].indices(step)
+        assert set(a.tolist()).isdisjoint(b.tolist())
+        assert torch.equal(torch.cat([a, b]), whole.indices(step))
+
+
+def test_augmentation_probabilities_are_honoured():
+    """Solarisation p = 0.2 on view 2: the fraction of solarised samples is close to 0.2 (binomial, 4 sigma)."""
+    cfg = config.load(None, ["data.source=synthetic", "data.synthetic_size=2000", "data.batch_size=2000",
+                             "data.jitter_p=0", "data.gray_p=0", "data.blur_p=[0, 0]", "data.solarize_p=[0, 0.2]",
+                             "data.crop_scale=[1, 1]", "data.flip_p=0"])
+    d = data.build(cfg.data, seed=0, rank=0, world=1, device=torch.device("cpu"), channels_last=False)
+    recipe = d.recipes[1]
+    x = torch.full((2000, 3, 8, 8), 230, dtype=torch.uint8)  # bright pixels: solarised ones become dark
+    out = data.augment(x, recipe, torch.Generator().manual_seed(0), channels_last=False)
+    frac = float((out.mean(dim=(1, 2, 3)) < 0).double().mean())
+    assert abs(frac - 0.2) < 4 * (0.2 * 0.8 / 2000) ** 0.5
+
+
+def test_digits_are_real_and_split_per_class():
+    tr, te = data.load_digits(0.2, seed=0)
+    assert len(tr.labels) == 4000 and len(te.labels) == 1000
+    assert tr.images.shape[1:] == (1, 28, 28) and tr.images.dtype == torch.uint8
+    assert torch.bincount(te.labels).tolist() == [100] * 10
+
+
+def test_checkpoint_integrity(tmp_path):
+    p = checkpoint.save(tmp_path, 1, {"x": torch.ones(3)}, keep=2)
+    checkpoint.save(tmp_path, 2, {"x": torch.ones(3) * 2}, keep=2)
+    checkpoint.save(tmp_path, 3, {"x": torch.ones(3) * 3}, keep=2)
+    assert not p.exists()                                  # pruned to the newest 2
+    newest = tmp_path / "step_00000003.pt"
+    newest.write_bytes(newest.read_bytes()[:20])           # truncate the newest
+    with pytest.raises(ValueError, match=r"checksum"):
+        checkpoint.load(newest)
+    path, state = checkpoint.latest(tmp_path)
+    assert path.name == "step_00000002.pt" and float(state["x"][0]) == 2.0
+    with pytest.raises(ValueError, match=r"does not exist"):
+        checkpoint.load(tmp_path / "nope.pt")
+
+
+def test_method_model_combinations():
+    with pytest.raises(config.ConfigError, match=r"needs a predictor: set model.predictor"):
+        methods.check_model(methods.build(config.MethodConfig(name="byol"), backend="torch"), config.ModelConfig())
+    with pytest.raises(config.ConfigError, match=r"has no predictor"):
+        methods.check_model(methods.build(config.MethodConfig(name="barlow"), backend="torch"),
+                            config.ModelConfig(predictor="64"))
+    with pytest.raises(config.ConfigError, match=r"predictor='1024'"):
+        methods.check_model(methods.build(config.MethodConfig(name="directpred"), backend="torch"),
+                            config.ModelConfig(predictor="512-1024"))
+
+
+def test_cli_reports_config_errors(capsys):
+    assert cli.main(["train", "--config", str(ROOT / "configs" / "smoke.yaml"), "--set", "optim.nme=sgd"]) == 2
+    assert "unknown config key optim.nme; did you mean optim.name" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_method(tmp_path):
+    train.main(_cfg(tmp_path, "barlow"))
+    with pytest.raises(config.ConfigError, match=r"method.name='barlow'"):
+        train.main(_cfg(tmp_path, "vicreg", f"checkpoint.resume={tmp_path}/barlow/checkpoints/step_00000002.pt"))

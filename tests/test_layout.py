@@ -1,0 +1,44 @@
+"""Package layout rules (style.md §1-§2): fusedssl.kernels / fusedssl.engine only, imports flow engine -> kernels."""
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import fusedssl.kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, 0
+        elif isinstance(node, ast.ImportFrom):
+            yield node.module or "", node.level
+
+
+def test_no_top_level_kernels_or_engine_package():
+    assert importlib.util.find_spec("kernels") is None or "fusedssl" not in str(importlib.util.find_spec("kernels"))
+    assert importlib.util.find_spec("engine") is None
+    assert Path(fusedssl.kernels.__file__).resolve().is_relative_to(ROOT / "kernels") or "site-packages" in str(
+        fusedssl.kernels.__file__)
+
+
+def test_top_level_tree():
+    for name in ("setup.py", "README.md", "csrc", "kernels", "engine", "configs", "tests", "bench"):
+        assert (ROOT / name).exists(), name
+
+
+def test_import_rules():
+    for path in (ROOT / "kernels").glob("*.py"):
+        for mod, level in _imports(path):
+            assert "engine" not in mod, f"{path.name} imports {mod}: kernels/ must not import engine"
+            assert level > 0 or not mod.startswith("kernels"), f"{path.name} imports a top-level kernels"
+    for path in (ROOT / "engine").glob("*.py"):
+        for mod, level in _imports(path):
+            assert level > 0 or not (mod == "kernels" or mod.startswith("kernels.")), \
+                f"{path.name} imports a top-level {mod}"
+            assert not mod.startswith("fusedssl.kernels."), \
+                f"{path.name} imports {mod}: engine uses only the public list `from fusedssl import kernels`"

@@ -1,0 +1,156 @@
+"""Matrix-SSL / Kernel-SSL: trace-series forms equal the code's matrix powers, Gram side equals D side, HSIC identity,
+G_U / G_A closed forms, exact log with a degeneracy-safe backward (methods.md §2, §3)."""
+
+import pytest
+import torch
+from conftest import FINITE_DIFF, assert_close, randn
+
+import originals
+from fusedssl import kernels
+from fusedssl.kernels.matrix_log import _alignment, _prep, _uniformity, trace_powers
+
+
+def _four(m, d, **kw):
+    return [randn(m, d, **kw) for _ in range(4)]
+
+
+@pytest.mark.parametrize("m,d", [(16, 6), (6, 16), (9, 9)])
+@pytest.mark.parametrize("mu", [1.0, 0.7])
+@pytest.mark.parametrize("order", [1, 2, 3, 4, 5])
+def test_trace_series_equals_matrix_power_code(m, d, mu, order):
+    o1, o2, t1, t2 = _four(m, d)
+    ours = kernels.matrix_ssl_loss(o1, o2, t1, t2, lam=0.9, mu=mu, gamma=1.3, order=order)
+    assert_close(ours, originals.matrix_ssl(o1, o2, t1, t2, lam=0.9, mu=mu, gamma=1.3, order=order), what="MSSL")
+
+
+@pytest.mark.parametrize("m,d", [(16, 6), (6, 16)])
+def test_kernel_ssl_equals_hsic_code(m, d):
+    o1, o2, t1, t2 = _four(m, d)
+    ours = kernels.kernel_ssl_loss(o1, o2, t1, t2, hsic_weight=0.003)
+    assert_close(ours, originals.matrix_ssl(o1, o2, t1, t2, hsic_a=0.003), what="Kernel-SSL")
+
+
+def test_hsic_term_equals_frobenius_of_cross_covariance():
+    """(1/m^2) tr(T^T^' J O^O^' J) = ||C_x||_F^2 (methods.md §3.2)."""
+    m, d = 10, 7
+    t, o = randn(m, d), randn(m, d)
+    th, oh = torch.nn.functional.normalize(t, dim=1), torch.nn.functional.normalize(o, dim=1)
+    j = torch.eye(m, dtype=t.dtype) - 1.0 / m
+    chain = torch.trace(th @ th.T @ j @ oh @ oh.T @ j) / m**2
+    assert_close(kernels.hsic_term(t, o), chain, what="HSIC")
+    cx = (j @ th).T @ (j @ oh) / m
+    assert_close(kernels.hsic_term(t, o), cx.pow(2).sum(), what="||Cx||")
+
+
+def test_gram_side_equals_d_side():
+    """Sylvester: the m x m evaluation (m < D) equals the D x D one, for the series and the exact log."""
+    m, d = 5, 12
+    t, o = _prep(randn(m, d), torch.float64), _prep(randn(m, d), torch.float64)
+    for mu, order in ((1.0, 4), (0.6, 3), (1.4, 6)):
+        x = t.T @ o / m + (mu - 1) * torch.eye(d, dtype=t.dtype)
+        d_side = -0.8 * sum((-1) ** (k + 1) / k * tr for k, tr in enumerate(trace_powers(x, order), 1))
+        assert_close(_uniformity(t, o, 0.8, mu, order, False), d_side, what="U gram")
+        xo = o.T @ o / m + (mu - 1) * torch.eye(d, dtype=t.dtype)
+        p = t.T @ t / m + mu * torch.eye(d, dtype=t.dtype)
+        a_d = -sum((-1) ** (k + 1) / k * torch.trace(p @ torch.linalg.matrix_power(xo, k)) for k in range(1, order + 1))
+        assert_close(_alignment(t, o, mu, order, False), a_d, what="A gram")
+    exact_d = -torch.linalg.slogdet(t.T @ o / m + 0.9 * torch.eye(d, dtype=t.dtype)).logabsdet
+    assert_close(_uniformity(t, o, 1.0, 0.9, 4, True), exact_d, what="U exact gram")
+
+
+def test_trace_powers():
+    a = randn(6, 6)
+    for k, tr in enumerate(trace_powers(a, 7), 1):
+        assert_close(tr, torch.trace(torch.linalg.matrix_power(a, k)), what=f"tr a^{k}")
+
+
+@pytest.mark.parametrize("mu", [1.0, 0.7])
+def test_uniformity_and_alignment_gradient_closed_forms(mu):
+    """G_U = -lam (I - X' + X^2' - X^3'), G_A = -[P - (PX+XP)/2 + (PX^2+XPX+X^2P)/3 - (PX^3+...+X^3P)/4] (§2.7)."""
+    m, d, lam = 12, 5, 0.8
+    cx = randn(d, d, requires_grad=True)
+    eye = torch.eye(d, dtype=torch.float64)
+    x = cx + (mu - 1) * eye
+    u = -lam * sum((-1) ** (k + 1) / k * tr for k, tr in enumerate(trace_powers(x, 4), 1))
+    (gu,) = torch.autograd.grad(u, cx)
+    xd = x.detach()
+    assert_close(gu, -lam * (eye - xd.T + (xd @ xd).T - (xd @ xd @ xd).T), what="G_U")
+
+    s = randn(d, m)
+    co = (s @ s.T / m).requires_grad_(True)
+    pm = randn(d, m)
+    p = pm @ pm.T / m + mu * eye
+    xo = co + (mu - 1) * eye
+    a = -sum((-1) ** (k + 1) / k * torch.trace(p @ torch.linalg.matrix_power(xo, k)) for k in range(1, 5))
+    (ga,) = torch.autograd.grad(a, co)
+    X = xo.detach()
+    mp = torch.linalg.matrix_power
+    expected = -(p - (p @ X + X @ p) / 2 + (p @ mp(X, 2) + X @ p @ X + mp(X, 2) @ p) / 3
+                 - (p @ mp(X, 3) + X @ p @ mp(X, 2) + mp(X, 2) @ p @ X + mp(X, 3) @ p) / 4)
+    assert_close(ga, expected, what="G_A")
+
+
+@pytest.mark.parametrize("m,d", [(6, 4), (4, 6)])
+@pytest.mark.parametrize("exact", [False, True])
+def test_gradcheck(m, d, exact):
+    o1, o2 = randn(m, d, requires_grad=True), randn(m, d, requires_grad=True)
+    t1, t2 = randn(m, d), randn(m, d)
+    assert torch.autograd.gradcheck(
+        lambda a, b: kernels.kernel_ssl_loss(a, b, t1, t2, mu=0.8, exact=exact, backend="torch"), (o1, o2))
+
+
+def test_exact_uniformity_is_log_det_and_series_converges_to_it():
+    m, d = 40, 6
+    t, o = randn(m, d), randn(m, d)
+    exact = kernels.mce_uniformity(t, o, exact=True)
+    th, oh = _prep(t, torch.float64), _prep(o, torch.float64)
+    cx = th.T @ oh / m
+    assert_close(exact, -torch.logdet(cx + torch.eye(d, dtype=cx.dtype)), what="logdet")
+    # eigenvalues of C_x are small here, so the order-12 series is essentially exact
+    assert_close(kernels.mce_uniformity(t, o, order=12), exact, what="series")
+
+
+def test_exact_alignment_matches_eigh_log():
+    m, d, mu = 30, 5, 0.9
+    t, o = randn(m, d), randn(m, d)
+    th, oh = _prep(t, torch.float64), _prep(o, torch.float64)
+    s = oh.T @ oh / m + mu * torch.eye(d, dtype=torch.float64)
+    w, v = torch.linalg.eigh(s)
+    logs = v @ torch.diag(torch.log(w)) @ v.T
+    p = th.T @ th / m + mu * torch.eye(d, dtype=torch.float64)
+    assert_close(kernels.mce_alignment(t, o, mu=mu, exact=True), -torch.trace(p @ logs), what="exact A")
+
+
+def test_trace_logm_backward_is_finite_and_exact_on_degenerate_spectrum():
+    """Autograd through eigh gives NaN for repeated eigenvalues; the Daleckii-Krein backward stays exact.
+
+    Check: the gradient of tr(P log S) in direction E equals the derivative of the Frechet form computed with a
+    perturbation that breaks no symmetry (central differences in float64 along a symmetric E).
+    """
+    d = 5
+    q, _ = torch.linalg.qr(randn(d, d))
+    s = (q @ torch.diag(torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0], dtype=torch.float64)) @ q.T).requires_grad_(True)
+    p = randn(d, d)
+    p = p @ p.T
+    (g,) = torch.autograd.grad(kernels.trace_logm(s, p), s)
+    assert torch.isfinite(g).all()
+    e = randn(d, d)
+    e = e + e.T
+    h = 1e-5
+
+    def f(x):
+        w, v = torch.linalg.eigh(x)
+        return torch.trace(p @ v @ torch.diag(torch.log(w)) @ v.T)
+
+    numeric = (f(s.detach() + h * e) - f(s.detach() - h * e)) / (2 * h)
+    assert_close((g * e).sum(), numeric, tol=FINITE_DIFF, what="directional derivative")
+    # autograd through eigh is wrong here (NaN/Inf or, as on this torch, finite but off): the pitfall avoided
+    s2 = s.detach().clone().requires_grad_(True)
+    (g_naive,) = torch.autograd.grad(f(s2), s2)
+    assert not torch.isfinite(g_naive).all() or not torch.allclose(g_naive, g, atol=FINITE_DIFF)
+
+
+def test_teacher_gets_no_gradient():
+    o1, o2, t1, t2 = _four(8, 4, requires_grad=True)
+    kernels.matrix_ssl_loss(o1, o2, t1, t2).backward()
+    assert t1.grad is None and t2.grad is None and o1.grad is not None
