@@ -1,10 +1,9 @@
 """Package layout rules (style.md §1-§2): fusedssl.kernels / fusedssl.engine only, imports flow engine -> kernels."""
 
 import ast
-import importlib.util
+import subprocess
+import sys
 from pathlib import Path
-
-import fusedssl.kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,11 +18,15 @@ def _imports(path: Path):
             yield node.module or "", node.level
 
 
-def test_no_top_level_kernels_or_engine_package():
-    assert importlib.util.find_spec("kernels") is None or "fusedssl" not in str(importlib.util.find_spec("kernels"))
-    assert importlib.util.find_spec("engine") is None
-    assert Path(fusedssl.kernels.__file__).resolve().is_relative_to(ROOT / "kernels") or "site-packages" in str(
-        fusedssl.kernels.__file__)
+def test_installation_exposes_no_top_level_kernels_or_engine(tmp_path):
+    """Run outside the source tree (whose folders are importable from its root): only fusedssl.* is installed."""
+    code = ("import importlib.util as u, fusedssl.kernels as k; "
+            "print(u.find_spec('kernels') is None or 'fusedssl' not in str(u.find_spec('kernels').origin), "
+            "u.find_spec('engine') is None, k.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    no_kernels, no_engine, path = out.stdout.split()
+    assert no_kernels == "True" and no_engine == "True", out.stdout
+    assert Path(path).resolve().is_relative_to(ROOT / "kernels") or "site-packages" in path
 
 
 def test_top_level_tree():
