@@ -16,6 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="override one config value, e.g. --set optim.base_lr=0.3 (repeatable)")
     tr.add_argument("--resume", default=None, help="'auto' (newest valid checkpoint of the run) or a path")
+    sub.add_parser("verify", help="check every kernel against the float64 reference (fusedssl verify --help)",
+                   add_help=False)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["verify"]:
+        return _verify(argv[1:])
     args = parser.parse_args(argv)
 
     overrides = list(args.overrides)
@@ -34,6 +40,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fusedssl: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _verify(argv: list[str]) -> int:
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+        # Must be set before fusedssl.kernels is imported (triton.jit reads it when the kernels are defined).
+        os.environ["TRITON_INTERPRET"] = "1"
+        print("fusedssl verify: no CUDA device; Triton kernels run in Triton's CPU interpreter at small shapes")
+    from fusedssl.kernels import verify
+
+    return verify.main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,9 +41,21 @@ class Method:
     name = ""
     teacher = False      # needs an EMA teacher
     predictor = False    # needs a predictor head
+    ops: tuple[str, ...] = ()  # the fusedssl.kernels ops the objective calls
 
     def __init__(self, params, backend: str):
-        self.params, self.backend = params, backend
+        self.params, self.requested = params, backend
+
+    def backend(self, op: str) -> str:
+        """The backend for one op: the configured one where the op has it, else the torch reference. A config asks
+        for kernels globally (``kernels.backend: triton``); ops without a kernel in that backend (the O(ND) terms,
+        families still to come) run the reference, and ``backends()`` lists which ran where for the run header."""
+        if self.requested in ("auto", "torch") or self.requested in kernels.available(op):
+            return self.requested
+        return "torch"
+
+    def backends(self) -> dict[str, str]:
+        return {op: self.backend(op) for op in self.ops}
 
     def __call__(self, out: Outputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return (loss, detached terms for logging)."""
@@ -64,12 +76,13 @@ _KW = {"check_finite": False}  # the engine detects non-finite values itself; no
 
 class Barlow(Method):
     name = "barlow"
+    ops = ("barlow_twins_loss",)
 
     def __call__(self, out):
         p = self.params
         loss = kernels.barlow_twins_loss(dist.gather(out.z[0]), dist.gather(out.z[1]), lam=p.lam,
                                          normalize=p.normalize, off_diagonal_target=p.off_diagonal_target,
-                                         backend=self.backend, **_KW)
+                                         backend=self.backend("barlow_twins_loss"), **_KW)
         return loss, {}
 
 
@@ -79,38 +92,43 @@ class BarlowHSIC(Barlow):
 
 class VICReg(Method):
     name = "vicreg"
+    ops = ("vicreg_invariance", "vicreg_variance", "vicreg_covariance")
 
     def __call__(self, out):
-        p, b = self.params, self.backend
-        inv = kernels.vicreg_invariance(out.z[0], out.z[1], backend=b, **_KW)
+        p = self.params
+        inv = kernels.vicreg_invariance(out.z[0], out.z[1], backend=self.backend("vicreg_invariance"), **_KW)
         za, zb = dist.gather(out.z[0]), dist.gather(out.z[1])
-        var = 0.5 * (kernels.vicreg_variance(za, eps=p.eps, backend=b, **_KW)
-                     + kernels.vicreg_variance(zb, eps=p.eps, backend=b, **_KW))
-        cov = kernels.vicreg_covariance(za, backend=b, **_KW) + kernels.vicreg_covariance(zb, backend=b, **_KW)
+        bv, bc = self.backend("vicreg_variance"), self.backend("vicreg_covariance")
+        var = 0.5 * (kernels.vicreg_variance(za, eps=p.eps, backend=bv, **_KW)
+                     + kernels.vicreg_variance(zb, eps=p.eps, backend=bv, **_KW))
+        cov = kernels.vicreg_covariance(za, backend=bc, **_KW) + kernels.vicreg_covariance(zb, backend=bc, **_KW)
         loss = p.sim_coeff * inv + p.std_coeff * var + p.cov_coeff * cov
         return loss, {"invariance": inv.detach(), "variance": var.detach(), "covariance": cov.detach()}
 
 
 class FroSSL(Method):
     name = "frossl"
+    ops = ("frossl_loss",)
 
     def __call__(self, out):
         views = [dist.gather(z) for z in out.z] if self.params.gather else out.z
         loss = kernels.frossl_loss(views, invariance_weight=self.params.invariance_weight,
-                                   variant=self.params.variant, backend=self.backend, **_KW)
+                                   variant=self.params.variant, backend=self.backend("frossl_loss"), **_KW)
         return loss, {}
 
 
 class MatrixSSL(Method):
     name = "matrix_ssl"
     teacher = predictor = True
+    ops = ("matrix_ssl_loss",)
 
     def __call__(self, out):
         p = self.params
         o1, o2 = dist.gather(out.p[0]), dist.gather(out.p[1])
         t1, t2 = dist.gather(out.t[0]), dist.gather(out.t[1])
         loss = kernels.matrix_ssl_loss(o1, o2, t1, t2, lam=p.lam, mu=p.mu, gamma=p.gamma, order=p.order,
-                                       exact=p.exact, hsic_weight=p.hsic_weight, backend=self.backend, **_KW)
+                                       exact=p.exact, hsic_weight=p.hsic_weight,
+                                       backend=self.backend("matrix_ssl_loss"), **_KW)
         return loss, {}
 
 
@@ -120,29 +138,33 @@ class KernelSSL(MatrixSSL):
 
 class SimCLR(Method):
     name = "simclr"
+    ops = ("nt_xent_loss",)
 
     def __call__(self, out):
         za, zb = out.z
         keys_a, keys_b = dist.gather(za), dist.gather(zb)
         loss = kernels.nt_xent_loss(za, zb, temperature=self.params.temperature, keys_a=keys_a, keys_b=keys_b,
-                                    offset=dist.rank() * za.shape[0], backend=self.backend, **_KW)
+                                    offset=dist.rank() * za.shape[0], backend=self.backend("nt_xent_loss"), **_KW)
         return loss, {}
 
 
 class BYOL(Method):
     name = "byol"
     teacher = predictor = True
+    ops = ("byol_loss",)
 
     def __call__(self, out):
-        return kernels.byol_loss(out.p[0], out.p[1], out.t[0], out.t[1], backend=self.backend, **_KW), {}
+        return kernels.byol_loss(out.p[0], out.p[1], out.t[0], out.t[1], backend=self.backend("byol_loss"), **_KW), {}
 
 
 class SimSiam(Method):
     name = "simsiam"
     predictor = True
+    ops = ("simsiam_loss",)
 
     def __call__(self, out):
-        return kernels.simsiam_loss(out.p[0], out.p[1], out.z[0], out.z[1], backend=self.backend, **_KW), {}
+        return kernels.simsiam_loss(out.p[0], out.p[1], out.z[0], out.z[1], backend=self.backend("simsiam_loss"),
+                                    **_KW), {}
 
 
 class DirectPred(BYOL):
@@ -150,6 +172,7 @@ class DirectPred(BYOL):
 
     name = "directpred"
     mode = "directpred"
+    ops = ("byol_loss", "correlation_ema", "predictor_weight")
 
     def __init__(self, params, backend):
         super().__init__(params, backend)
@@ -165,7 +188,7 @@ class DirectPred(BYOL):
         if self.corr is None or step % self.params.freq:
             return
         weight = kernels.predictor_weight(self.corr, mode=self.mode, eps=self.params.eps, convert=self.params.convert,
-                                          backend=self.backend, check_finite=False)
+                                          backend=self.backend("predictor_weight"), check_finite=False)
         layer = model.predictor[0]
         with torch.no_grad():
             layer.weight.copy_(weight.to(layer.weight.dtype))

@@ -115,9 +115,11 @@ def main(cfg: config.Config) -> dict:
             opt.load_state_dict(state["optimizer"])
             start, metrics = state["step"], state["metrics"]
             log.info("resumed from %s at step %d", path, start)
-    log.info("fusedssl %s | torch %s | device %s x%d | method %s | backend %s | %d steps (%d/epoch) | batch %d | %s",
-             _version(), torch.__version__, device, info.world, cfg.method.name, cfg.kernels.backend, total,
-             data.steps_per_epoch, cfg.data.batch_size, precision)
+    log.info("fusedssl %s | torch %s | device %s x%d | method %s | %d steps (%d/epoch) | batch %d | %s",
+             _version(), torch.__version__, device, info.world, cfg.method.name, total, data.steps_per_epoch,
+             cfg.data.batch_size, precision)
+    log.info("kernel backends (kernels.backend=%s): %s", cfg.kernels.backend,
+             ", ".join(f"{op}={b}" for op, b in method.backends().items()))
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(cfg), indent=1))

@@ -3,9 +3,10 @@
 Every public op in ``fusedssl.kernels`` takes ``backend="auto" | "torch" | "triton" | "cuda"``. Family files register
 their implementations here by (op, backend) at import time; the public function validates its inputs once and then
 calls ``dispatch``. ``"torch"`` is always the plain-PyTorch reference ``<op>_ref``, so "kernels off" is simply
-``backend="torch"``. ``"auto"`` picks ``"torch"`` for CPU tensors and the first registered entry of the op's preference
-list for CUDA tensors. Asking for a backend that has no implementation raises ``BackendUnavailable`` with the reason
-and the fix; nothing falls back silently.
+``backend="torch"``. ``"auto"`` picks ``"torch"`` for CPU tensors and, for CUDA tensors, the first registered entry of
+the op's measured preference list (``prefer``; "torch" while no benchmark has shown a kernel to be faster). Asking for
+a backend that cannot run the op raises ``BackendUnavailable`` with the reason and the fix; nothing falls back
+silently.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from typing import Callable
 import torch
 
 BACKENDS: tuple[str, ...] = ("torch", "triton", "cuda")
-# Preference on CUDA devices when backend="auto"; benchmarks in bench/results/ decide the order.
-_CUDA_PREFERENCE: tuple[str, ...] = ("cuda", "triton", "torch")
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
+# Per-op order tried by backend="auto" on CUDA devices, declared by the family file from the measurements in
+# bench/results/. An op without a measured win stays on "torch": an unmeasured kernel is never chosen automatically.
+_PREFERENCE: dict[str, tuple[str, ...]] = {}
 
 # Why a backend may be missing for an op, keyed by backend: shown in BackendUnavailable messages.
 _WHY_MISSING = {
-    "triton": "the Triton kernels for this op are not in this version of fusedssl (they arrive with issue #3)",
+    "triton": "this op has no Triton kernel in this version of fusedssl (issue #3 adds them family by family)",
     "cuda": (
         "the CUDA C++ extension fusedssl.kernels._C does not provide this op in this version "
         "(the csrc/ kernels arrive with issue #4; build them with FUSEDSSL_BUILD_CUDA=1 pip install "
@@ -47,6 +49,11 @@ def register(op: str, backend: str) -> Callable[[Callable], Callable]:
     return wrap
 
 
+def prefer(op: str, order: tuple[str, ...]) -> None:
+    """Declare the backends ``auto`` tries for ``op`` on CUDA, fastest first (from bench/results/)."""
+    _PREFERENCE[op] = tuple(order)
+
+
 def available(op: str) -> list[str]:
     """Backends that have an implementation of ``op`` in this installation."""
     return [b for b in BACKENDS if b in _REGISTRY.get(op, {})]
@@ -61,12 +68,18 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
         raise KeyError(f"no op named {op!r} is registered")
     if backend == "auto":
         if device.type != "cuda":
-            return "torch"
-        return next(b for b in _CUDA_PREFERENCE if b in impls)
+            return "torch"  # the interpreter is for verification, never an automatic choice
+        return next((b for b in _PREFERENCE.get(op, ()) if b in impls), "torch")
     if backend not in impls:
         raise BackendUnavailable(f"backend={backend!r} cannot run {op}: {_WHY_MISSING[backend]}. Use backend='torch'.")
     if backend == "cuda" and device.type != "cuda":
         raise BackendUnavailable(f"backend='cuda' cannot run {op} on a {device.type} tensor: move the inputs to a GPU")
+    if backend == "triton":
+        from ._triton import why_unavailable
+
+        reason = why_unavailable(device)
+        if reason:
+            raise BackendUnavailable(f"backend='triton' cannot run {op}: {reason}")
     return backend
 
 

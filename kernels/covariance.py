@@ -9,6 +9,17 @@ Efficient formulation (what the reference computes; the Triton/CUDA kernels of i
     so D x D memory is never needed when N < D (e.g. N = 256, D = 8192).
   * VICReg: C = X~'X~ / (N-1) per view, ||C||_F^2 again from the smaller side, diag C = unbiased variances.
 
+Triton kernel (backend "triton"; methods.md §16.3 kernels 1-2): one covariance-loss family serves Barlow Twins, the HSIC
+variant and VICReg's covariance term, all of the form
+    L = sum_i w_d (c_ii - t_d)^2 + sum_{i!=j} w_o (c_ij - t_o)^2,     c = s * A'B  (auto mode: A = B)
+  * forward ``_cov_loss_fwd_kernel``: each program owns a D x D tile, accumulates A'B over K = N in fp32, and in the
+    epilogue writes the tile's loss partial sum and G = dL/dC = 2 w (c - t) directly: C itself is never stored.
+  * backward ``_cov_loss_bwd_kernel``: one dual-output GEMM per (rows, columns) tile, dA = s B G' and dB = s A G, scaled
+    by the incoming gradient read on the device (no host sync).
+The column normalisation (BN / Tsai's rowL2 + std / centring) stays in torch ops around the kernel for now (its
+backward is autograd's); fusing it into the GEMM prologue and the dual backward is still open in issue #3.
+Measured speedups: none yet (no GPU measurement so far); ``auto`` therefore keeps choosing "torch" on GPUs.
+
 Distributed semantics (how engine/methods.py calls these; methods.md §13):
   * Barlow Twins / HSIC: computed on the all-gathered batch of both views, redundantly on every rank (equivalent to
     official BT with SyncBN statistics; exact global-batch gradients with a gradient-preserving gather).
@@ -23,7 +34,152 @@ import torch.nn.functional as F
 
 from . import _backend
 from ._checks import check_choice, check_embeddings, check_number, check_pair, full_precision
+from ._triton import HAS_TRITON, dot_precision, interpreting, tile, tl, triton
 from .normalize import col_normalize_ref, row_normalize_ref
+
+# --------------------------------------------------------------------------------------------- Triton kernels
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _cov_loss_fwd_kernel(a_ptr, b_ptr, g_ptr, part_ptr, N, D, stride_an, stride_ad, stride_bn, stride_bd,
+                             scale, w_diag, t_diag, w_off, t_off,
+                             BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
+                             PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        pid_i = tl.program_id(0)
+        pid_j = tl.program_id(1)
+        offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+        offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+        acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
+        for k0 in range(0, N, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            # A' tile (BLOCK_I x BLOCK_K) loaded transposed through the strides; B tile (BLOCK_K x BLOCK_J)
+            a = tl.load(a_ptr + offs_k[None, :] * stride_an + offs_i[:, None] * stride_ad,
+                        mask=(offs_k[None, :] < N) & (offs_i[:, None] < D), other=0.0)
+            b = tl.load(b_ptr + offs_k[:, None] * stride_bn + offs_j[None, :] * stride_bd,
+                        mask=(offs_k[:, None] < N) & (offs_j[None, :] < D), other=0.0)
+            if UPCAST:  # the interpreter mis-computes half-precision arithmetic
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        c = acc * scale
+        valid = (offs_i[:, None] < D) & (offs_j[None, :] < D)
+        diag = offs_i[:, None] == offs_j[None, :]
+        # (c - t) in fp32 before any rounding: bf16 resolves 1 - c_ii only to 0.004 (methods.md §16.6)
+        diff = tl.where(diag, c - t_diag, c - t_off)
+        w = tl.where(diag, w_diag, w_off)
+        loss = tl.where(valid, w * diff * diff, 0.0)
+        tl.store(g_ptr + offs_i[:, None] * D + offs_j[None, :], 2.0 * w * diff, mask=valid)
+        tl.store(part_ptr + pid_i * tl.num_programs(1) + pid_j, tl.sum(tl.sum(loss, axis=1), axis=0))
+
+    @triton.jit
+    def _cov_loss_bwd_kernel(a_ptr, b_ptr, g_ptr, gout_ptr, da_ptr, db_ptr, N, D, stride_an, stride_ad,
+                             stride_bn, stride_bd, scale,
+                             BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+                             PRECISION: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        acc_a = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+        acc_b = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            rows = (offs_m[:, None] < N) & (offs_k[None, :] < D)
+            a = tl.load(a_ptr + offs_m[:, None] * stride_an + offs_k[None, :] * stride_ad, mask=rows, other=0.0)
+            b = tl.load(b_ptr + offs_m[:, None] * stride_bn + offs_k[None, :] * stride_bd, mask=rows, other=0.0)
+            gmask = (offs_k[:, None] < D) & (offs_c[None, :] < D)
+            g_t = tl.load(g_ptr + offs_c[None, :] * D + offs_k[:, None], mask=gmask, other=0.0)  # G[c, k]' tile
+            g = tl.load(g_ptr + offs_k[:, None] * D + offs_c[None, :], mask=gmask, other=0.0)    # G[k, c] tile
+            acc_a = tl.dot(b.to(tl.float32), g_t, acc_a, input_precision=PRECISION)
+            acc_b = tl.dot(a.to(tl.float32), g, acc_b, input_precision=PRECISION)
+        s = scale * tl.load(gout_ptr)  # the upstream gradient, read on the device: no host sync
+        out = (offs_m[:, None] < N) & (offs_c[None, :] < D)
+        tl.store(da_ptr + offs_m[:, None] * D + offs_c[None, :], acc_a * s, mask=out)
+        tl.store(db_ptr + offs_m[:, None] * D + offs_c[None, :], acc_b * s, mask=out)
+
+
+def cov_loss_fwd(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, t_diag: float, w_off: float,
+                 t_off: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward: (loss as a 0-d fp32 tensor, G as a D x D fp32 tensor). Inputs (N, D), any strides."""
+    n, d = a.shape
+    bi, bk = tile(d), tile(n)
+    grid = (triton.cdiv(d, bi), triton.cdiv(d, bi))
+    g = torch.empty(d, d, dtype=torch.float32, device=a.device)
+    part = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=a.device)
+    _cov_loss_fwd_kernel[grid](a, b, g, part, n, d, a.stride(0), a.stride(1), b.stride(0), b.stride(1), scale,
+                               w_diag, t_diag, w_off, t_off, BLOCK_I=bi, BLOCK_J=bi, BLOCK_K=bk,
+                               PRECISION=dot_precision(a.dtype, a.device), UPCAST=interpreting())
+    return part.sum(), g
+
+
+def cov_loss_bwd(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gout: torch.Tensor, scale: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the dual-output backward: dA = s*gout*B G', dB = s*gout*A G, in the inputs' dtypes."""
+    n, d = a.shape
+    bm, bc = tile(n), tile(d)
+    da = torch.empty(n, d, dtype=torch.float32, device=a.device)
+    db = torch.empty(n, d, dtype=torch.float32, device=a.device)
+    gout = gout.to(torch.float32).reshape(1)
+    _cov_loss_bwd_kernel[(triton.cdiv(n, bm), triton.cdiv(d, bc))](
+        a, b, g, gout, da, db, n, d, a.stride(0), a.stride(1), b.stride(0), b.stride(1), scale,
+        BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bc, PRECISION=dot_precision(torch.float32, a.device))
+    return da.to(a.dtype), db.to(b.dtype)
+
+
+# torch.library registration: custom ops with fakes (so torch.compile traces them) and the hand-written backward.
+
+
+@torch.library.custom_op("fusedssl::cov_loss", mutates_args=())
+def _cov_loss_op(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, t_diag: float, w_off: float,
+                 t_off: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return cov_loss_fwd(a, b, scale, w_diag, t_diag, w_off, t_off)
+
+
+@_cov_loss_op.register_fake
+def _(a, b, scale, w_diag, t_diag, w_off, t_off):
+    d = a.shape[1]
+    return a.new_empty((), dtype=torch.float32), a.new_empty((d, d), dtype=torch.float32)
+
+
+@torch.library.custom_op("fusedssl::cov_loss_bwd", mutates_args=())
+def _cov_loss_bwd_op(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gout: torch.Tensor, scale: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    return cov_loss_bwd(a, b, g, gout, scale)
+
+
+@_cov_loss_bwd_op.register_fake
+def _(a, b, g, gout, scale):
+    return torch.empty_like(a), torch.empty_like(b)
+
+
+def _cov_setup(ctx, inputs, output):
+    a, b, scale = inputs[0], inputs[1], inputs[2]
+    ctx.save_for_backward(a, b, output[1])
+    ctx.scale = scale
+
+
+def _cov_backward(ctx, gloss, _g_unused):
+    a, b, g = ctx.saved_tensors
+    da, db = _cov_loss_bwd_op(a, b, g, gloss, ctx.scale)
+    return da, db, None, None, None, None, None
+
+
+_cov_loss_op.register_autograd(_cov_backward, setup_context=_cov_setup)
+
+
+def cov_loss(a: torch.Tensor, b: torch.Tensor, *, scale: float, w_diag: float, t_diag: float, w_off: float,
+             t_off: float) -> torch.Tensor:
+    """Fused ``sum_i w_d (c_ii - t_d)^2 + sum_{i!=j} w_o (c_ij - t_o)^2`` with ``c = scale * a'b`` (Triton).
+
+    Pass the same tensor as ``a`` and ``b`` for an auto-covariance; the gradient then sums both GEMM outputs.
+    """
+    return _cov_loss_op(a, b, scale, w_diag, t_diag, w_off, t_off)[0]
+
+
+def _kernel_operand(z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Normalised fp32 tensors go to the tensor cores in the caller's half precision; fp64 runs in fp32."""
+    return z.to(like.dtype) if like.dtype in (torch.float16, torch.bfloat16) else z.to(torch.float32)
 
 BT_NORMALIZE = ("bn", "tsai", "none")
 
@@ -94,6 +250,17 @@ def barlow_twins_loss_ref(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.005
             total = (a.sum(1) * b.sum(1)).sum() / n     # 1'c1 from per-sample row sums
             loss = loss + lam * (-2.0 * t * (total - diag.sum()) + t * t * d * (d - 1))
         return loss
+
+
+@_backend.register("barlow_twins_loss", "triton")
+def barlow_twins_loss_triton(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
+                             off_diagonal_target: float = 0.0) -> torch.Tensor:
+    """Triton provider: the torch normalisation, then the fused covariance loss (G written in the forward)."""
+    with full_precision(za) as dt:
+        a = _kernel_operand(_bt_normalize(za.to(dt), normalize), za)
+        b = _kernel_operand(_bt_normalize(zb.to(dt), normalize), zb)
+        return cov_loss(a, b, scale=1.0 / a.shape[0], w_diag=1.0, t_diag=1.0, w_off=lam,
+                        t_off=float(off_diagonal_target))
 
 
 # ----------------------------------------------------------------------------------------------------------- VICReg
@@ -172,3 +339,12 @@ def vicreg_covariance_ref(z: torch.Tensor) -> torch.Tensor:
         var = x.pow(2).sum(0) / (n - 1)                  # diag C
         frob2 = frob2_cross(x, x) / (n - 1) ** 2         # ||C||_F^2 from the smaller side
         return (frob2 - var.pow(2).sum()) / d
+
+
+@_backend.register("vicreg_covariance", "triton")
+def vicreg_covariance_triton(z: torch.Tensor) -> torch.Tensor:
+    """Triton provider: centring in torch, then the fused auto-covariance loss with diagonal weight 0."""
+    with full_precision(z) as dt:
+        x = _kernel_operand(col_normalize_ref(z.to(dt), "center"), z)
+        n, d = x.shape
+        return cov_loss(x, x, scale=1.0 / (n - 1), w_diag=0.0, t_diag=0.0, w_off=1.0 / d, t_off=0.0)

@@ -12,9 +12,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# Relative-error floors per dtype for kernel-vs-reference checks (style.md §5). FLOAT64 is the tolerance of
-# float64-vs-float64 identity tests (different but exact formulations agree to rounding).
-FLOORS = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 1e-4}
+from fusedssl.kernels.verify import FLOORS  # noqa: E402, F401 - the one floor table, shared with `fusedssl verify`
+
+# FLOAT64 is the tolerance of float64-vs-float64 identity tests (different but exact formulations agree to rounding).
 FLOAT64 = 1e-10
 # Central finite differences in float64 (h = 1e-5) against an analytic gradient.
 FINITE_DIFF = 1e-6
@@ -34,6 +34,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def kernel_device():
+    """Where kernel tests run: the GPU at full shapes when there is one, else the Triton interpreter on CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
     # A different seed per test (from its id) so the data is fresh random but each test is reproducible.
@@ -47,7 +53,8 @@ def randn(*shape, dtype=torch.float64, requires_grad=False):
 
 def assert_close(a, b, tol=FLOAT64, what=""):
     """max |a - b| / max(1, max |b|) <= tol, elementwise over tensors (scaled like style.md §5)."""
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    a, b = (x.detach().to(torch.float64) if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float64)
+            for x in (a, b))
     scale = max(1.0, float(b.abs().max()))
     err = float((a - b).abs().max()) / scale
     assert err <= tol, f"{what} relative error {err:.3e} > {tol:.1e}"

@@ -89,11 +89,25 @@ def test_argument_named_in_message():
 def test_backend_errors():
     with pytest.raises(ValueError, match=r"backend='tpu'"):
         kernels.barlow_twins_loss(_z(), _z(), backend="tpu")
-    with pytest.raises(kernels.BackendUnavailable, match=r"issue #3"):
-        kernels.barlow_twins_loss(_z(), _z(), backend="triton")
+    with pytest.raises(kernels.BackendUnavailable, match=r"no Triton kernel.*issue #3"):
+        kernels.frossl_loss([_z(), _z()], backend="triton")
     with pytest.raises(kernels.BackendUnavailable, match=r"FUSEDSSL_BUILD_CUDA=1"):
         kernels.vicreg_loss(_z(), _z(), backend="cuda")
-    assert kernels.available("barlow_twins_loss") == ["torch"]
+    assert kernels.available("barlow_twins_loss") == ["torch", "triton"]
+    assert kernels.available("frossl_loss") == ["torch"]
+
+
+def test_triton_without_gpu_or_interpreter_says_how(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(kernels.BackendUnavailable, match=r"need a CUDA device.*TRITON_INTERPRET=1"):
+        kernels.barlow_twins_loss(_z(), _z(), backend="triton")
+
+
+def test_auto_never_picks_an_unmeasured_kernel():
+    from fusedssl.kernels import _backend
+
+    assert _backend.resolve("barlow_twins_loss", "auto", torch.device("cpu")) == "torch"
+    assert _backend.resolve("barlow_twins_loss", "auto", torch.device("cuda")) == "torch"  # no GPU benchmark yet
 
 
 def test_check_finite_off_skips_the_scan():

@@ -1,0 +1,179 @@
+"""``fusedssl verify``: every op of every available kernel backend against the float64 reference.
+
+The three-way rule (style.md §5, after FlashAttention's tests), for the value and every input gradient:
+    ref    = the "torch" reference on the inputs upcast to float64
+    torch  = the "torch" reference on the same low-precision inputs
+    kernel = the backend under test on the low-precision inputs
+    err_x  = max|x - ref| / max(1, max|ref|);   pass  iff  err_kernel <= 2 * err_torch + FLOORS[dtype]
+One random upstream gradient is shared by the three backward passes. Inputs are fresh random data for every case
+(seeded per run and printed), over a grid of shapes (odd sizes, N < D and N > D), dtypes and layouts (contiguous and a
+strided slice of a larger tensor). Backends that cannot run here are listed with the reason, never silently passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from . import _backend
+from .contrastive import nt_xent_loss
+from .cosine import byol_loss, simsiam_loss
+from .covariance import barlow_twins_loss, vicreg_covariance, vicreg_loss
+from .frobenius import frossl_loss
+from .matrix_log import kernel_ssl_loss, matrix_ssl_loss
+
+# The one table of tolerance floors (relative, see above); tests/conftest.py imports it.
+FLOORS = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 1e-4}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KERNEL_BACKENDS = ("triton", "cuda")
+SMALL_SHAPES = [(2, 7), (33, 50), (97, 128), (40, 160), (256, 64)]   # interpreter-sized; N < D and N > D
+FULL_SHAPES = [(n, d) for n in (2, 97, 256, 1025) for d in (7, 128, 1000, 2048)]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One verifiable op: ``op`` is the registry name, ``n_inputs`` (N, D) tensors feed ``call(backend, *x)``."""
+
+    name: str
+    op: str
+    n_inputs: int
+    call: Callable[..., torch.Tensor]
+    grad_inputs: int | None = None  # how many leading inputs take gradients (teacher/target inputs do not)
+
+
+CASES = [
+    Case("barlow_twins_loss", "barlow_twins_loss", 2, lambda be, a, b: barlow_twins_loss(a, b, backend=be)),
+    Case("barlow_twins_loss[hsic,tsai]", "barlow_twins_loss", 2,
+         lambda be, a, b: barlow_twins_loss(a, b, lam=1 / 128, normalize="tsai", off_diagonal_target=-1.0,
+                                            backend=be)),
+    Case("vicreg_covariance", "vicreg_covariance", 1, lambda be, a: vicreg_covariance(a, backend=be)),
+    Case("vicreg_loss", "vicreg_loss", 2, lambda be, a, b: vicreg_loss(a, b, backend=be)),
+    Case("frossl_loss", "frossl_loss", 2, lambda be, a, b: frossl_loss([a, b], backend=be)),
+    Case("matrix_ssl_loss", "matrix_ssl_loss", 4, lambda be, a, b, c, d: matrix_ssl_loss(a, b, c, d, backend=be),
+         grad_inputs=2),
+    Case("kernel_ssl_loss", "matrix_ssl_loss", 4, lambda be, a, b, c, d: kernel_ssl_loss(a, b, c, d, backend=be),
+         grad_inputs=2),
+    Case("nt_xent_loss", "nt_xent_loss", 2, lambda be, a, b: nt_xent_loss(a, b, backend=be)),
+    Case("byol_loss", "byol_loss", 4, lambda be, a, b, c, d: byol_loss(a, b, c, d, backend=be), grad_inputs=2),
+    Case("simsiam_loss", "simsiam_loss", 4, lambda be, a, b, c, d: simsiam_loss(a, b, c, d, backend=be),
+         grad_inputs=2),
+]
+
+
+@dataclass
+class Row:
+    case: str
+    backend: str
+    dtype: str
+    shape: str
+    layout: str
+    quantity: str
+    err: float
+    tol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.err <= self.tol
+
+
+def _inputs(case: Case, n: int, d: int, layout: str, gen: torch.Generator, device: torch.device) -> list:
+    xs = []
+    for _ in range(case.n_inputs):
+        if layout == "strided":  # every other column of a wider tensor: non-contiguous, stride 2
+            xs.append(torch.randn(n, 2 * d, generator=gen, dtype=torch.float64).to(device)[:, ::2])
+        else:
+            xs.append(torch.randn(n, d, generator=gen, dtype=torch.float64).to(device))
+    return xs
+
+
+def _run(case: Case, backend: str, xs: list, upstream: torch.Tensor) -> list[torch.Tensor]:
+    k = case.grad_inputs if case.grad_inputs is not None else case.n_inputs
+    leaves = [x.detach().clone().requires_grad_(i < k) for i, x in enumerate(xs)]
+    out = case.call(backend, *leaves)
+    grads = torch.autograd.grad(out, leaves[:k], upstream.to(out.dtype))
+    return [out.detach(), *[g.detach() for g in grads]]
+
+
+def _err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return float((x.double() - ref).abs().max()) / max(1.0, float(ref.abs().max()))
+
+
+def check(case: Case, backend: str, n: int, d: int, dtype: torch.dtype, layout: str, gen: torch.Generator,
+          device: torch.device) -> list[Row]:
+    """The three-way comparison of one (case, backend, shape, dtype, layout); one Row per quantity."""
+    base = _inputs(case, n, d, layout, gen, device)
+    low = [x.to(dtype) for x in base]
+    upstream = torch.randn((), generator=gen, dtype=torch.float64).to(device)
+    ref = _run(case, "torch", [x.double() for x in low], upstream)
+    lp_torch = _run(case, "torch", low, upstream)
+    kernel = _run(case, backend, low, upstream)
+    names = ["value"] + [f"grad[{i}]" for i in range(len(ref) - 1)]
+    dname = str(dtype).replace("torch.", "")
+    return [Row(case.name, backend, dname, f"{n}x{d}", layout, q, _err(k, r), 2 * _err(t, r) + FLOORS[dtype])
+            for q, r, t, k in zip(names, ref, lp_torch, kernel)]
+
+
+def run(*, device: torch.device, full: bool = False, cases: list[str] | None = None,
+        backends: tuple[str, ...] = KERNEL_BACKENDS, dtypes: tuple[str, ...] = tuple(DTYPES),
+        shapes: list[tuple[int, int]] | None = None, seed: int | None = None, out=None
+        ) -> tuple[list[Row], list[str]]:
+    """Run the grid; returns (rows, skipped lines). Prints one table row per check as it goes (to ``out``)."""
+    out = out or sys.stdout
+    seed = int(time.time()) if seed is None else seed
+    gen = torch.Generator().manual_seed(seed)
+    shapes = shapes or (FULL_SHAPES if full else SMALL_SHAPES)
+    rows, skipped = [], []
+    print(f"fusedssl verify: device {device}, seed {seed}, rule err <= 2 * err_torch + floor "
+          f"(floors: {', '.join(f'{str(k)[6:]} {v:g}' for k, v in FLOORS.items())})", file=out)
+    print(f"{'op':30s} {'backend':7s} {'dtype':9s} {'shape':10s} {'layout':10s} {'quantity':9s} "
+          f"{'max rel err':>11s} {'tolerance':>10s}  result", file=out)
+    for case in CASES:
+        if cases and case.name not in cases and case.op not in cases:
+            continue
+        for backend in backends:
+            if backend not in _backend.available(case.op):
+                skipped.append(f"{case.name}: no {backend} kernel in this version")
+                continue
+            try:
+                _backend.resolve(case.op, backend, device)
+            except _backend.BackendUnavailable as e:
+                skipped.append(f"{case.name}: {e}")
+                continue
+            for dname in dtypes:
+                for n, d in shapes:
+                    for layout in ("contiguous", "strided"):
+                        for row in check(case, backend, n, d, DTYPES[dname], layout, gen, device):
+                            rows.append(row)
+                            print(f"{row.case:30s} {row.backend:7s} {row.dtype:9s} {row.shape:10s} {row.layout:10s} "
+                                  f"{row.quantity:9s} {row.err:11.3e} {row.tol:10.3e}  "
+                                  f"{'pass' if row.ok else 'FAIL'}", file=out)
+    return rows, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fusedssl verify", description=__doc__.splitlines()[0])
+    p.add_argument("--full", action="store_true", help="GPU-sized shape grid (N up to 1025, D up to 2048)")
+    p.add_argument("--op", action="append", dest="ops", help="only this case or op (repeatable)")
+    p.add_argument("--backend", action="append", choices=KERNEL_BACKENDS, dest="backends")
+    p.add_argument("--dtype", action="append", choices=tuple(DTYPES), dest="dtypes")
+    p.add_argument("--seed", type=int, default=None, help="input seed (default: from the clock, printed)")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    known = {c.name for c in CASES} | {c.op for c in CASES}
+    for name in args.ops or ():
+        if name not in known:
+            p.error(f"--op {name!r} is not one of {', '.join(sorted(known))}")
+    rows, skipped = run(device=device, full=args.full, cases=args.ops, backends=tuple(args.backends or KERNEL_BACKENDS),
+                        dtypes=tuple(args.dtypes or DTYPES), seed=args.seed)
+    for line in skipped:
+        print(f"skipped  {line}")
+    failed = [r for r in rows if not r.ok]
+    print(f"{len(rows)} checks, {len(rows) - len(failed)} passed, {len(failed)} failed, {len(skipped)} skipped")
+    return 1 if failed else 0
