@@ -1,4 +1,5 @@
-"""Installs the distribution ``fusedssl``: kernels/ -> fusedssl.kernels, engine/ -> fusedssl.engine.
+"""Installs the distribution ``fusedssl``: kernels/ -> fusedssl.kernels, engine/ -> fusedssl.engine, bench/ ->
+fusedssl.bench.
 
 ``fusedssl`` itself is an implicit namespace package (no fusedssl/__init__.py), so neither a top-level ``kernels`` nor
 ``engine`` package is ever installed (PyPI has an unrelated popular ``kernels``). The CUDA extension
@@ -14,8 +15,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fusedssl.kernels", "fusedssl.engine"],
-    package_dir={"fusedssl.kernels": "kernels", "fusedssl.engine": "engine"},
+    packages=["fusedssl.kernels", "fusedssl.engine", "fusedssl.bench"],
+    package_dir={"fusedssl.kernels": "kernels", "fusedssl.engine": "engine", "fusedssl.bench": "bench"},
     install_requires=[
         # CUDA builds of torch/torchvision; the code runs on torch >= 2.11 with triton >= 3.6 and on the newest.
         "torch>=2.11",

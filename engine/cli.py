@@ -20,8 +20,13 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     if argv is None:
         argv = sys.argv[1:]
+    sub.add_parser("bench", help="benchmarks: fusedssl bench kernels [--help]", add_help=False)
     if argv[:1] == ["verify"]:
         return _verify(argv[1:])
+    if argv[:2] == ["bench", "kernels"]:
+        from fusedssl.bench import bench_covariance
+
+        return bench_covariance.main(argv[2:])
     args = parser.parse_args(argv)
 
     overrides = list(args.overrides)
