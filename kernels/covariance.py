@@ -76,7 +76,8 @@ if HAS_TRITON:
     def _cov_loss_bwd_kernel(a_ptr, b_ptr, g_ptr, gout_ptr, da_ptr, db_ptr, N, D, stride_an, stride_ad,
                              stride_bn, stride_bd, scale,
                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-                             PRECISION: tl.constexpr):
+                             PRECISION: tl.constexpr, AUTO: tl.constexpr):
+        # AUTO: A is B and G is symmetric, so dA + dB = 2 s A G: one GEMM, written to da_ptr only.
         pid_m = tl.program_id(0)
         pid_c = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -89,14 +90,18 @@ if HAS_TRITON:
             a = tl.load(a_ptr + offs_m[:, None] * stride_an + offs_k[None, :] * stride_ad, mask=rows, other=0.0)
             b = tl.load(b_ptr + offs_m[:, None] * stride_bn + offs_k[None, :] * stride_bd, mask=rows, other=0.0)
             gmask = (offs_k[:, None] < D) & (offs_c[None, :] < D)
-            g_t = tl.load(g_ptr + offs_c[None, :] * D + offs_k[:, None], mask=gmask, other=0.0)  # G[c, k]' tile
             g = tl.load(g_ptr + offs_k[:, None] * D + offs_c[None, :], mask=gmask, other=0.0)    # G[k, c] tile
-            acc_a = tl.dot(b.to(tl.float32), g_t, acc_a, input_precision=PRECISION)
             acc_b = tl.dot(a.to(tl.float32), g, acc_b, input_precision=PRECISION)
+            if not AUTO:
+                g_t = tl.load(g_ptr + offs_c[None, :] * D + offs_k[:, None], mask=gmask, other=0.0)  # G[c, k]'
+                acc_a = tl.dot(b.to(tl.float32), g_t, acc_a, input_precision=PRECISION)
         s = scale * tl.load(gout_ptr)  # the upstream gradient, read on the device: no host sync
         out = (offs_m[:, None] < N) & (offs_c[None, :] < D)
-        tl.store(da_ptr + offs_m[:, None] * D + offs_c[None, :], acc_a * s, mask=out)
-        tl.store(db_ptr + offs_m[:, None] * D + offs_c[None, :], acc_b * s, mask=out)
+        if AUTO:
+            tl.store(da_ptr + offs_m[:, None] * D + offs_c[None, :], acc_b * (2.0 * s), mask=out)
+        else:
+            tl.store(da_ptr + offs_m[:, None] * D + offs_c[None, :], acc_a * s, mask=out)
+            tl.store(db_ptr + offs_m[:, None] * D + offs_c[None, :], acc_b * s, mask=out)
 
 
 def cov_loss_fwd(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, t_diag: float, w_off: float,
@@ -115,15 +120,20 @@ def cov_loss_fwd(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, 
 
 def cov_loss_bwd(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gout: torch.Tensor, scale: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the dual-output backward: dA = s*gout*B G', dB = s*gout*A G, in the inputs' dtypes."""
+    """Launch the dual-output backward: dA = s*gout*B G', dB = s*gout*A G, in the inputs' dtypes.
+
+    When ``a`` and ``b`` are the same tensor (an auto-covariance, G symmetric) the total 2 s gout A G is computed once
+    and returned as dA with dB = 0 (autograd sums the two for the shared input).
+    """
     n, d = a.shape
     bm, bc = tile(n), tile(d)
+    auto = a.data_ptr() == b.data_ptr() and a.stride() == b.stride()
     da = torch.empty(n, d, dtype=torch.float32, device=a.device)
-    db = torch.empty(n, d, dtype=torch.float32, device=a.device)
+    db = torch.zeros(n, d, dtype=torch.float32, device=a.device) if auto else torch.empty_like(da)
     gout = gout.to(torch.float32).reshape(1)
     _cov_loss_bwd_kernel[(triton.cdiv(n, bm), triton.cdiv(d, bc))](
         a, b, g, gout, da, db, n, d, a.stride(0), a.stride(1), b.stride(0), b.stride(1), scale,
-        BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bc, PRECISION=dot_precision(torch.float32, a.device))
+        BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bc, PRECISION=dot_precision(torch.float32, a.device), AUTO=auto)
     return da.to(a.dtype), db.to(b.dtype)
 
 

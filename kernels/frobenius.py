@@ -13,6 +13,11 @@ The constants make the value equal the code's (the trace normalisation is a cons
 the code takes it with ``.item()``, which fusedssl never does). ||Z'Z||_F = ||ZZ'||_F: the reference forms whichever of
 D x D or N x N is smaller, so the cost is 2 N D min(N, D) per view.
 
+Triton (backend "triton"): ||X'X||_F^2 is the covariance-loss kernel of covariance.py with weight 1/2 on every entry
+and target 0 (its forward returns ||K||^2/2 and writes G = K; its hand-written backward is d||K||^2/dX); on the
+N x N side the kernel reads Z^' through the strides. The normalisation and the O(ND) invariance term stay in torch.
+Measured speedup: none yet (no GPU run).
+
 Distributed semantics: per GPU (the loss of the local batch; DDP averages, so the gradient is that of the mean of the
 per-GPU losses: the per-GPU batch is part of the recipe). engine/methods.py can gather instead (``gather: true``).
 """
@@ -26,7 +31,7 @@ import torch
 
 from . import _backend
 from ._checks import check_choice, check_embeddings, check_number, check_views, full_precision
-from .covariance import frob2_cross
+from .covariance import _kernel_operand, cov_loss, frob2_cross
 from .normalize import col_normalize_ref
 
 FROSSL_VARIANTS = ("multiview", "legacy")
@@ -49,23 +54,38 @@ def frossl_loss(views: Sequence[torch.Tensor], *, invariance_weight: float = 1.0
     return _backend.dispatch("frossl_loss", backend, views[0].device)(views, invariance_weight, variant)
 
 
+def _frob2_triton(z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """||z'z||_F^2 through the covariance kernel, on the smaller side (the N x N side reads z' via strides)."""
+    x = _kernel_operand(z, like)
+    x = x if x.shape[1] <= x.shape[0] else x.T
+    return 2.0 * cov_loss(x, x, scale=1.0, w_diag=0.5, t_diag=0.0, w_off=0.5, t_off=0.0)
+
+
+@_backend.register("frossl_loss", "triton")
+def frossl_loss_triton(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
+                       ) -> torch.Tensor:
+    """Triton provider: the Frobenius norms through the covariance kernel, the rest as in the reference."""
+    return frossl_loss_ref(views, invariance_weight, variant, frob2=lambda z: _frob2_triton(z, views[0]))
+
+
 @_backend.register("frossl_loss", "torch")
-def frossl_loss_ref(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
-                    ) -> torch.Tensor:
-    """Plain-PyTorch reference of ``frossl_loss``."""
+def frossl_loss_ref(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview",
+                    frob2=None) -> torch.Tensor:
+    """Plain-PyTorch reference of ``frossl_loss`` (``frob2`` swaps in another ||z'z||_F^2 implementation)."""
+    frob2 = frob2 or (lambda z: frob2_cross(z, z))
     with full_precision(views[0]) as dt:
         n, d = views[0].shape
         v = len(views)
         if variant == "legacy":
             za, zb = (col_normalize_ref(z.to(dt), "std_l2") for z in views)
             inv = invariance_weight * (za - zb).pow(2).sum() / (n * d)
-            reg = sum(torch.log(frob2_cross(z, z)) - 4.0 * math.log(d) for z in (za, zb))
+            reg = sum(torch.log(frob2(z)) - 4.0 * math.log(d) for z in (za, zb))
             return inv + reg
         zs = [col_normalize_ref(z.to(dt), "l2") for z in views]
         mean = torch.stack(zs).mean(0)
         loss = 0.0
         for z in zs:
-            loss = loss + torch.log(frob2_cross(z, z)) - 2.0 * math.log(d)
+            loss = loss + torch.log(frob2(z)) - 2.0 * math.log(d)
             loss = loss + (v * invariance_weight / n) * (z - mean).pow(2).sum()
         return loss
 
@@ -81,3 +101,9 @@ def log_frobenius_ref(z: torch.Tensor) -> torch.Tensor:
     with full_precision(z) as dt:
         z = z.to(dt)
         return torch.log(frob2_cross(z, z))
+
+
+@_backend.register("log_frobenius", "triton")
+def log_frobenius_triton(z: torch.Tensor) -> torch.Tensor:
+    with full_precision(z) as dt:
+        return torch.log(_frob2_triton(z.to(dt), z))

@@ -24,7 +24,7 @@ from . import _backend
 from .contrastive import nt_xent_loss
 from .cosine import byol_loss, simsiam_loss
 from .covariance import barlow_twins_loss, vicreg_covariance, vicreg_loss
-from .frobenius import frossl_loss
+from .frobenius import frossl_loss, log_frobenius
 from .matrix_log import kernel_ssl_loss, matrix_ssl_loss
 
 # The one table of tolerance floors (relative, see above); tests/conftest.py imports it.
@@ -54,6 +54,9 @@ CASES = [
     Case("vicreg_covariance", "vicreg_covariance", 1, lambda be, a: vicreg_covariance(a, backend=be)),
     Case("vicreg_loss", "vicreg_loss", 2, lambda be, a, b: vicreg_loss(a, b, backend=be)),
     Case("frossl_loss", "frossl_loss", 2, lambda be, a, b: frossl_loss([a, b], backend=be)),
+    Case("frossl_loss[3 views]", "frossl_loss", 3, lambda be, a, b, c: frossl_loss([a, b, c], backend=be)),
+    Case("frossl_loss[legacy]", "frossl_loss", 2, lambda be, a, b: frossl_loss([a, b], variant="legacy", backend=be)),
+    Case("log_frobenius", "log_frobenius", 1, lambda be, a: log_frobenius(a, backend=be)),
     Case("matrix_ssl_loss", "matrix_ssl_loss", 4, lambda be, a, b, c, d: matrix_ssl_loss(a, b, c, d, backend=be),
          grad_inputs=2),
     Case("kernel_ssl_loss", "matrix_ssl_loss", 4, lambda be, a, b, c, d: kernel_ssl_loss(a, b, c, d, backend=be),

@@ -62,3 +62,21 @@ def test_constant_makes_value_minus_entropy():
     z = torch.eye(d, dtype=torch.float64).repeat(2, 1)  # orthogonal columns of equal norm
     loss = kernels.frossl_loss([z, z])
     assert_close(loss, 2 * -math.log(d), what="max entropy")
+
+
+# ------------------------------------------------------------------------------------------- Triton (issue #3)
+
+from fusedssl.kernels import verify  # noqa: E402
+
+
+@pytest.mark.parametrize("case", [c for c in verify.CASES if c.op in ("frossl_loss", "log_frobenius")],
+                         ids=lambda c: c.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_three_way(case, dtype, kernel_device):
+    """Both sides (N > D: D x D; N < D: the N x N Gram through the transposed strides) within the three-way rule."""
+    gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    shapes = verify.FULL_SHAPES if kernel_device.type == "cuda" else verify.SMALL_SHAPES
+    for n, d in shapes:
+        for layout in ("contiguous", "strided"):
+            for row in verify.check(case, "triton", n, d, dtype, layout, gen, kernel_device):
+                assert row.ok, row
