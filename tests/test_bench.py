@@ -18,3 +18,12 @@ def test_bench_writes_long_format_csv(tmp_path, capsys):
     assert "16x24" in capsys.readouterr().out
     assert cli.main(args) == 0
     assert len(list(csv.DictReader(open(path)))) == 15  # same key: replaced
+
+
+def test_bench_matrix_log(tmp_path, capsys):
+    args = ["bench", "matrix_log", "--out", str(tmp_path), "--shapes", "16x8", "--providers", "original,eager"]
+    assert cli.main(args) == 0
+    (path,) = tmp_path.glob("*/matrix_log.csv")
+    rows = list(csv.DictReader(open(path)))
+    assert {r["provider"] for r in rows} == {"original", "eager"} and len(rows) == 6
+    assert "16x8" in capsys.readouterr().out

@@ -3,7 +3,7 @@
 import torch
 from conftest import assert_close, randn
 
-import originals
+from fusedssl.kernels import _originals as originals
 from fusedssl import kernels
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import FINITE_DIFF, assert_close, randn
 
-import originals
+from fusedssl.kernels import _originals as originals
 from fusedssl import kernels
 from fusedssl.kernels.matrix_log import _alignment, _prep, _uniformity, trace_powers
 

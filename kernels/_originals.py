@@ -1,8 +1,9 @@
 """Straightforward formulations of each objective as the reference repositories write them (methods.md §2-§10).
 
-These are the second references of the tests: dense D x D matrices, a dense centring matrix J, explicit matrix powers,
-Python loops. They are written from the spec's description of the code, not copied. The efficient references in
-fusedssl.kernels must equal them.
+The second references of the tests and the "original code" provider of the benchmarks: dense D x D matrices, a dense
+centring matrix J built on every call, explicit matrix powers, Python loops. They are written from the spec's
+description of the code, not copied. The efficient references in fusedssl.kernels must equal them (tests/), and are
+measured against them (bench/). Not part of the public op list.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def frossl_legacy(za, zb, w=1.0):
 
 def _log_series(q, order):
     """Matrix-SSL's matrix_log: sum_k (-1)^(k+1)/k (Q - I)^k with explicit matrix powers."""
-    eye = torch.eye(q.shape[0], dtype=q.dtype)
+    eye = torch.eye(q.shape[0], dtype=q.dtype, device=q.device)
     x = q - eye
     out, power = torch.zeros_like(q), eye
     for k in range(1, order + 1):
@@ -95,8 +96,8 @@ def matrix_ssl(o1, o2, t1, t2, lam=1.0, mu=1.0, gamma=1.0, order=4, hsic_a=0.0):
     def call(t, o, alignment):
         m, d = o.shape
         t, o = F.normalize(t.detach(), dim=1), F.normalize(o, dim=1)
-        j = torch.eye(m, dtype=o.dtype) - torch.ones(m, m, dtype=o.dtype) / m
-        eye = torch.eye(d, dtype=o.dtype)
+        j = torch.eye(m, dtype=o.dtype, device=o.device) - torch.ones(m, m, dtype=o.dtype, device=o.device) / m
+        eye = torch.eye(d, dtype=o.dtype, device=o.device)
         if alignment:
             ct = t.T @ j @ t / m
             co = o.T @ j @ o / m
