@@ -18,6 +18,13 @@ Efficient evaluation (exactly equal to the code's matrix-power form; tests prove
     A via eigh of C_o + mu I with a Daleckii-Krein backward whose divided differences are evaluated with log1p, so
     (near-)degenerate spectra give finite, exact gradients (autograd through eigh gives NaN there).
 
+Triton (backend "triton", series only): a Triton GEMM with a fused scale + diagonal-shift epilogue (transposes read
+through strides) runs the D x D chain: uniformity forms X, X^2, X^3 (the value needs up to X^ceil(K/2), the backward
+X^(K-1)) and returns the closed-form G_U (+ 2h C_x for Kernel-SSL's HSIC term); alignment forms P, X and, by the
+recurrence S_1 = P, S_(k+1) = P X^k + X S_k, G_A in 3 + 2(K-1) GEMMs; one GEMM per call maps G back to the rows.
+Traces are elementwise reductions in torch, not yet GEMM epilogues; the m x m Gram side and torch.compile support
+(custom ops) are not in Triton yet. Measured speedup: none yet (no GPU run).
+
 The teacher outputs are constants (stop-gradient): every function here detaches them.
 Distributed semantics: computed on the all-gathered batch (m = global batch), redundantly on every rank, as the
 reference code does; with a gradient-preserving gather the DDP gradient equals the global-batch gradient.
@@ -32,8 +39,110 @@ import torch
 
 from . import _backend
 from ._checks import check_embeddings, check_number, check_pair, full_precision
+from ._triton import HAS_TRITON, dot_precision, tile, tl, triton
 from .covariance import frob2_cross
 from .normalize import row_normalize_ref
+
+# --------------------------------------------------------------------------------------------- Triton GEMM chain
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _mm_shift_kernel(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, alpha, shift,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         PRECISION: tl.constexpr):
+        """C = alpha * A @ B + shift * I (M x N, contiguous); A and B read through strides (transposes are free)."""
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_ptr + offs_m[:, None] * s_am + offs_k[None, :] * s_ak,
+                        mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+            b = tl.load(b_ptr + offs_k[:, None] * s_bk + offs_n[None, :] * s_bn,
+                        mask=(offs_k[:, None] < K) & (offs_n[None, :] < N), other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        c = alpha * acc + tl.where(offs_m[:, None] == offs_n[None, :], shift, 0.0)
+        tl.store(c_ptr + offs_m[:, None] * N + offs_n[None, :], c, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def mm_shift(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+    """Triton ``alpha * a @ b + shift * I`` in fp32 (a, b fp32, any strides)."""
+    m, k = a.shape
+    n = b.shape[1]
+    c = torch.empty(m, n, dtype=torch.float32, device=a.device)
+    bm, bn, bk = tile(m), tile(n), tile(k)
+    _mm_shift_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+        a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), alpha, shift,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=dot_precision(torch.float32, a.device))
+    return c
+
+
+def _tr(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """<a, b_t'> = tr(a b_t) without forming the product."""
+    return (a * b_t.T).sum()
+
+
+class _UniformityTriton(torch.autograd.Function):
+    """U + h ||C_x||_F^2 on prepared (t, o), D x D side, with the closed-form backward of methods.md §2.7 / §3.2:
+    G = -lam sum_k (-1)^(k+1) (X^(k-1))' + 2 h C_x,  dO~ = (1/m) T~ G."""
+
+    @staticmethod
+    def forward(ctx, t, o, lam: float, mu: float, order: int, h: float):
+        m = o.shape[0]
+        x = mm_shift(t.T, o, 1.0 / m, mu - 1.0)               # X = C_x + (mu - 1) I
+        pw = [x]
+        for _ in range(max((order + 1) // 2, order - 1) - 1):  # powers up to what the value and G need
+            pw.append(mm_shift(pw[-1], x))
+        val = 0.0
+        for k in range(1, order + 1):
+            hi, lo = (k + 1) // 2, k // 2
+            tr = torch.diagonal(pw[hi - 1]).sum() if lo == 0 else _tr(pw[hi - 1], pw[lo - 1])
+            val = val - lam * _series_coeff(k) * tr
+        cx = x - (mu - 1.0) * torch.eye(x.shape[0], device=x.device)
+        if h:
+            val = val + h * cx.pow(2).sum()
+        eye = torch.eye(x.shape[0], device=x.device)
+        g = -lam * sum((-1.0) ** (k + 1) * (eye if k == 1 else pw[k - 2]).T for k in range(1, order + 1))
+        g = g + 2.0 * h * cx
+        ctx.save_for_backward(t, g)
+        return val
+
+    @staticmethod
+    def backward(ctx, gout):
+        t, g = ctx.saved_tensors
+        return None, mm_shift(t, g, 1.0 / t.shape[0]) * gout, None, None, None, None
+
+
+class _AlignmentTriton(torch.autograd.Function):
+    """A on prepared (t, o), D x D side: value by trace identities, G_A = -sum_k c_k S_k with S_1 = P and
+    S_(k+1) = P X^k + X S_k (the sum over r of X^r P X^(k-1-r)); dO~ = (2/m) O~ G_A."""
+
+    @staticmethod
+    def forward(ctx, t, o, mu: float, order: int):
+        m = o.shape[0]
+        p = mm_shift(t.T, t, 1.0 / m, mu)                     # P = C_t + mu I
+        x = mm_shift(o.T, o, 1.0 / m, mu - 1.0)               # X = C_o + (mu - 1) I
+        val = 0.0
+        pxk = p                                               # P X^(k-1)
+        s = p                                                 # S_k
+        g = torch.zeros_like(p)                               # 3 + (K - 1) * 2 GEMMs of D^3 in all
+        for k in range(1, order + 1):
+            c = _series_coeff(k)
+            val = val - c * _tr(pxk, x)                       # tr(P X^k) = <P X^(k-1), X'>
+            g = g - c * s
+            if k < order:
+                pxk = mm_shift(pxk, x)                        # P X^k
+                s = pxk + mm_shift(x, s)                      # S_(k+1)
+        ctx.save_for_backward(o, g)
+        return val
+
+    @staticmethod
+    def backward(ctx, gout):
+        o, g = ctx.saved_tensors
+        return None, mm_shift(o, g, 2.0 / o.shape[0]) * gout, None, None
 
 
 def _series_coeff(k: int) -> float:
@@ -274,3 +383,22 @@ def kernel_ssl_loss(online1: torch.Tensor, online2: torch.Tensor, teacher1: torc
     (Matrix-SSL repository at bf80b2e with ``--HSIC``, ``--align_gamma`` default 0.003; methods.md §3)."""
     return matrix_ssl_loss(online1, online2, teacher1, teacher2, lam=lam, mu=mu, gamma=gamma, order=order,
                            exact=exact, hsic_weight=hsic_weight, backend=backend, check_finite=check_finite)
+
+
+@_backend.register("matrix_ssl_loss", "triton")
+def matrix_ssl_loss_triton(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0, gamma=1.0, order=4, exact=False,
+                           hsic_weight=0.0) -> torch.Tensor:
+    """Triton provider: the D x D GEMM chain with the closed-form G (module docstring). ``exact=True`` keeps the
+    LU / eigh path of the reference (no Triton eigendecomposition); the m x m Gram side is not in Triton yet, so
+    m < D runs the D x D chain (correct, more FLOPs)."""
+    if exact:
+        return matrix_ssl_loss_ref(online1, online2, teacher1, teacher2, lam, mu, gamma, order, exact, hsic_weight)
+    with full_precision(online1):
+        dt = torch.float32  # the Triton chain runs in fp32 (fp64 inputs too)
+        o1, o2 = _prep(online1, dt), _prep(online2, dt)
+        t1, t2 = _prep(teacher1.detach(), dt), _prep(teacher2.detach(), dt)
+        h = -2.0 * hsic_weight * (1.0 + gamma) / 2.0  # each uniformity call carries weight 1/2
+        loss = 0.5 * (_UniformityTriton.apply(t2, o1, lam, mu, order, h) + _UniformityTriton.apply(t1, o2, lam, mu,
+                                                                                                    order, h))
+        return loss + 0.5 * gamma * (_AlignmentTriton.apply(t2, o1, mu, order) + _AlignmentTriton.apply(t1, o2, mu,
+                                                                                                        order))

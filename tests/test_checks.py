@@ -90,11 +90,11 @@ def test_backend_errors():
     with pytest.raises(ValueError, match=r"backend='tpu'"):
         kernels.barlow_twins_loss(_z(), _z(), backend="tpu")
     with pytest.raises(kernels.BackendUnavailable, match=r"no Triton kernel.*issue #3"):
-        kernels.matrix_ssl_loss(_z(), _z(), _z(), _z(), backend="triton")
+        kernels.nt_xent_loss(_z(), _z(), backend="triton")
     with pytest.raises(kernels.BackendUnavailable, match=r"FUSEDSSL_BUILD_CUDA=1"):
         kernels.vicreg_loss(_z(), _z(), backend="cuda")
     assert kernels.available("barlow_twins_loss") == ["torch", "triton"]
-    assert kernels.available("matrix_ssl_loss") == ["torch"]
+    assert kernels.available("nt_xent_loss") == ["torch"]
 
 
 def test_triton_without_gpu_or_interpreter_says_how(monkeypatch):

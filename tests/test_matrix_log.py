@@ -154,3 +154,34 @@ def test_teacher_gets_no_gradient():
     o1, o2, t1, t2 = _four(8, 4, requires_grad=True)
     kernels.matrix_ssl_loss(o1, o2, t1, t2).backward()
     assert t1.grad is None and t2.grad is None and o1.grad is not None
+
+
+# ------------------------------------------------------------------------------------------- Triton (issue #3)
+
+from fusedssl.kernels import verify  # noqa: E402
+
+
+@pytest.mark.parametrize("case", [c for c in verify.CASES if c.op == "matrix_ssl_loss"], ids=lambda c: c.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_three_way(case, dtype, kernel_device):
+    gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    shapes = verify.FULL_SHAPES if kernel_device.type == "cuda" else verify.SMALL_SHAPES
+    for n, d in shapes:
+        for row in verify.check(case, "triton", n, d, dtype, "contiguous", gen, kernel_device):
+            assert row.ok, row
+
+
+@pytest.mark.parametrize("mu", [1.0, 0.7])
+@pytest.mark.parametrize("order", [1, 2, 3, 5])
+def test_triton_closed_form_backward_every_order(mu, order, kernel_device):
+    """The closed-form G_U / G_A (and the HSIC term) of the Triton chain for orders other than the default 4."""
+    xs = [torch.randn(48, 20, dtype=torch.float64, device=kernel_device) for _ in range(4)]
+
+    def run(backend):
+        o1, o2 = (x.float().requires_grad_() for x in xs[:2])
+        loss = kernels.matrix_ssl_loss(o1, o2, xs[2].float(), xs[3].float(), lam=0.8, mu=mu, gamma=1.3, order=order,
+                                       hsic_weight=0.01, backend=backend)
+        return [loss, *torch.autograd.grad(loss, (o1, o2))]
+
+    for got, ref in zip(run("triton"), run("torch")):
+        assert_close(got.cpu(), ref.cpu(), tol=verify.FLOORS[torch.float32])
