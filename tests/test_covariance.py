@@ -124,7 +124,7 @@ def test_half_precision_inputs_compute_in_float32():
 from fusedssl.kernels import verify  # noqa: E402
 from fusedssl.kernels.covariance import _cov_loss_bwd_op, _cov_loss_op, cov_loss  # noqa: E402
 
-TRITON_CASES = [c for c in verify.CASES if "triton" in kernels.available(c.op)]
+TRITON_CASES = [c for c in verify.CASES if c.op in ("barlow_twins_loss", "vicreg_covariance")]  # this family
 
 
 def _shapes(device):
