@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
-from ._checks import check_embeddings, check_number, check_pair, full_precision
+from ._checks import check_number, check_pair, full_precision
 
 
 def nt_xent_loss(za: torch.Tensor, zb: torch.Tensor, *, temperature: float = 0.1, keys_a: torch.Tensor | None = None,

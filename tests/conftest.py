@@ -58,3 +58,16 @@ def assert_close(a, b, tol=FLOAT64, what=""):
     scale = max(1.0, float(b.abs().max()))
     err = float((a - b).abs().max()) / scale
     assert err <= tol, f"{what} relative error {err:.3e} > {tol:.1e}"
+
+
+def check_triton_case(case, dtype, device, layouts=("contiguous", "strided")):
+    """The three-way rule of `fusedssl verify` for one case over the device's shape grid (full shapes on a GPU,
+    interpreter-sized on CPU): value and every input gradient."""
+    from fusedssl.kernels import verify
+
+    gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    shapes = verify.FULL_SHAPES if device.type == "cuda" else verify.SMALL_SHAPES
+    for n, d in shapes:
+        for layout in layouts:
+            for row in verify.check(case, "triton", n, d, dtype, layout, gen, device):
+                assert row.ok, row

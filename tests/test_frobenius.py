@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close, randn
+from conftest import assert_close, check_triton_case, randn
 
 from fusedssl.kernels import _originals as originals
 from fusedssl import kernels
@@ -74,9 +74,4 @@ from fusedssl.kernels import verify  # noqa: E402
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_triton_three_way(case, dtype, kernel_device):
     """Both sides (N > D: D x D; N < D: the N x N Gram through the transposed strides) within the three-way rule."""
-    gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
-    shapes = verify.FULL_SHAPES if kernel_device.type == "cuda" else verify.SMALL_SHAPES
-    for n, d in shapes:
-        for layout in ("contiguous", "strided"):
-            for row in verify.check(case, "triton", n, d, dtype, layout, gen, kernel_device):
-                assert row.ok, row
+    check_triton_case(case, dtype, kernel_device)

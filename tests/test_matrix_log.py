@@ -3,7 +3,7 @@ G_U / G_A closed forms, exact log with a degeneracy-safe backward (methods.md §
 
 import pytest
 import torch
-from conftest import FINITE_DIFF, assert_close, randn
+from conftest import FINITE_DIFF, assert_close, check_triton_case, randn
 
 from fusedssl.kernels import _originals as originals
 from fusedssl import kernels
@@ -164,11 +164,7 @@ from fusedssl.kernels import verify  # noqa: E402
 @pytest.mark.parametrize("case", [c for c in verify.CASES if c.op == "matrix_ssl_loss"], ids=lambda c: c.name)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_triton_three_way(case, dtype, kernel_device):
-    gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
-    shapes = verify.FULL_SHAPES if kernel_device.type == "cuda" else verify.SMALL_SHAPES
-    for n, d in shapes:
-        for row in verify.check(case, "triton", n, d, dtype, "contiguous", gen, kernel_device):
-            assert row.ok, row
+    check_triton_case(case, dtype, kernel_device, layouts=("contiguous",))
 
 
 @pytest.mark.parametrize("mu", [1.0, 0.7])
