@@ -2,8 +2,8 @@
 
 A recipe in configs/ is one YAML mapping on top of the defaults below. Unknown keys are rejected with the nearest valid
 key suggested; every value is coerced and checked against its field's type, and errors name the key, the value and the
-expected type. PyYAML reads YAML 1.1, so ``1e-4`` arrives as a string: float fields accept numeric strings. Only true/false are
-booleans (the loader drops YAML 1.1's yes/no/on/off), and bool fields accept nothing else (no 0/1).
+expected type. PyYAML reads YAML 1.1, so ``1e-4`` arrives as a string: float fields accept numeric strings. Only
+true/false are booleans (the loader drops YAML 1.1's yes/no/on/off), and bool fields accept nothing else (no 0/1).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Model stage: torchvision backbone, projector and predictor from width strings, and the EMA teacher.
 
 The online network is backbone -> projector (-> predictor). Hidden MLP layers are Linear-BN-ReLU; the projector's last
-layer is a Linear, optionally followed by BatchNorm(affine=False) (SimSiam / Matrix-SSL); the predictor's last layer is a
-Linear. A predictor spec with a single width is one Linear layer (DirectPred's linear predictor, no bias).
+layer is a Linear, optionally followed by BatchNorm(affine=False) (SimSiam / Matrix-SSL); the predictor's last layer
+is a Linear. A predictor spec with a single width is one Linear layer (DirectPred's linear predictor, no bias).
 The EMA teacher is a frozen copy of backbone + projector updated with ``torch._foreach_lerp_`` (one fused update for all
 tensors, no per-parameter Python loop).
 """
@@ -68,7 +68,8 @@ def build(cfg, *, predictor_required: bool) -> SSLModel:
     projector = mlp(feat_dim, proj, bias=cfg.projector_bias, last_bn=cfg.projector_last_bn)
     pred = widths(cfg.predictor)
     if predictor_required and not pred:
-        raise ValueError("this method needs a predictor: set model.predictor (e.g. '512-128', or '128' for a linear one)")
+        raise ValueError("this method needs a predictor: set model.predictor "
+                         "(e.g. '512-128', or '128' for a linear one)")
     predictor = mlp(proj[-1], pred, bias=cfg.predictor_bias) if pred else None
     return SSLModel(backbone, feat_dim, projector, predictor)
 

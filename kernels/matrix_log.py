@@ -208,7 +208,8 @@ class _TraceLogm(torch.autograd.Function):
         d = diff / sj
         small = d.abs() < 1e-4
         safe_diff = torch.where(small, torch.ones_like(diff), diff)
-        gamma = torch.where(small, (1.0 - d / 2.0 + d * d / 3.0) / sj, torch.log1p(torch.where(small, 0.0, d)) / safe_diff)
+        series = (1.0 - d / 2.0 + d * d / 3.0) / sj
+        gamma = torch.where(small, series, torch.log1p(torch.where(small, 0.0, d)) / safe_diff)
         grad_s = v @ (pv * gamma) @ v.T
         grad_p = (v * logs) @ v.T
         return g * grad_s, g * grad_p, None

@@ -37,7 +37,8 @@ def test_directpred_spectrum():
 def test_directcopy_and_zero_correlation():
     corr = randn(3, 3)
     corr = corr @ corr.T
-    assert_close(kernels.predictor_weight(corr, mode="directcopy", eps=0.05), corr + 0.05 * torch.eye(3, dtype=corr.dtype))
+    expected = corr + 0.05 * torch.eye(3, dtype=corr.dtype)
+    assert_close(kernels.predictor_weight(corr, mode="directcopy", eps=0.05), expected)
     w = kernels.predictor_weight(torch.zeros(3, 3, dtype=torch.float64), eps=0.01)
     assert torch.isfinite(w).all()
     assert_close(w, 0.01 * torch.eye(3, dtype=torch.float64), what="all-zero F^ gives eps I")

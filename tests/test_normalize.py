@@ -1,4 +1,4 @@
-"""Column/row normalisations: forward against their definitions, backward against the closed forms of methods.md §1.1."""
+"""Column/row normalisations: forward against their definitions, backward against the closed forms (methods.md §1.1)."""
 
 import pytest
 import torch
