@@ -102,12 +102,11 @@ def main(cfg: config.Config) -> dict:
             (Path(cfg.checkpoint.resume), checkpoint.load(cfg.checkpoint.resume))
         if found is not None:
             path, state = found
-            saved = state["config"]
+            saved = config.from_dict(state["config"])
             for key in ("method.name", "model.backbone", "model.stem", "model.projector", "model.predictor"):
-                if config.get(config.from_dict(saved), key) != config.get(cfg, key):
-                    raise config.ConfigError(f"checkpoint {path} was trained with {key}="
-                                             f"{config.get(config.from_dict(saved), key)!r}, this run has "
-                                             f"{config.get(cfg, key)!r}")
+                if config.get(saved, key) != config.get(cfg, key):
+                    raise config.ConfigError(f"checkpoint {path} was trained with {key}={config.get(saved, key)!r}, "
+                                             f"this run has {config.get(cfg, key)!r}")
             model.load_state_dict(state["model"])
             if teacher is not None:
                 teacher.load_state_dict(state["teacher"])

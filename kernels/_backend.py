@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from ._triton import why_unavailable
+
 BACKENDS: tuple[str, ...] = ("torch", "triton", "cuda")
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
@@ -75,8 +77,6 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     if backend == "cuda" and device.type != "cuda":
         raise BackendUnavailable(f"backend='cuda' cannot run {op} on a {device.type} tensor: move the inputs to a GPU")
     if backend == "triton":
-        from ._triton import why_unavailable
-
         reason = why_unavailable(device)
         if reason:
             raise BackendUnavailable(f"backend='triton' cannot run {op}: {reason}")

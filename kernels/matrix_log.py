@@ -93,18 +93,13 @@ class _UniformityTriton(torch.autograd.Function):
     def forward(ctx, t, o, lam: float, mu: float, order: int, h: float):
         m = o.shape[0]
         x = mm_shift(t.T, o, 1.0 / m, mu - 1.0)               # X = C_x + (mu - 1) I
-        pw = [x]
-        for _ in range(max((order + 1) // 2, order - 1) - 1):  # powers up to what the value and G need
-            pw.append(mm_shift(pw[-1], x))
-        val = 0.0
-        for k in range(1, order + 1):
-            hi, lo = (k + 1) // 2, k // 2
-            tr = torch.diagonal(pw[hi - 1]).sum() if lo == 0 else _tr(pw[hi - 1], pw[lo - 1])
-            val = val - lam * _series_coeff(k) * tr
-        cx = x - (mu - 1.0) * torch.eye(x.shape[0], device=x.device)
+        pw = _powers(x, max((order + 1) // 2, order - 1), mm_shift)  # what the value and G need
+        traces = _traces_from_powers(pw, order)
+        val = -lam * sum(_series_coeff(k + 1) * traces[k] for k in range(order))
+        eye = torch.eye(x.shape[0], device=x.device)
+        cx = x - (mu - 1.0) * eye
         if h:
             val = val + h * cx.pow(2).sum()
-        eye = torch.eye(x.shape[0], device=x.device)
         g = -lam * sum((-1.0) ** (k + 1) * (eye if k == 1 else pw[k - 2]).T for k in range(1, order + 1))
         g = g + 2.0 * h * cx
         ctx.save_for_backward(t, g)
@@ -150,20 +145,26 @@ def _series_coeff(k: int) -> float:
     return (-1.0) ** (k + 1) / k
 
 
-def trace_powers(a: torch.Tensor, order: int) -> list[torch.Tensor]:
-    """[tr a^1, ..., tr a^order] for a square matrix, with ceil(order/2) - 1 matrix products.
-
-    tr a^k = <a^hi, (a^lo)'> with hi = ceil(k/2), lo = k - hi, so only the powers up to ceil(order/2) are formed.
-    """
-    half = (order + 1) // 2
+def _powers(a: torch.Tensor, count: int, matmul=torch.matmul) -> list[torch.Tensor]:
+    """[a^1, ..., a^count] with count - 1 products by ``matmul``."""
     pw = [a]
-    for _ in range(half - 1):
-        pw.append(pw[-1] @ a)
+    for _ in range(count - 1):
+        pw.append(matmul(pw[-1], a))
+    return pw
+
+
+def _traces_from_powers(pw: list[torch.Tensor], order: int) -> list[torch.Tensor]:
+    """[tr a^1, ..., tr a^order] from the powers a^1..a^ceil(order/2): tr a^k = <a^hi, (a^lo)'>, hi = ceil(k/2)."""
     out = []
     for k in range(1, order + 1):
         hi, lo = (k + 1) // 2, k // 2
         out.append(torch.diagonal(pw[hi - 1]).sum() if lo == 0 else (pw[hi - 1] * pw[lo - 1].T).sum())
     return out
+
+
+def trace_powers(a: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """[tr a^1, ..., tr a^order] for a square matrix, with ceil(order/2) - 1 matrix products."""
+    return _traces_from_powers(_powers(a, (order + 1) // 2), order)
 
 
 def _shift_traces(traces: list[torch.Tensor], tr0: float | torch.Tensor, shift: float, order: int
