@@ -11,7 +11,6 @@ import argparse
 from pathlib import Path
 
 import torch
-
 from fusedssl import kernels
 
 from . import harness

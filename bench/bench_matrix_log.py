@@ -13,7 +13,6 @@ import argparse
 from pathlib import Path
 
 import torch
-
 from fusedssl import kernels
 from fusedssl.kernels import _originals
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, config, data as data_stage, dist, evaluate, methods, model as model_stage, optim
+from . import checkpoint, config, dist, evaluate, methods, optim
+from . import data as data_stage
+from . import model as model_stage
 from .methods import Outputs
 
 log = logging.getLogger("fusedssl")

@@ -16,8 +16,8 @@ variant and VICReg's covariance term, all of the form
     epilogue writes the tile's loss partial sum and G = dL/dC = 2 w (c - t) directly: C itself is never stored.
   * backward ``_cov_loss_bwd_kernel``: one dual-output GEMM per (rows, columns) tile, dA = s B G' and dB = s A G, scaled
     by the incoming gradient read on the device (no host sync).
-The column normalisation (BN / Tsai's rowL2 + std / centring) stays in torch ops around the kernel for now (its
-backward is autograd's); fusing it into the GEMM prologue and the dual backward is still open in issue #3.
+The column normalisation (BN / Tsai's rowL2 + std) runs in normalize.py's Triton kernels before the GEMM (fp32
+statistics, closed-form backward); fusing it into the GEMM prologue and the dual backward is still open.
 Measured speedups: none yet (no GPU measurement so far); ``auto`` therefore keeps choosing "torch" on GPUs.
 
 Distributed semantics (how engine/methods.py calls these; methods.md §13):
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from . import _backend
 from ._checks import check_choice, check_embeddings, check_number, check_pair, full_precision
 from ._triton import HAS_TRITON, dot_precision, interpreting, tile, tl, triton
-from .normalize import col_normalize_ref, row_normalize_ref
+from .normalize import col_normalize_ref, col_normalize_triton, row_normalize_ref, row_normalize_triton
 
 # --------------------------------------------------------------------------------------------- Triton kernels
 
@@ -235,11 +235,12 @@ def barlow_twins_loss(za: torch.Tensor, zb: torch.Tensor, *, lam: float = 0.0051
     return _backend.dispatch("barlow_twins_loss", backend, za.device)(za, zb, lam, normalize, off_diagonal_target)
 
 
-def _bt_normalize(z: torch.Tensor, normalize: str) -> torch.Tensor:
+def _bt_normalize(z: torch.Tensor, normalize: str, kernel: bool = False) -> torch.Tensor:
+    col, row = (col_normalize_triton, row_normalize_triton) if kernel else (col_normalize_ref, row_normalize_ref)
     if normalize == "bn":
-        return col_normalize_ref(z, "bn")
+        return col(z, "bn")
     if normalize == "tsai":
-        return col_normalize_ref(row_normalize_ref(z), "std")
+        return col(row(z), "std")
     return z
 
 
@@ -265,10 +266,11 @@ def barlow_twins_loss_ref(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.005
 @_backend.register("barlow_twins_loss", "triton")
 def barlow_twins_loss_triton(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
                              off_diagonal_target: float = 0.0) -> torch.Tensor:
-    """Triton provider: the torch normalisation, then the fused covariance loss (G written in the forward)."""
-    with full_precision(za) as dt:
-        a = _kernel_operand(_bt_normalize(za.to(dt), normalize), za)
-        b = _kernel_operand(_bt_normalize(zb.to(dt), normalize), zb)
+    """Triton provider: the Triton column normalisation (fp32 statistics, output in the input's half precision),
+    then the fused covariance loss (G written in the forward)."""
+    with full_precision(za):
+        a = _kernel_operand(_bt_normalize(za, normalize, kernel=True), za)
+        b = _kernel_operand(_bt_normalize(zb, normalize, kernel=True), zb)
         return cov_loss(a, b, scale=1.0 / a.shape[0], w_diag=1.0, t_diag=1.0, w_off=lam,
                         t_off=float(off_diagonal_target))
 
@@ -353,8 +355,8 @@ def vicreg_covariance_ref(z: torch.Tensor) -> torch.Tensor:
 
 @_backend.register("vicreg_covariance", "triton")
 def vicreg_covariance_triton(z: torch.Tensor) -> torch.Tensor:
-    """Triton provider: centring in torch, then the fused auto-covariance loss with diagonal weight 0."""
-    with full_precision(z) as dt:
-        x = _kernel_operand(col_normalize_ref(z.to(dt), "center"), z)
+    """Triton provider: the Triton centring kernel, then the fused auto-covariance loss with diagonal weight 0."""
+    with full_precision(z):
+        x = _kernel_operand(col_normalize_triton(z, "center"), z)
         n, d = x.shape
         return cov_loss(x, x, scale=1.0 / (n - 1), w_diag=0.0, t_diag=0.0, w_off=1.0 / d, t_off=0.0)

@@ -15,7 +15,8 @@ D x D or N x N is smaller, so the cost is 2 N D min(N, D) per view.
 
 Triton (backend "triton"): ||X'X||_F^2 is the covariance-loss kernel of covariance.py with weight 1/2 on every entry
 and target 0 (its forward returns ||K||^2/2 and writes G = K; its hand-written backward is d||K||^2/dX); on the
-N x N side the kernel reads Z^' through the strides. The normalisation and the O(ND) invariance term stay in torch.
+N x N side the kernel reads Z^' through the strides. The column normalisation is normalize.py's Triton kernel; the
+O(ND) invariance term stays in torch.
 Measured speedup: none yet (no GPU run).
 
 Distributed semantics: per GPU (the loss of the local batch; DDP averages, so the gradient is that of the mean of the
@@ -32,7 +33,7 @@ import torch
 from . import _backend
 from ._checks import check_choice, check_embeddings, check_number, check_views, full_precision
 from .covariance import _kernel_operand, cov_loss, frob2_cross
-from .normalize import col_normalize_ref
+from .normalize import col_normalize_ref, col_normalize_triton
 
 FROSSL_VARIANTS = ("multiview", "legacy")
 
@@ -64,24 +65,28 @@ def _frob2_triton(z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 @_backend.register("frossl_loss", "triton")
 def frossl_loss_triton(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
                        ) -> torch.Tensor:
-    """Triton provider: the Frobenius norms through the covariance kernel, the rest as in the reference."""
-    return frossl_loss_ref(views, invariance_weight, variant, frob2=lambda z: _frob2_triton(z, views[0]))
+    """Triton provider: column normalisation and Frobenius norms in Triton kernels, the O(ND) rest in torch."""
+    dt = torch.float64 if views[0].dtype == torch.float64 else torch.float32
+    return frossl_loss_ref(views, invariance_weight, variant, frob2=lambda z: _frob2_triton(z, views[0]),
+                           norm=lambda z, mode: col_normalize_triton(z.to(dt), mode))  # fp32 out: invariance
 
 
 @_backend.register("frossl_loss", "torch")
 def frossl_loss_ref(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview",
-                    frob2=None) -> torch.Tensor:
-    """Plain-PyTorch reference of ``frossl_loss`` (``frob2`` swaps in another ||z'z||_F^2 implementation)."""
+                    frob2=None, norm=None) -> torch.Tensor:
+    """Plain-PyTorch reference of ``frossl_loss`` (``frob2`` and ``norm`` swap in other implementations of
+    ||z'z||_F^2 and of the column normalisation)."""
     frob2 = frob2 or (lambda z: frob2_cross(z, z))
     with full_precision(views[0]) as dt:
+        norm = norm or (lambda z, mode: col_normalize_ref(z.to(dt), mode))
         n, d = views[0].shape
         v = len(views)
         if variant == "legacy":
-            za, zb = (col_normalize_ref(z.to(dt), "std_l2") for z in views)
+            za, zb = (norm(z, "std_l2") for z in views)
             inv = invariance_weight * (za - zb).pow(2).sum() / (n * d)
             reg = sum(torch.log(frob2(z)) - 4.0 * math.log(d) for z in (za, zb))
             return inv + reg
-        zs = [col_normalize_ref(z.to(dt), "l2") for z in views]
+        zs = [norm(z, "l2") for z in views]
         mean = torch.stack(zs).mean(0)
         loss = 0.0
         for z in zs:

@@ -22,8 +22,9 @@ Triton (backend "triton", series only): a Triton GEMM with a fused scale + diago
 through strides) runs the D x D chain: uniformity forms X, X^2, X^3 (the value needs up to X^ceil(K/2), the backward
 X^(K-1)) and returns the closed-form G_U (+ 2h C_x for Kernel-SSL's HSIC term); alignment forms P, X and, by the
 recurrence S_1 = P, S_(k+1) = P X^k + X S_k, G_A in 3 + 2(K-1) GEMMs; one GEMM per call maps G back to the rows.
-Traces are elementwise reductions in torch, not yet GEMM epilogues; the m x m Gram side and torch.compile support
-(custom ops) are not in Triton yet. Measured speedup: none yet (no GPU run).
+The GEMM is the custom op ``fusedssl::mm_shift`` (with a fake), so torch.compile traces the chain. Traces are
+elementwise reductions in torch, not yet GEMM epilogues; the m x m Gram side is not in Triton yet. Measured speedup:
+none yet (no GPU run).
 
 The teacher outputs are constants (stop-gradient): every function here detaches them.
 Distributed semantics: computed on the all-gathered batch (m = global batch), redundantly on every rank, as the
@@ -41,7 +42,7 @@ from . import _backend
 from ._checks import check_embeddings, check_number, check_pair, full_precision
 from ._triton import HAS_TRITON, dot_precision, tile, tl, triton
 from .covariance import frob2_cross
-from .normalize import row_normalize_ref
+from .normalize import col_normalize_triton, row_normalize_ref, row_normalize_triton
 
 # --------------------------------------------------------------------------------------------- Triton GEMM chain
 
@@ -69,7 +70,13 @@ if HAS_TRITON:
 
 
 def mm_shift(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, shift: float = 0.0) -> torch.Tensor:
-    """Triton ``alpha * a @ b + shift * I`` in fp32 (a, b fp32, any strides)."""
+    """Triton ``alpha * a @ b + shift * I`` in fp32 (a, b fp32, any strides). The custom op ``fusedssl::mm_shift``
+    (with a fake), so torch.compile traces the chain and the autograd.Functions built from it."""
+    return _mm_shift_op(a, b, float(alpha), float(shift))
+
+
+@torch.library.custom_op("fusedssl::mm_shift", mutates_args=())
+def _mm_shift_op(a: torch.Tensor, b: torch.Tensor, alpha: float, shift: float) -> torch.Tensor:
     m, k = a.shape
     n = b.shape[1]
     c = torch.empty(m, n, dtype=torch.float32, device=a.device)
@@ -78,6 +85,11 @@ def mm_shift(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, shift: float 
         a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), alpha, shift,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=dot_precision(torch.float32, a.device))
     return c
+
+
+@_mm_shift_op.register_fake
+def _(a, b, alpha, shift):
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.float32)
 
 
 def _tr(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
@@ -397,8 +409,11 @@ def matrix_ssl_loss_triton(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0
         return matrix_ssl_loss_ref(online1, online2, teacher1, teacher2, lam, mu, gamma, order, exact, hsic_weight)
     with full_precision(online1):
         dt = torch.float32  # the Triton chain runs in fp32 (fp64 inputs too)
-        o1, o2 = _prep(online1, dt), _prep(online2, dt)
-        t1, t2 = _prep(teacher1.detach(), dt), _prep(teacher2.detach(), dt)
+        def prep(z):  # row L2 then centring, both Triton kernels, in fp32
+            return col_normalize_triton(row_normalize_triton(z.to(dt)), "center")
+
+        o1, o2 = prep(online1), prep(online2)
+        t1, t2 = prep(teacher1.detach()), prep(teacher2.detach())
         h = -2.0 * hsic_weight * (1.0 + gamma) / 2.0  # each uniformity call carries weight 1/2
         loss = 0.5 * (_UniformityTriton.apply(t2, o1, lam, mu, order, h) + _UniformityTriton.apply(t1, o2, lam, mu,
                                                                                                     order, h))

@@ -8,8 +8,19 @@ Column modes (statistics over the batch, per feature j):
   * ``std_l2`` sqrt(D) * colL2(z - mu): FroSSL's legacy standardise-then-rescale (the std division cancels).
 Row mode: z_i / max(||z_i||, 1e-12), i.e. ``F.normalize(z, dim=1)``.
 
-The backward passes are autograd's; tests check them against the closed forms of §1.1 ([gradcheck]). Under SyncBN
-semantics the column statistics must be global: callers pass the all-gathered batch (see engine/methods.py).
+The reference backward passes are autograd's; tests check them against the closed forms of §1.1 ([gradcheck]).
+Under SyncBN semantics the column statistics must be global: callers pass the all-gathered batch (engine/methods.py).
+
+Triton (backend "triton", methods.md §16.3 kernel 1): every mode is y = (z - c m) * r per column, with c = 1 for the
+centring modes, m the column mean and r a per-column scale, and every backward has the closed form
+    dz = r * (g - c mean(g) - beta y sum(g y)),  beta = 1/N (bn), 1/(N-1) (std), 1 (l2), 1/D (std_l2), 0 (center)
+(beta = 0 also where an l2 norm is clamped at eps). ``_col_stats_kernel`` owns a block of columns and makes two
+passes over Z (shifted sums: the first row is subtracted before squaring, so var is not a difference of large
+numbers), then writes y; ``_col_norm_bwd_kernel`` makes one pass for sum(g) and sum(g y) and one to write dz,
+recomputing y in fp32 from z and the saved per-column (mean, r, beta), as BatchNorm saves mean and 1/std. Rows are
+columns of the transposed view: ``row_normalize`` runs the l2 mode with the strides swapped, no copy. Statistics and arithmetic are fp32 for every input dtype (fp64 inputs compute in fp32).
+Registered as the custom ops ``fusedssl::col_norm`` / ``fusedssl::col_norm_bwd`` with fakes (torch.compile traces
+them). Fusing these passes into the covariance GEMM's prologue (and dz into its dual backward) is still open.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import torch.nn.functional as F
 
 from . import _backend
 from ._checks import check_choice, check_embeddings, check_number
+from ._triton import HAS_TRITON, interpreting, tl, triton
 
 COL_MODES = ("bn", "std", "l2", "center", "std_l2")
 _DEFAULT_EPS = {"bn": 1e-5, "l2": 1e-12, "std_l2": 1e-12}
@@ -75,3 +87,175 @@ def row_normalize(z: torch.Tensor, *, eps: float = 1e-12, backend: str = "auto",
 def row_normalize_ref(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Plain-PyTorch reference of ``row_normalize``."""
     return F.normalize(z, dim=1, eps=eps)
+
+
+# --------------------------------------------------------------------------------------------------- Triton kernels
+
+_MODE_ID = {"center": 0, "bn": 1, "std": 2, "l2": 3, "std_l2": 4}
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _col_stats_kernel(z_ptr, y_ptr, mean_ptr, r_ptr, beta_ptr, N, D, s_zn, s_zd, s_yn, s_yd, eps, sqrt_d,
+                          MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+        dmask = offs_d < D
+        # shift by the first row: sums of (z - z_0) keep var = E[x^2] - E[x]^2 well conditioned
+        z0 = tl.load(z_ptr + offs_d * s_zd, mask=dmask, other=0.0).to(tl.float32)
+        s1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        s2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask = (offs_n[:, None] < N) & dmask[None, :]
+            z = tl.load(z_ptr + offs_n[:, None] * s_zn + offs_d[None, :] * s_zd, mask=mask, other=0.0)
+            x = tl.where(mask, z.to(tl.float32) - z0[None, :], 0.0)
+            s1 += tl.sum(x, axis=0)
+            s2 += tl.sum(x * x, axis=0)
+        if MODE == 3:  # l2: no centring, ||z||^2 = sum (x + z0)^2
+            ss = s2 + 2.0 * z0 * s1 + N * z0 * z0
+            mean = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        else:
+            mean = z0 + s1 / N
+            ss = tl.maximum(s2 - s1 * s1 / N, 0.0)  # sum of squared deviations
+        ss = tl.where(dmask, ss, 1.0)  # padding columns: keep 1/sqrt finite
+        beta = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        if MODE == 0:
+            r = tl.full((BLOCK_D,), 1.0, dtype=tl.float32)
+        elif MODE == 1:
+            r = 1.0 / tl.sqrt(ss / N + eps)
+            beta += 1.0 / N
+        elif MODE == 2:
+            r = 1.0 / tl.sqrt(ss / (N - 1))
+            beta += 1.0 / (N - 1)
+        else:
+            norm = tl.sqrt(ss)
+            clamped = norm <= eps
+            r = 1.0 / tl.maximum(norm, eps)
+            if MODE == 4:
+                r = r * sqrt_d
+                beta = tl.where(clamped, 0.0, 1.0 / (sqrt_d * sqrt_d))
+            else:
+                beta = tl.where(clamped, 0.0, 1.0)
+        tl.store(mean_ptr + offs_d, mean, mask=dmask)
+        tl.store(r_ptr + offs_d, r, mask=dmask)
+        tl.store(beta_ptr + offs_d, beta, mask=dmask)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask = (offs_n[:, None] < N) & dmask[None, :]
+            z = tl.load(z_ptr + offs_n[:, None] * s_zn + offs_d[None, :] * s_zd, mask=mask, other=0.0)
+            y = (z.to(tl.float32) - mean[None, :]) * r[None, :]
+            tl.store(y_ptr + offs_n[:, None] * s_yn + offs_d[None, :] * s_yd, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _col_norm_bwd_kernel(g_ptr, z_ptr, mean_ptr, r_ptr, beta_ptr, dz_ptr, N, D, s_gn, s_gd, s_zn, s_zd, s_dn,
+                             s_dd, CENTER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        # y is recomputed in fp32 from z and the saved statistics: a half-precision y would leave a residual in
+        # the cancellation g - mean(g) - beta y sum(g y) (large when r is large, e.g. N = 2)
+        offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+        dmask = offs_d < D
+        mean = tl.load(mean_ptr + offs_d, mask=dmask, other=0.0)
+        r = tl.load(r_ptr + offs_d, mask=dmask, other=0.0)
+        sg = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        sgy = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask = (offs_n[:, None] < N) & dmask[None, :]
+            g = tl.load(g_ptr + offs_n[:, None] * s_gn + offs_d[None, :] * s_gd, mask=mask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + offs_n[:, None] * s_zn + offs_d[None, :] * s_zd, mask=mask, other=0.0)
+            y = tl.where(mask, (z.to(tl.float32) - mean[None, :]) * r[None, :], 0.0)
+            sg += tl.sum(g, axis=0)
+            sgy += tl.sum(g * y, axis=0)
+        k = tl.load(beta_ptr + offs_d, mask=dmask, other=0.0) * sgy
+        m = sg / N if CENTER else tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask = (offs_n[:, None] < N) & dmask[None, :]
+            g = tl.load(g_ptr + offs_n[:, None] * s_gn + offs_d[None, :] * s_gd, mask=mask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + offs_n[:, None] * s_zn + offs_d[None, :] * s_zd, mask=mask, other=0.0)
+            y = tl.where(mask, (z.to(tl.float32) - mean[None, :]) * r[None, :], 0.0)
+            dz = r[None, :] * (g - m[None, :] - k[None, :] * y)
+            tl.store(dz_ptr + offs_n[:, None] * s_dn + offs_d[None, :] * s_dd, dz.to(dz_ptr.dtype.element_ty),
+                     mask=mask)
+
+
+def _blocks(n: int, d: int) -> tuple[int, int]:
+    # interpreter: few large programs (it costs per program); GPU: 64 columns x 32 rows keeps registers modest
+    if interpreting():
+        return min(256, triton.next_power_of_2(n)), min(256, triton.next_power_of_2(d))
+    return 32, 64
+
+
+def _as_rows(x: torch.Tensor, rows: bool) -> tuple[int, int, int, int]:
+    """(N, D, stride_n, stride_d) of the matrix whose columns are normalised (the transpose for row mode)."""
+    n, d = x.shape
+    return (d, n, x.stride(1), x.stride(0)) if rows else (n, d, x.stride(0), x.stride(1))
+
+
+@torch.library.custom_op("fusedssl::col_norm", mutates_args=())
+def _col_norm_op(z: torch.Tensor, mode: int, eps: float, rows: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dt = z.dtype if z.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    zz = z if z.dtype != torch.float64 else z.to(torch.float32)
+    y = torch.empty(z.shape, dtype=dt, device=z.device)
+    n, d, s_zn, s_zd = _as_rows(zz, rows)
+    _, _, s_yn, s_yd = _as_rows(y, rows)
+    mean = torch.empty(d, dtype=torch.float32, device=z.device)
+    r, beta = torch.empty_like(mean), torch.empty_like(mean)
+    bn, bd = _blocks(n, d)
+    _col_stats_kernel[(triton.cdiv(d, bd),)](zz, y, mean, r, beta, n, d, s_zn, s_zd, s_yn, s_yd, eps,
+                                             float(d) ** 0.5, MODE=mode, BLOCK_N=bn, BLOCK_D=bd)
+    return y, mean, r, beta
+
+
+@_col_norm_op.register_fake
+def _(z, mode, eps, rows):
+    dt = z.dtype if z.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    d = z.shape[0] if rows else z.shape[1]
+    return (z.new_empty(z.shape, dtype=dt), *(z.new_empty(d, dtype=torch.float32) for _ in range(3)))
+
+
+@torch.library.custom_op("fusedssl::col_norm_bwd", mutates_args=())
+def _col_norm_bwd_op(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, r: torch.Tensor, beta: torch.Tensor,
+                     center: bool, rows: bool) -> torch.Tensor:
+    zz = z if z.dtype != torch.float64 else z.to(torch.float32)
+    dz = torch.empty(zz.shape, dtype=zz.dtype, device=z.device)
+    n, d, s_gn, s_gd = _as_rows(g, rows)
+    _, _, s_zn, s_zd = _as_rows(zz, rows)
+    _, _, s_dn, s_dd = _as_rows(dz, rows)
+    bn, bd = _blocks(n, d)
+    _col_norm_bwd_kernel[(triton.cdiv(d, bd),)](g, zz, mean, r, beta, dz, n, d, s_gn, s_gd, s_zn, s_zd, s_dn, s_dd,
+                                                CENTER=center, BLOCK_N=bn, BLOCK_D=bd)
+    return dz.to(z.dtype)
+
+
+@_col_norm_bwd_op.register_fake
+def _(g, z, mean, r, beta, center, rows):
+    return torch.empty_like(z)
+
+
+def _col_norm_setup(ctx, inputs, output):
+    z, mode, _, rows = inputs
+    _, mean, r, beta = output
+    ctx.save_for_backward(z, mean, r, beta)
+    ctx.center, ctx.rows = mode != _MODE_ID["l2"], rows
+
+
+def _col_norm_backward(ctx, gy, *_unused):
+    z, mean, r, beta = ctx.saved_tensors
+    return _col_norm_bwd_op(gy, z, mean, r, beta, ctx.center, ctx.rows), None, None, None
+
+
+_col_norm_op.register_autograd(_col_norm_backward, setup_context=_col_norm_setup)
+
+
+@_backend.register("col_normalize", "triton")
+def col_normalize_triton(z: torch.Tensor, mode: str = "bn", eps: float | None = None) -> torch.Tensor:
+    """Triton provider of ``col_normalize``: fp32 statistics, output in the input's dtype (fp64 -> fp32)."""
+    eps = _DEFAULT_EPS.get(mode, 0.0) if eps is None else eps
+    return _col_norm_op(z, _MODE_ID[mode], float(eps), False)[0]
+
+
+@_backend.register("row_normalize", "triton")
+def row_normalize_triton(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Triton provider of ``row_normalize``: the l2 column kernel on the transposed view."""
+    return _col_norm_op(z, _MODE_ID["l2"], float(eps), True)[0]

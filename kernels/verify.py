@@ -26,6 +26,7 @@ from .cosine import byol_loss, simsiam_loss
 from .covariance import barlow_twins_loss, vicreg_covariance, vicreg_loss
 from .frobenius import frossl_loss, log_frobenius
 from .matrix_log import kernel_ssl_loss, matrix_ssl_loss
+from .normalize import COL_MODES, col_normalize, row_normalize
 
 # The one table of tolerance floors (relative, see above); tests/conftest.py imports it.
 FLOORS = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 1e-4}
@@ -46,7 +47,17 @@ class Case:
     grad_inputs: int | None = None  # how many leading inputs take gradients (teacher/target inputs do not)
 
 
+def _probe(y: torch.Tensor) -> torch.Tensor:
+    """A fixed, dense linear functional of a matrix output, in float64 (so the value and the one gradient of a
+    matrix-valued op are checked like a loss's; the weights are the same in all three runs)."""
+    w = torch.sin(1.0 + torch.arange(y.numel(), dtype=torch.float64, device=y.device)).view(y.shape)
+    return (y.to(torch.float64) * w).sum()
+
+
 CASES = [
+    *[Case(f"col_normalize[{m}]", "col_normalize", 1,
+           lambda be, a, m=m: _probe(col_normalize(a, m, backend=be, check_finite=False))) for m in COL_MODES],
+    Case("row_normalize", "row_normalize", 1, lambda be, a: _probe(row_normalize(a, backend=be))),
     Case("barlow_twins_loss", "barlow_twins_loss", 2, lambda be, a, b: barlow_twins_loss(a, b, backend=be)),
     Case("barlow_twins_loss[hsic,tsai]", "barlow_twins_loss", 2,
          lambda be, a, b: barlow_twins_loss(a, b, lam=1 / 128, normalize="tsai", off_diagonal_target=-1.0,
@@ -119,7 +130,7 @@ def check(case: Case, backend: str, n: int, d: int, dtype: torch.dtype, layout: 
     names = ["value"] + [f"grad[{i}]" for i in range(len(ref) - 1)]
     dname = str(dtype).replace("torch.", "")
     return [Row(case.name, backend, dname, f"{n}x{d}", layout, q, _err(k, r), 2 * _err(t, r) + FLOORS[dtype])
-            for q, r, t, k in zip(names, ref, lp_torch, kernel)]
+            for q, r, t, k in zip(names, ref, lp_torch, kernel, strict=True)]
 
 
 def run(*, device: torch.device, full: bool = False, cases: list[str] | None = None,

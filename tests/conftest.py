@@ -11,7 +11,6 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from fusedssl.kernels.verify import FLOORS  # noqa: E402, F401 - the one floor table, shared with `fusedssl verify`
 
 # FLOAT64 is the tolerance of float64-vs-float64 identity tests (different but exact formulations agree to rounding).

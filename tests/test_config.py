@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from fusedssl.engine import config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

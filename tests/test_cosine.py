@@ -2,7 +2,6 @@
 
 import torch
 from conftest import assert_close, randn
-
 from fusedssl import kernels
 
 

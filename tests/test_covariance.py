@@ -3,9 +3,8 @@
 import pytest
 import torch
 from conftest import FLOORS, assert_close, check_triton_case, randn
-
-from fusedssl.kernels import _originals as originals
 from fusedssl import kernels
+from fusedssl.kernels import _originals as originals
 from fusedssl.kernels.covariance import frob2_cross
 
 SHAPES = [(2, 3), (16, 7), (7, 16), (33, 33), (5, 40)]  # N > D, N < D (Gram side), N = D, N = 2

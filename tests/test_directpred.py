@@ -2,9 +2,8 @@
 
 import torch
 from conftest import assert_close, randn
-
-from fusedssl.kernels import _originals as originals
 from fusedssl import kernels
+from fusedssl.kernels import _originals as originals
 
 
 def test_correlation_ema():

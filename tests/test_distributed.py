@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import assert_close
-
 from fusedssl.engine import config, methods
 from fusedssl.engine.methods import Outputs
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fusedssl.engine import checkpoint, cli, config, data, methods, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 from conftest import assert_close, check_triton_case, randn
-
-from fusedssl.kernels import _originals as originals
 from fusedssl import kernels
+from fusedssl.kernels import _originals as originals
 
 
 @pytest.mark.parametrize("n,d,v", [(12, 5, 2), (5, 12, 2), (9, 9, 3), (4, 20, 4)])

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from fusedssl import kernels
 from fusedssl.engine import cli
 from fusedssl.kernels import verify
