@@ -40,15 +40,21 @@ class RunConfig:
     epochs: int = 10                  # length of the run in epochs (used when steps == 0)
     steps: int = 0                    # length of the run in optimiser steps; overrides epochs when > 0
     log_every: int = 10               # steps between log lines (the only host syncs of the loop)
-    precision: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 (with a grad scaler) | fp32
     channels_last: bool = True        # channels-last memory format for model and data
+    compile: bool = False             # torch.compile the model (the objective's kernels are custom ops already)
     threads: int = 0                  # torch CPU threads; 0 keeps torch's default
+    progress: bool = True             # progress bar with images/s and ETA on a terminal (rank 0)
+    tensorboard: bool = False         # also write the log records as TensorBoard scalars (needs tensorboard)
 
 
 @dataclass(frozen=True)
 class DistConfig:
     backend: str = "auto"             # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     timeout_s: int = 600              # collective timeout
+    bucket_cap_mb: int = 25           # DDP gradient bucket size (smaller: earlier overlap; larger: fewer calls)
+    static_graph: bool = True         # DDP static_graph (the graph of every fusedssl method is static)
+    comm_hook: str = "none"           # none | bf16 | fp16: compress gradients for the all-reduce
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ class OptimConfig:
     warmup_epochs: float = 1.0        # linear warm-up from 0
     min_lr_ratio: float = 0.0         # cosine floor as a fraction of the peak lr
     grad_clip: float = 0.0            # max global grad norm; 0 disables
+    accumulate_steps: int = 1         # micro-batches per step (each micro-batch is its own SSL batch; no_sync)
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,7 @@ class EvaluateConfig:
     knn: bool = True                  # weighted kNN accuracy of backbone features at the start and end
     knn_k: int = 20                   # neighbours
     knn_temperature: float = 0.07     # similarity temperature of the vote
+    knn_every_epochs: int = 0         # online kNN monitor every N epochs (0: only at the start and end)
 
 
 @dataclass(frozen=True)
@@ -194,8 +202,9 @@ class Config:
 # Allowed values of the string choice fields, checked once in ``validate``.
 CHOICES: dict[str, tuple[str, ...]] = {
     "run.device": ("auto", "cpu", "cuda"),
-    "run.precision": ("auto", "bf16", "fp32"),
+    "run.precision": ("auto", "bf16", "fp16", "fp32"),
     "dist.backend": ("auto", "nccl", "gloo"),
+    "dist.comm_hook": ("none", "bf16", "fp16"),
     "data.source": ("digits", "synthetic"),
     "model.backbone": ("resnet18", "resnet50"),
     "model.stem": ("imagenet", "cifar"),
@@ -354,11 +363,12 @@ def validate(cfg: Config) -> None:
     for key, choices in CHOICES.items():
         if get(cfg, key) not in choices:
             raise ConfigError(f"{key}={get(cfg, key)!r} is not one of {', '.join(choices)}")
-    positive = ("data.batch_size", "data.image_size", "run.log_every", "evaluate.knn_k", "checkpoint.keep")
+    positive = ("data.batch_size", "data.image_size", "run.log_every", "evaluate.knn_k", "checkpoint.keep",
+                "optim.accumulate_steps", "dist.bucket_cap_mb", "dist.timeout_s")
     for key in positive:
         if get(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {get(cfg, key)}")
-    for key in ("run.epochs", "run.steps", "checkpoint.every_steps"):
+    for key in ("run.epochs", "run.steps", "checkpoint.every_steps", "evaluate.knn_every_epochs"):
         if get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {get(cfg, key)}")
     if cfg.run.epochs == 0 and cfg.run.steps == 0:
@@ -376,6 +386,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must hold probabilities in [0, 1], got {get(cfg, key)}")
     if not 0.0 <= cfg.method.ema_base <= 1.0:
         raise ConfigError(f"method.ema_base must be in [0, 1], got {cfg.method.ema_base}")
+    if cfg.data.batch_size % cfg.optim.accumulate_steps:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by "
+                          f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
     if cfg.optim.base_lr <= 0:
         raise ConfigError(f"optim.base_lr must be > 0, got {cfg.optim.base_lr}")
     if not cfg.model.projector:

@@ -13,7 +13,8 @@ normalisation, channels-last output. Jitter is applied in a fixed order (torchvi
 
 Determinism and exact resume: the sample order of epoch e is a permutation seeded by (seed, e), and the augmentation
 random state of step s by (seed, s, view), so ``views(step)`` is a pure function of the step: a resumed run sees the
-same samples with the same augmentations as an uninterrupted one, with no loader state to save.
+same samples with the same augmentations as an uninterrupted one, with no loader state to save. Random numbers are
+drawn for the global batch and sliced per rank (``Draws``), so the views do not depend on the world size.
 """
 
 from __future__ import annotations
@@ -79,8 +80,21 @@ class ViewRecipe:
     std: tuple[float, float, float]
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+class Draws:
+    """Per-sample random numbers drawn for the whole global batch, sliced to this rank's rows.
+
+    Every draw is ``torch.rand(total)[start:start + n]``, so sample i of the global batch gets the same augmentation
+    whatever the world size: W ranks together produce exactly the views of one process (DDP == single process).
+    """
+
+    def __init__(self, g: torch.Generator, device, total: int, start: int, n: int):
+        self.g, self.device, self.total, self.start, self.n = g, device, total, start, n
+
+    def rand(self) -> torch.Tensor:
+        return torch.rand(self.total, generator=self.g, device=self.device)[self.start:self.start + self.n]
+
+    def uniform(self, lo: float, hi: float) -> torch.Tensor:
+        return self.rand() * (hi - lo) + lo
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -92,17 +106,17 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return torch.where(mask.view(-1, 1, 1, 1), a, b)
 
 
-def _crop_flip(x: torch.Tensor, r: ViewRecipe, g: torch.Generator) -> torch.Tensor:
+def _crop_flip(x: torch.Tensor, r: ViewRecipe, d: Draws) -> torch.Tensor:
     """Random resized crop (area in crop_scale, aspect in [3/4, 4/3]) and flip, as one bilinear affine resampling."""
     n, dev = x.shape[0], x.device
-    area = _uniform(n, *r.crop_scale, g, dev)
-    log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), g, dev)
+    area = d.uniform(*r.crop_scale)
+    log_ratio = d.uniform(math.log(3 / 4), math.log(4 / 3))
     ratio = torch.exp(log_ratio)
     w = torch.sqrt(area * ratio).clamp(max=1.0)   # crop width/height as fractions of the image
     h = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = (torch.rand(n, generator=g, device=dev) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=g, device=dev) * 2 - 1) * (1 - h)
-    flip = torch.where(torch.rand(n, generator=g, device=dev) < r.flip_p, -1.0, 1.0)
+    cx = (d.rand() * 2 - 1) * (1 - w)
+    cy = (d.rand() * 2 - 1) * (1 - h)
+    flip = torch.where(d.rand() < r.flip_p, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3, device=dev)
     theta[:, 0, 0] = w * flip
     theta[:, 0, 2] = cx
@@ -112,18 +126,18 @@ def _crop_flip(x: torch.Tensor, r: ViewRecipe, g: torch.Generator) -> torch.Tens
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def _jitter(x: torch.Tensor, r: ViewRecipe, g: torch.Generator) -> torch.Tensor:
-    n, dev = x.shape[0], x.device
+def _jitter(x: torch.Tensor, r: ViewRecipe, d: Draws) -> torch.Tensor:
+    dev = x.device
     b, c, s, hue = r.jitter
-    apply = torch.rand(n, generator=g, device=dev) < r.jitter_p
-    y = x * _uniform(n, 1 - b, 1 + b, g, dev).view(-1, 1, 1, 1)
+    apply = d.rand() < r.jitter_p
+    y = x * d.uniform(1 - b, 1 + b).view(-1, 1, 1, 1)
     y = y.clamp(0, 1)
     m = _gray(y).mean(dim=(2, 3), keepdim=True)
-    y = ((y - m) * _uniform(n, 1 - c, 1 + c, g, dev).view(-1, 1, 1, 1) + m).clamp(0, 1)
+    y = ((y - m) * d.uniform(1 - c, 1 + c).view(-1, 1, 1, 1) + m).clamp(0, 1)
     gr = _gray(y)
-    y = ((y - gr) * _uniform(n, 1 - s, 1 + s, g, dev).view(-1, 1, 1, 1) + gr).clamp(0, 1)
+    y = ((y - gr) * d.uniform(1 - s, 1 + s).view(-1, 1, 1, 1) + gr).clamp(0, 1)
     # Hue: rotate the chroma (I, Q) plane of YIQ by 2*pi*h.
-    angle = _uniform(n, -hue, hue, g, dev) * 2 * math.pi
+    angle = d.uniform(-hue, hue) * 2 * math.pi
     to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev)
     yiq = torch.einsum("ij,njhw->nihw", to_yiq, y)
     cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
@@ -133,12 +147,12 @@ def _jitter(x: torch.Tensor, r: ViewRecipe, g: torch.Generator) -> torch.Tensor:
     return _where(apply, y, x)
 
 
-def _blur(x: torch.Tensor, r: ViewRecipe, g: torch.Generator) -> torch.Tensor:
+def _blur(x: torch.Tensor, r: ViewRecipe, d: Draws) -> torch.Tensor:
     """Separable Gaussian blur, per-sample sigma; samples not drawn get a delta kernel."""
     n, ch, hh, ww = x.shape
     dev = x.device
-    apply = torch.rand(n, generator=g, device=dev) < r.blur_p
-    sigma = _uniform(n, *r.blur_sigma, g, dev)
+    apply = d.rand() < r.blur_p
+    sigma = d.uniform(*r.blur_sigma)
     k = max(3, 2 * (r.size // 20) + 1)  # ~10% of the side, odd (23 px at 224 as in BYOL's recipe)
     pos = torch.arange(k, device=dev, dtype=x.dtype) - k // 2
     ker = torch.exp(-pos.view(1, -1) ** 2 / (2 * sigma.view(-1, 1) ** 2))
@@ -151,18 +165,23 @@ def _blur(x: torch.Tensor, r: ViewRecipe, g: torch.Generator) -> torch.Tensor:
     return y.view(n, ch, hh, ww)
 
 
-def augment(images: torch.Tensor, r: ViewRecipe, g: torch.Generator, channels_last: bool = True) -> torch.Tensor:
-    """One augmented view of a uint8 (N, C, H, W) batch -> normalised float32 (N, 3, size, size)."""
+def augment(images: torch.Tensor, r: ViewRecipe, g: torch.Generator, channels_last: bool = True,
+            rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """One augmented view of a uint8 (N, C, H, W) batch -> normalised float32 (N, 3, size, size).
+
+    ``rows = (total, start)``: the batch is rows start..start+N of a global batch of ``total`` (see ``Draws``).
+    """
     x = images.float() / 255.0
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    n, dev = x.shape[0], x.device
-    x = _crop_flip(x, r, g)
-    x = _jitter(x, r, g)
-    gray = torch.rand(n, generator=g, device=dev) < r.gray_p
+    total, start = rows or (x.shape[0], 0)
+    d = Draws(g, x.device, total, start, x.shape[0])
+    x = _crop_flip(x, r, d)
+    x = _jitter(x, r, d)
+    gray = d.rand() < r.gray_p
     x = _where(gray, _gray(x).expand(-1, 3, -1, -1), x)
-    x = _blur(x, r, g)
-    sol = torch.rand(n, generator=g, device=dev) < r.solarize_p
+    x = _blur(x, r, d)
+    sol = d.rand() < r.solarize_p
     x = _where(sol, torch.where(x >= 0.5, 1.0 - x, x), x)
     x = normalize(x, r.mean, r.std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -220,8 +239,8 @@ class TwoViewData:
         out = []
         for v, recipe in enumerate(self.recipes):
             g = torch.Generator(device=self.device)
-            g.manual_seed(hash((self.seed, step, v, self.rank)) & (2**63 - 1))  # int-tuple hashes are not salted
-            out.append(augment(images, recipe, g, self.channels_last))
+            g.manual_seed(hash((self.seed, step, v)) & (2**63 - 1))  # int-tuple hashes are not salted
+            out.append(augment(images, recipe, g, self.channels_last, rows=(self.batch, self.rank * len(idx))))
         return out
 
 

@@ -24,6 +24,7 @@ class DistInfo:
     world: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # this run created the process group (and destroys it at the end)
 
     @property
     def is_main(self) -> bool:
@@ -47,11 +48,12 @@ def build(cfg, device: str = "auto") -> DistInfo:
     dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         backend = cfg.backend if cfg.backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout_s),
                                 device_id=dev if dev.type == "cuda" else None)
-    return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev)
+    return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev, owns_group=owns)
 
 
 def world_size() -> int:
@@ -90,6 +92,25 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
+class _AllReduceWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # every rank's output depends on this rank's input
+        return grad
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks with the autograd-aware backward (the gradient is all-reduced too); identity on one process."""
+    return x if world_size() == 1 else _AllReduceWithGrad.apply(x)
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over ranks, outside autograd (e.g. DirectPred's correlation, metrics at the log interval)."""
     if world_size() == 1:
@@ -112,6 +133,7 @@ def setup_logging(info: DistInfo) -> logging.Logger:
     return logger
 
 
-def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
+def teardown(info: DistInfo | None = None) -> None:
+    """Destroy the process group if this run created it (a caller's own group is left alone)."""
+    if (info is None or info.owns_group) and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -5,6 +5,10 @@ layer is a Linear, optionally followed by BatchNorm(affine=False) (SimSiam / Mat
 is a Linear. A predictor spec with a single width is one Linear layer (DirectPred's linear predictor, no bias).
 The EMA teacher is a frozen copy of backbone + projector updated with ``torch._foreach_lerp_`` (one fused update for all
 tensors, no per-parameter Python loop).
+
+Under DDP every BatchNorm normalises with global-batch statistics (``sync_batchnorm``): torch's SyncBatchNorm on GPUs,
+and on CPU (gloo), where SyncBatchNorm does not run, ``GlobalBatchNorm``, which all-reduces the per-channel sums with an
+autograd-aware all-reduce. So W ranks train exactly the model one process trains on the global batch.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 from .config import widths
+from .dist import all_reduce_sum
 
 
 def _backbone(name: str, stem: str, zero_init_residual: bool) -> tuple[nn.Module, int]:
@@ -96,3 +102,64 @@ class EMATeacher(nn.Module):
         for b_mine, b_theirs in zip(list(self.backbone.buffers()) + list(self.projector.buffers()),
                                     list(online.backbone.buffers()) + list(online.projector.buffers())):
             b_mine.copy_(b_theirs)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm with statistics over the whole distributed batch, for any device and process-group backend.
+
+    The per-channel (sum, sum of squares, count) are all-reduced in one differentiable collective (its backward
+    all-reduces the gradient), so forward and backward equal BatchNorm on the concatenated batch. The variance is
+    E[x^2] - E[x]^2 in fp32 from sums shifted by the running mean, which keeps it well conditioned.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"GlobalBatchNorm expects (N, C, ...) input, got shape {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        shift = self.running_mean.detach().to(torch.float32).view(shape)
+        xs = x.float() - shift
+        count = torch.full((1,), x.numel() / x.shape[1], dtype=torch.float32, device=x.device)
+        stats = all_reduce_sum(torch.cat([xs.sum(dims), xs.pow(2).sum(dims), count]))
+        c = x.shape[1]
+        n = stats[-1]
+        mean_s = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean_s * mean_s).clamp_min(0.0)
+        mean = mean_s + shift.flatten()
+        y = (x.float() - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                unbiased = var * n / (n - 1).clamp_min(1.0)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
+                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), m)
+        return y.to(x.dtype)
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Global-batch BatchNorm for a distributed run: torch SyncBatchNorm on CUDA, GlobalBatchNorm elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        with torch.no_grad():
+            if module.affine:
+                out.weight.copy_(module.weight)
+                out.bias.copy_(module.bias)
+            if module.track_running_stats:
+                out.running_mean.copy_(module.running_mean)
+                out.running_var.copy_(module.running_var)
+                out.num_batches_tracked.copy_(module.num_batches_tracked)
+    for name, child in module.named_children():
+        out.add_module(name, sync_batchnorm(child, device))
+    return out

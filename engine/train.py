@@ -2,23 +2,27 @@
 
 Step-based, not epoch-based: the global step indexes the data (``data.views(step)``), the schedules and the checkpoint,
 so resuming at step s replays exactly what an uninterrupted run would do from s. Inside the loop the host synchronises
-only at the log interval (loss values and the non-finite flag are read there).
+only at the log interval (loss values and the non-finite flag are read there); fp16's grad scaler is the exception
+(its skip decision reads the device), which is why bf16 is the default on GPUs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
+import resource
+import sys
 import time
 from contextlib import nullcontext
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint, config, dist, evaluate, methods, optim
-from . import data as data_stage
-from . import model as model_stage
+from . import checkpoint, config, data as data_stage, dist, evaluate, methods, model as model_stage, optim
 from .methods import Outputs
 
 log = logging.getLogger("fusedssl")
@@ -31,29 +35,72 @@ def _version() -> str:
         return "unknown"
 
 
-def train_step(step, views, net, model, teacher, method, opt, sched, amp, grad_clip):
-    """One optimisation step; returns the loss and the method's terms, all still on the device."""
-    optim.set_lr(opt, float(sched.lr[step]))
+class Precision:
+    """Autocast context and (fp16 only) the gradient scaler for ``run.precision``."""
+
+    def __init__(self, name: str, device: torch.device):
+        self.name = name if name != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+        self.device_type = device.type
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler(device.type) if self.name == "fp16" else None
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, opt: torch.optim.Optimizer, params, grad_clip: float) -> None:
+        if self.scaler:
+            self.scaler.unscale_(opt)
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if self.scaler:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+
+
+def forward_views(net, teacher, views: list[torch.Tensor], prec: Precision) -> Outputs:
+    """All views through the online network in one batch (and through the teacher without gradients)."""
     x = torch.cat(views)
     n_views = len(views)
-    with amp:
+    with prec.autocast():
         _, z, p = net(x)
         t = None
         if teacher is not None:
             with torch.no_grad():
                 t = teacher(x).chunk(n_views)
-        out = Outputs(z=list(z.chunk(n_views)), p=list(p.chunk(n_views)) if p is not None else None,
-                      t=list(t) if t is not None else None)
-    loss, terms = method(out)  # the objective ops run in fp32 outside autocast by design
+    return Outputs(z=list(z.chunk(n_views)), p=list(p.chunk(n_views)) if p is not None else None,
+                   t=list(t) if t is not None else None)
+
+
+def train_step(step, views, net, model, teacher, method, opt, sched, prec: Precision, grad_clip: float,
+               accumulate: int = 1):
+    """One optimisation step over ``accumulate`` micro-batches; returns the loss and terms, still on the device.
+
+    Each micro-batch is a full SSL batch of its own (its own covariance / negatives); DDP all-reduces only after the
+    last one (``no_sync``). With accumulate = 1 this is the plain step.
+    """
+    optim.set_lr(opt, float(sched.lr[step]))
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
+    chunks = list(zip(*(v.chunk(accumulate) for v in views), strict=True))
+    total, terms = 0.0, {}
+    for i, micro in enumerate(chunks):
+        sync = i + 1 == len(chunks) or not isinstance(net, DDP)
+        with nullcontext() if sync else net.no_sync():
+            out = forward_views(net, teacher, list(micro), prec)
+            loss, parts = method(out)  # the objective ops run in fp32 outside autocast by design
+            prec.backward(loss / accumulate)
+        total = total + loss.detach() / accumulate
+        terms = {k: terms.get(k, 0.0) + v / accumulate for k, v in parts.items()}
+    prec.step(opt, model.parameters(), grad_clip)
     if teacher is not None:
         teacher.update(model, float(sched.ema[step]))
     method.after_step(model, step)
-    return loss.detach(), terms
+    return total, terms
 
 
 def _knn(model, data, cfg, device) -> float | None:
@@ -61,6 +108,48 @@ def _knn(model, data, cfg, device) -> float | None:
         return None
     return evaluate.knn(model.backbone, data.train, data.test, cfg.evaluate, size=cfg.data.image_size,
                         mean=cfg.data.mean, std=cfg.data.std, device=device, channels_last=cfg.run.channels_last)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; the process's peak RSS
+
+
+def _tensorboard(cfg, run_dir: Path):
+    if not cfg.run.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise config.ConfigError("run.tensorboard=true needs the tensorboard package (pip install tensorboard)") from e
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _wrap_ddp(model, cfg, device):
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
+              broadcast_buffers=False, bucket_cap_mb=cfg.dist.bucket_cap_mb, static_graph=cfg.dist.static_graph)
+    if cfg.dist.comm_hook != "none":
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        hook = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}[cfg.dist.comm_hook]
+        net.register_comm_hook(None, hook)
+    return net
 
 
 def main(cfg: config.Config) -> dict:
@@ -77,25 +166,25 @@ def main(cfg: config.Config) -> dict:
     # ---- build the stages, each from its own section
     data = data_stage.build(cfg.data, seed=cfg.run.seed, rank=info.rank, world=info.world, device=device,
                             channels_last=cfg.run.channels_last)
+    if (cfg.data.batch_size // info.world) % cfg.optim.accumulate_steps:
+        raise config.ConfigError(f"the per-rank batch {cfg.data.batch_size // info.world} is not divisible by "
+                                 f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
     method = methods.build(cfg.method, backend=cfg.kernels.backend)
     methods.check_model(method, cfg.model)
     model = model_stage.build(cfg.model, predictor_required=method.predictor).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if info.world > 1 and cfg.model.sync_bn and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if info.world > 1 and cfg.model.sync_bn:
+        model = model_stage.sync_batchnorm(model, device)  # global-batch statistics: W ranks == one process
     teacher = model_stage.EMATeacher(model) if method.teacher else None
     total = cfg.run.steps or cfg.run.epochs * data.steps_per_epoch
     opt, sched = optim.build(cfg.optim, model, batch_size=cfg.data.batch_size, total_steps=total,
                              steps_per_epoch=data.steps_per_epoch, ema_base=cfg.method.ema_base,
                              ema_schedule=cfg.method.ema_schedule)
-    net = model
-    if info.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
-            broadcast_buffers=False)
-    precision = cfg.run.precision if cfg.run.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    net = _wrap_ddp(model, cfg, device) if info.world > 1 else model
+    if cfg.run.compile:
+        net = torch.compile(net)
+    prec = Precision(cfg.run.precision, device)
 
     # ---- resume or start
     start, metrics = 0, {}
@@ -114,16 +203,22 @@ def main(cfg: config.Config) -> dict:
                 teacher.load_state_dict(state["teacher"])
             method.load_state_dict(state["method"])
             opt.load_state_dict(state["optimizer"])
+            if prec.scaler is not None and state.get("scaler"):
+                prec.scaler.load_state_dict(state["scaler"])
+            if isinstance(state.get("rng"), dict):
+                _set_rng_state(state["rng"], device)
             start, metrics = state["step"], state["metrics"]
             log.info("resumed from %s at step %d", path, start)
-    log.info("fusedssl %s | torch %s | device %s x%d | method %s | %d steps (%d/epoch) | batch %d | %s",
+    log.info("fusedssl %s | torch %s | device %s x%d | method %s | %d steps (%d/epoch) | batch %d | %s%s",
              _version(), torch.__version__, device, info.world, cfg.method.name, total, data.steps_per_epoch,
-             cfg.data.batch_size, precision)
+             cfg.data.batch_size, prec.name, " | compiled" if cfg.run.compile else "")
     log.info("kernel backends (kernels.backend=%s): %s", cfg.kernels.backend,
              ", ".join(f"{op}={b}" for op, b in method.backends().items()))
+    tb = None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(cfg), indent=1))
+        tb = _tensorboard(cfg, run_dir)
     if start == 0 and info.is_main:
         metrics["knn_random_init"] = _knn(model, data, cfg, device)
         if metrics["knn_random_init"] is not None:
@@ -134,23 +229,31 @@ def main(cfg: config.Config) -> dict:
             return
         state = {"step": step, "model": model.state_dict(), "method": method.state_dict(),
                  "teacher": teacher.state_dict() if teacher is not None else None,
-                 "optimizer": opt.state_dict(), "metrics": metrics, "config": config.to_dict(cfg),
-                 "rng": torch.get_rng_state(), "version": _version()}
+                 "optimizer": opt.state_dict(), "scaler": prec.scaler.state_dict() if prec.scaler else None,
+                 "metrics": metrics, "config": config.to_dict(cfg), "rng": _rng_state(device),
+                 "version": _version()}
         checkpoint.save(ckpt_dir, step, state, cfg.checkpoint.keep)
 
     # ---- the loop
     model.train()
     logf = open(run_dir / "log.jsonl", "a") if info.is_main else None
+    bar = info.is_main and cfg.run.progress and sys.stderr.isatty()
+    knn_every = cfg.evaluate.knn_every_epochs * data.steps_per_epoch
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    t0, seen, data_s = time.perf_counter(), 0, 0.0
+    t0, seen, data_s, run_t0 = time.perf_counter(), 0, 0.0, time.perf_counter()
     for step in range(start, total):
         td = time.perf_counter()
         views = data.views(step)
         data_s += time.perf_counter() - td
-        loss, terms = train_step(step, views, net, model, teacher, method, opt, sched, amp, cfg.optim.grad_clip)
+        loss, terms = train_step(step, views, net, model, teacher, method, opt, sched, prec, cfg.optim.grad_clip,
+                                 cfg.optim.accumulate_steps)
         nonfinite |= ~torch.isfinite(loss)  # device-side flag: no host sync here
         seen += cfg.data.batch_size
         last = step + 1 == total
+        if bar:
+            rate = (step + 1 - start) / (time.perf_counter() - run_t0)
+            print(f"\r{step + 1}/{total} {rate * cfg.data.batch_size:.0f} img/s ETA {(total - step - 1) / rate:.0f}s",
+                  end="", file=sys.stderr, flush=True)
         if (step + 1) % cfg.run.log_every == 0 or last:
             if bool(nonfinite):  # host sync at the log interval only
                 raise FloatingPointError(f"non-finite loss at or before step {step} on rank {info.rank} "
@@ -158,19 +261,36 @@ def main(cfg: config.Config) -> dict:
             dt = time.perf_counter() - t0
             # each rank holds its share of the global loss (methods.py): the logged value is their mean
             loss, terms = dist.all_reduce_mean(loss), {k: dist.all_reduce_mean(v) for k, v in terms.items()}
+            step_s = dt * cfg.data.batch_size / seen
             rec = {"step": step + 1, "epoch": (step + 1) / data.steps_per_epoch, "loss/total": float(loss),
                    **{f"loss/{k}": float(v) for k, v in terms.items()}, "optim/lr": float(sched.lr[step]),
-                   "perf/images_per_s": seen / dt, "perf/step_ms": 1000 * dt * cfg.data.batch_size / seen,
-                   "data/wait_ms": 1000 * data_s * cfg.data.batch_size / seen}
+                   "perf/images_per_s": seen / dt, "perf/step_ms": 1000 * step_s,
+                   "data/wait_ms": 1000 * data_s * cfg.data.batch_size / seen,
+                   "perf/peak_memory_mb": _peak_memory_mb(device), "perf/eta_s": step_s * (total - step - 1)}
             if teacher is not None:
                 rec["optim/ema"] = float(sched.ema[step])
-            log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.4g  %.0f img/s", step + 1, total, rec["epoch"],
-                     rec["loss/total"], rec["optim/lr"], rec["perf/images_per_s"])
+            if prec.scaler is not None:
+                rec["optim/grad_scale"] = float(prec.scaler.get_scale())
+            if bar:
+                print(file=sys.stderr)
+            log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.4g  %.0f img/s  ETA %.0fs", step + 1, total,
+                     rec["epoch"], rec["loss/total"], rec["optim/lr"], rec["perf/images_per_s"], rec["perf/eta_s"])
             if logf:
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
+            if tb:
+                for k, v in rec.items():
+                    if k != "step":
+                        tb.add_scalar(k, v, step + 1)
             metrics["last_loss"], metrics["images_per_s"] = rec["loss/total"], rec["perf/images_per_s"]
             t0, seen, data_s = time.perf_counter(), 0, 0.0
+        if knn_every and (step + 1) % knn_every == 0 and not last and info.is_main:
+            acc = _knn(model, data, cfg, device)  # rank 0 only: BatchNorm in eval mode needs no collectives
+            if acc is not None:
+                log.info("kNN accuracy at epoch %d: %.2f%%", (step + 1) // data.steps_per_epoch, 100 * acc)
+                if logf:
+                    logf.write(json.dumps({"step": step + 1, "eval/knn": acc}) + "\n")
+                    logf.flush()
         if cfg.checkpoint.every_steps and (step + 1) % cfg.checkpoint.every_steps == 0 and not last:
             save(step + 1)
 
@@ -184,5 +304,7 @@ def main(cfg: config.Config) -> dict:
         save(total)
         (run_dir / "summary.json").write_text(json.dumps(metrics, indent=1))
         logf.close()
-    dist.teardown()
+        if tb:
+            tb.close()
+    dist.teardown(info)
     return metrics
