@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint, config, data as data_stage, dist, evaluate, methods, model as model_stage, optim
+from . import checkpoint, config, dist, evaluate, methods, optim
+from . import data as data_stage
+from . import model as model_stage
 from .methods import Outputs
 
 log = logging.getLogger("fusedssl")

@@ -18,7 +18,8 @@ centring modes, m the column mean and r a per-column scale, and every backward h
 passes over Z (shifted sums: the first row is subtracted before squaring, so var is not a difference of large
 numbers), then writes y; ``_col_norm_bwd_kernel`` makes one pass for sum(g) and sum(g y) and one to write dz,
 recomputing y in fp32 from z and the saved per-column (mean, r, beta), as BatchNorm saves mean and 1/std. Rows are
-columns of the transposed view: ``row_normalize`` runs the l2 mode with the strides swapped, no copy. Statistics and arithmetic are fp32 for every input dtype (fp64 inputs compute in fp32).
+columns of the transposed view: ``row_normalize`` runs the l2 mode with the strides swapped, no copy. Statistics and
+arithmetic are fp32 for every input dtype (fp64 inputs compute in fp32).
 Registered as the custom ops ``fusedssl::col_norm`` / ``fusedssl::col_norm_bwd`` with fakes (torch.compile traces
 them). Fusing these passes into the covariance GEMM's prologue (and dz into its dual backward) is still open.
 """

@@ -67,7 +67,8 @@ def test_ddp_training_equals_single_process(runs, method):
     a = checkpoint.load(ddp / method / "checkpoints" / name)
     b = checkpoint.load(single / method / "checkpoints" / name)
     assert a["model"].keys() == b["model"].keys()
-    init = train.model_stage.build(_cfg(single, method).model, predictor_required=method in ("byol", "directpred")).state_dict()
+    init = train.model_stage.build(_cfg(single, method).model,
+                                   predictor_required=method in ("byol", "directpred")).state_dict()
     moved = 0
     for k, v in b["model"].items():
         if not v.is_floating_point():
