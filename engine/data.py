@@ -246,6 +246,13 @@ class TwoViewData:
 
 def build(cfg, *, seed: int, rank: int, world: int, device: torch.device, channels_last: bool) -> TwoViewData:
     """Build the data stage from the ``data`` config section."""
+    if cfg.source == "folder":
+        from pathlib import Path
+
+        if not Path(cfg.root).is_dir():
+            raise ValueError(f"data.root={cfg.root!r} is not a folder")
+        raise ValueError("data.source=folder needs the ImageFolder/DALI pipeline of issue #5, which this version "
+                         "does not have yet: train on data.source=digits or synthetic")
     if cfg.source == "digits":
         train, test = load_digits(cfg.test_fraction, seed)
     else:

@@ -4,6 +4,7 @@ Parameters with ndim == 1 (biases, BatchNorm weights; torchvision's ``downsample
 under LARS, no trust-ratio adaptation: excluded by ndim, never by name (a name filter misses ``downsample.1``).
 LARS here is a multi-tensor update with no host synchronisation: the trust ratios are computed on the device with
 ``torch.where`` for all tensors at once (solo-learn's LARS syncs per parameter with a Python ``if`` on GPU norms).
+Barlow Twins gives biases and norm parameters their own lr (0.0048 vs 0.2 per 256 images): ``bias_lr_ratio``.
 Schedules are arrays indexed by the global step (DINO style): linear warm-up from 0, then cosine to
 ``min_lr_ratio`` x peak; the EMA momentum follows 1 - (1 - base)(1 + cos(pi k / K)) / 2 (BYOL / Matrix-SSL).
 """
@@ -37,7 +38,7 @@ class LARS(torch.optim.Optimizer):
                 trust = torch.where((wn > 0) & (gn > 0), group["eta"] * wn / gn, torch.ones_like(wn))
                 grads = torch._foreach_mul(grads, list(trust.unbind()))
             bufs = []
-            for p, g in zip(params, grads):
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
@@ -47,13 +48,14 @@ class LARS(torch.optim.Optimizer):
             torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, bias_lr_ratio: float = 1.0) -> list[dict]:
+    """Weights (ndim >= 2: decay, LARS) and biases/norms (no decay, no LARS, lr x ``bias_lr_ratio``)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "lars": True},
-            {"params": no_decay, "weight_decay": 0.0, "lars": False}]
+    return [{"params": decay, "weight_decay": weight_decay, "lars": True, "lr_scale": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lars": False, "lr_scale": bias_lr_ratio}]
 
 
 @dataclass
@@ -83,7 +85,7 @@ def build(cfg, model: torch.nn.Module, *, batch_size: int, total_steps: int, ste
           ema_schedule: str) -> tuple[torch.optim.Optimizer, Schedules]:
     """Optimiser and schedules from the ``optim`` section; lr = base_lr * batch_size / 256 under linear scaling."""
     peak = cfg.base_lr * (batch_size / 256 if cfg.lr_scaling == "linear" else 1.0)
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.bias_lr_ratio)
     if cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=peak, momentum=cfg.momentum, foreach=True)
     elif cfg.name == "lars":
@@ -97,4 +99,4 @@ def build(cfg, model: torch.nn.Module, *, batch_size: int, total_steps: int, ste
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)

@@ -5,13 +5,36 @@ from pathlib import Path
 import pytest
 from fusedssl.engine import config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_recipe_loads(path):
+    """Every recipe (demo and published) validates and its model suits its method (predictor, teacher)."""
+    from fusedssl.engine import methods
+
     cfg = config.load(path)
     assert cfg.method.name in config.CHOICES["method.name"]
+    methods.check_model(methods.build(cfg.method, backend="torch"), cfg.model)
+
+
+def test_published_recipes_cover_the_reference_settings():
+    """The published settings the engine issue names, with their key numbers (methods.md §12.1)."""
+    pub = {p.stem: config.load(p) for p in CONFIGS if p.parent.name == "published"}
+    bt = pub["barlow_imagenet_r50_1000ep"]
+    assert (bt.model.projector, bt.data.batch_size, bt.run.epochs, bt.optim.bias_lr_ratio) == \
+        ("8192-8192-8192", 2048, 1000, 0.024)
+    mssl = pub["matrix_ssl_imagenet_r50_100ep"]
+    assert (mssl.model.backbone, mssl.data.batch_size, mssl.run.epochs, mssl.optim.base_lr) == ("resnet50", 1024, 100, 0.5)
+    assert pub["kernel_ssl_imagenet_r50_100ep"].method.kernel_ssl.hsic_weight == 0.003
+    assert {k for k in pub if k.startswith("frossl")} == {"frossl_cifar10_r18_1000ep", "frossl_stl10_r18_500ep",
+                                                          "frossl_imagenet100_r18_400ep"}
+    assert pub["directpred_stl10_r18_100ep"].data.image_size == 96
+
+
+def test_folder_source_needs_a_root():
+    with pytest.raises(config.ConfigError, match="data.root"):
+        config.load(None, ["data.source=folder"])
 
 
 def test_overrides_are_typed():
