@@ -20,13 +20,17 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     if argv is None:
         argv = sys.argv[1:]
-    sub.add_parser("bench", help="benchmarks: fusedssl bench kernels|matrix_log [--help]", add_help=False)
+    sub.add_parser("bench", help="benchmarks: fusedssl bench kernels|matrix_log|step [--help]", add_help=False)
     if argv[:1] == ["verify"]:
         return _verify(argv[1:])
     if argv[:2] == ["bench", "kernels"]:
         from fusedssl.bench import bench_covariance
 
         return bench_covariance.main(argv[2:])
+    if argv[:2] == ["bench", "step"]:
+        from fusedssl.bench import bench_step
+
+        return bench_step.main(argv[2:])
     if argv[:2] == ["bench", "matrix_log"]:
         from fusedssl.bench import bench_matrix_log
 

@@ -15,6 +15,7 @@ import resource
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -154,18 +155,23 @@ def _wrap_ddp(model, cfg, device):
     return net
 
 
-def main(cfg: config.Config) -> dict:
-    """Run one training job; returns its summary metrics (also written to <run>/summary.json)."""
-    info = dist.build(cfg.dist, cfg.run.device)
-    dist.setup_logging(info)
-    device = info.device
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(cfg.run.seed)
-    run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    ckpt_dir = run_dir / "checkpoints"
+@dataclass
+class Stages:
+    """Everything a step needs, built from the config in data-flow order (train.main and bench step share it)."""
 
-    # ---- build the stages, each from its own section
+    data: data_stage.TwoViewData
+    method: methods.Method
+    model: torch.nn.Module
+    teacher: model_stage.EMATeacher | None
+    opt: torch.optim.Optimizer
+    sched: optim.Schedules
+    net: torch.nn.Module       # what the step calls: the model, wrapped by DDP and/or torch.compile
+    prec: Precision
+    total: int                 # optimiser steps in the run
+
+
+def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
+    device = info.device
     data = data_stage.build(cfg.data, seed=cfg.run.seed, rank=info.rank, world=info.world, device=device,
                             channels_last=cfg.run.channels_last)
     if (cfg.data.batch_size // info.world) % cfg.optim.accumulate_steps:
@@ -186,7 +192,24 @@ def main(cfg: config.Config) -> dict:
     net = _wrap_ddp(model, cfg, device) if info.world > 1 else model
     if cfg.run.compile:
         net = torch.compile(net)
-    prec = Precision(cfg.run.precision, device)
+    return Stages(data, method, model, teacher, opt, sched, net, Precision(cfg.run.precision, device), total)
+
+
+def main(cfg: config.Config) -> dict:
+    """Run one training job; returns its summary metrics (also written to <run>/summary.json)."""
+    info = dist.build(cfg.dist, cfg.run.device)
+    dist.setup_logging(info)
+    device = info.device
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    ckpt_dir = run_dir / "checkpoints"
+
+    # ---- build the stages, each from its own section
+    st = build_stages(cfg, info)
+    data, method, model, teacher, opt, sched, net, prec, total = (
+        st.data, st.method, st.model, st.teacher, st.opt, st.sched, st.net, st.prec, st.total)
 
     # ---- resume or start
     start, metrics = 0, {}

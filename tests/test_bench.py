@@ -1,8 +1,11 @@
-"""`fusedssl bench kernels`: writes long-format rows with the environment stamp; re-runs replace, not duplicate."""
+"""`fusedssl bench kernels|step`: long-format rows with the environment stamp; re-runs replace, not duplicate."""
 
 import csv
+from pathlib import Path
 
 from fusedssl.engine import cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_writes_long_format_csv(tmp_path, capsys):
@@ -27,3 +30,20 @@ def test_bench_matrix_log(tmp_path, capsys):
     rows = list(csv.DictReader(open(path)))
     assert {r["provider"] for r in rows} == {"original", "eager"} and len(rows) == 6
     assert "16x8" in capsys.readouterr().out
+
+
+def test_bench_step_writes_phases_and_throughput(tmp_path, capsys):
+    """`fusedssl bench step`: every variant that runs on CPU gets images/s, step ms, peak memory and five phases."""
+    smoke = ROOT / "configs" / "smoke.yaml"
+    assert cli.main(["bench", "step", "--config", str(smoke), "--steps", "1", "--warmup", "0", "--out",
+                     str(tmp_path), "--set", "data.batch_size=8", "--set", "data.image_size=16"]) == 0
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("step.csv")))))
+    variants = {r["provider"] for r in rows}
+    assert variants == {"reference", "no_channels_last", "bf16"}  # fused is GPU-only, compile needs --compile
+    for v in variants:
+        got = {(r["mode"], r["metric"]) for r in rows if r["provider"] == v}
+        assert {("step", "images_per_s"), ("step", "p50"), ("data", "p50"), ("objective", "p50"),
+                ("backward", "p50"), ("optimizer", "p50")} <= got
+        assert all(float(r["value"]) > 0 for r in rows if r["provider"] == v and r["metric"] != "peak_mem")
+    out = capsys.readouterr().out
+    assert "fused: skipped" in out and "objective %" in out

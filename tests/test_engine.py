@@ -160,3 +160,22 @@ def test_training_with_triton_kernels(tmp_path, method, capsys):
         assert "=triton" not in header, header  # no Triton kernel for these objectives: the reference runs
     if method == "vicreg":
         assert "vicreg_invariance=torch" in header
+
+
+def test_bias_lr_ratio_and_accumulation(tmp_path):
+    """Biases/norms get lr x bias_lr_ratio; accumulate_steps=2 trains on two micro-batches per step."""
+    from fusedssl.engine import model as model_stage, optim
+
+    cfg = _cfg(tmp_path, "barlow", "optim.bias_lr_ratio=0.024", "optim.accumulate_steps=2")
+    net = model_stage.build(cfg.model, predictor_required=False)
+    opt, _ = optim.build(cfg.optim, net, batch_size=16, total_steps=4, steps_per_epoch=4, ema_base=0.99,
+                         ema_schedule="cosine")
+    optim.set_lr(opt, 0.5)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.5 * 0.024]
+    metrics = train.main(cfg)
+    assert torch.isfinite(torch.tensor(metrics["last_loss"]))
+
+
+def test_accumulation_must_divide_the_batch():
+    with pytest.raises(config.ConfigError, match="optim.accumulate_steps"):
+        config.load(None, ["data.batch_size=16", "optim.accumulate_steps=3"])
