@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from fusedssl.engine import config, dist, train
 
 from . import harness

@@ -164,7 +164,8 @@ def test_training_with_triton_kernels(tmp_path, method, capsys):
 
 def test_bias_lr_ratio_and_accumulation(tmp_path):
     """Biases/norms get lr x bias_lr_ratio; accumulate_steps=2 trains on two micro-batches per step."""
-    from fusedssl.engine import model as model_stage, optim
+    from fusedssl.engine import model as model_stage
+    from fusedssl.engine import optim
 
     cfg = _cfg(tmp_path, "barlow", "optim.bias_lr_ratio=0.024", "optim.accumulate_steps=2")
     net = model_stage.build(cfg.model, predictor_required=False)
