@@ -83,7 +83,7 @@ def measure(cfg: config.Config, steps: int, warmup: int) -> dict:
     for _ in range(steps):
         marks = [time.perf_counter()]
 
-        def mark():
+        def mark(marks=marks):
             _sync(device)
             marks.append(time.perf_counter())
 

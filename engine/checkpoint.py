@@ -33,12 +33,21 @@ def save(folder: str | Path, step: int, state: dict, keep: int) -> Path:
     digest = hashlib.sha256(payload).hexdigest()
     final = _path(folder, step)
     tmp = final.with_suffix(".pt.tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    final.with_suffix(".sha256").write_text(digest + "\n")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        sha_tmp = final.with_suffix(".sha256.tmp")
+        sha_tmp.write_text(digest + "\n")
+        os.replace(tmp, final)
+        os.replace(sha_tmp, final.with_suffix(".sha256"))
+    except OSError as e:  # full disk, quota, lost mount: keep what was there, say what happened
+        tmp.unlink(missing_ok=True)
+        final.with_suffix(".sha256.tmp").unlink(missing_ok=True)
+        previous = sorted(p for p in folder.glob("step_*.pt") if p != final)
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "there is no earlier checkpoint"
+        raise OSError(e.errno, f"could not write checkpoint {final} ({e.strerror or e}); {kept}") from e
     for old in sorted(folder.glob("step_*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
         old.with_suffix(".sha256").unlink(missing_ok=True)

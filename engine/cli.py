@@ -45,13 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"fusedssl: config error: {e}", file=sys.stderr)
         return 2
-    from . import train  # imported late: config errors are reported without importing torch
+    from . import guard, train  # imported late: config errors are reported without importing torch
 
     try:
         train.main(cfg)
+    except guard.Preempted as e:
+        print(f"fusedssl: {e}", file=sys.stderr)
+        return guard.EXIT_PREEMPTED  # 75: a requeue script resubmits with --resume auto
     except (config.ConfigError, ValueError) as e:
         print(f"fusedssl: error: {e}", file=sys.stderr)
         return 2
+    except (FloatingPointError, OSError) as e:
+        print(f"fusedssl: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

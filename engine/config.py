@@ -46,6 +46,9 @@ class RunConfig:
     threads: int = 0                  # torch CPU threads; 0 keeps torch's default
     progress: bool = True             # progress bar with images/s and ETA on a terminal (rank 0)
     tensorboard: bool = False         # also write the log records as TensorBoard scalars (needs tensorboard)
+    nonfinite: str = "stop"           # NaN/Inf loss or gradients: stop | rollback (to the last checkpoint) | skip
+    rollback_lr_factor: float = 0.5   # rollback: multiply the learning rate by this after each rollback
+    max_rollbacks: int = 3            # rollback: give up (stop) after this many
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class DistConfig:
     bucket_cap_mb: int = 25           # DDP gradient bucket size (smaller: earlier overlap; larger: fewer calls)
     static_graph: bool = True         # DDP static_graph (the graph of every fusedssl method is static)
     comm_hook: str = "none"           # none | bf16 | fp16: compress gradients for the all-reduce
+    signal_check_every: int = 10      # steps between the ranks' agreement on a preemption signal (DDP only)
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "run.precision": ("auto", "bf16", "fp16", "fp32"),
     "dist.backend": ("auto", "nccl", "gloo"),
     "dist.comm_hook": ("none", "bf16", "fp16"),
+    "run.nonfinite": ("stop", "rollback", "skip"),
     "data.source": ("digits", "synthetic", "folder"),
     "model.backbone": ("resnet18", "resnet50"),
     "model.stem": ("imagenet", "cifar"),
@@ -367,7 +372,7 @@ def validate(cfg: Config) -> None:
         if get(cfg, key) not in choices:
             raise ConfigError(f"{key}={get(cfg, key)!r} is not one of {', '.join(choices)}")
     positive = ("data.batch_size", "data.image_size", "run.log_every", "evaluate.knn_k", "checkpoint.keep",
-                "optim.accumulate_steps", "dist.bucket_cap_mb", "dist.timeout_s")
+                "optim.accumulate_steps", "dist.bucket_cap_mb", "dist.timeout_s", "dist.signal_check_every")
     for key in positive:
         if get(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {get(cfg, key)}")
@@ -394,6 +399,10 @@ def validate(cfg: Config) -> None:
                           f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
     if cfg.data.source == "folder" and not cfg.data.root:
         raise ConfigError("data.root must name the dataset folder when data.source=folder")
+    if not 0.0 < cfg.run.rollback_lr_factor <= 1.0:
+        raise ConfigError(f"run.rollback_lr_factor must be in (0, 1], got {cfg.run.rollback_lr_factor}")
+    if cfg.run.max_rollbacks < 0:
+        raise ConfigError(f"run.max_rollbacks must be >= 0, got {cfg.run.max_rollbacks}")
     if cfg.optim.bias_lr_ratio <= 0:
         raise ConfigError(f"optim.bias_lr_ratio must be > 0, got {cfg.optim.bias_lr_ratio}")
     if cfg.optim.base_lr <= 0:

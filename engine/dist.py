@@ -12,10 +12,13 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,12 @@ def build(cfg, device: str = "auto") -> DistInfo:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device=cuda but no CUDA device is available: set run.device=cpu or auto")
+        raise ConfigError("run.device=cuda but no CUDA device is available: set run.device=cpu or auto")
     dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    if cfg.backend == "nccl" and dev.type != "cuda":
+        raise ConfigError("dist.backend=nccl needs CUDA devices; this run is on CPU: use dist.backend=gloo or auto")
     owns = world > 1 and not dist.is_initialized()
     if owns:
         backend = cfg.backend if cfg.backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
@@ -118,6 +123,66 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     x = x.detach().clone()
     dist.all_reduce(x)
     return x / world_size()
+
+
+# ------------------------------------------------------------------------------------ fault reports (issue #8)
+
+_HEARTBEAT = "fusedssl/last_step/"
+
+
+def _store():
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (RuntimeError, AttributeError, ValueError):  # no default group / private API moved
+        return None
+
+
+def heartbeat(step: int) -> None:
+    """Record this rank's progress in the process group's key-value store (at the log interval)."""
+    store = _store() if world_size() > 1 else None
+    if store is not None:
+        try:
+            store.set(f"{_HEARTBEAT}{rank()}", str(step))
+        except Exception:  # noqa: BLE001 - a heartbeat must never take the run down
+            pass
+
+
+def is_collective_failure(e: BaseException) -> bool:
+    """A failed or timed-out collective (another rank died or hangs), as opposed to a bug in this rank."""
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(w in text for w in ("gloo", "nccl", "connection", "timed out",
+                                                                   "timeout", "peer"))
+
+
+def failure_message(e: BaseException, info: DistInfo, timeout_s: int, wait_s: float = 3.0) -> str:
+    """Name the ranks that are gone: every surviving rank checks in to the key-value store (it lives on rank 0), waits
+    ``wait_s`` for the others, and names those that never check in (dead or hung); best effort."""
+    store = _store()
+    gone, steps = None, {}
+    if store is not None:
+        try:
+            store.set_timeout(datetime.timedelta(seconds=2))
+            store.set(f"fusedssl/failed/{info.rank}", "1")
+            others = [r for r in range(info.world) if r != info.rank]
+            end = time.monotonic() + wait_s
+            while time.monotonic() < end and not all(store.check([f"fusedssl/failed/{r}"]) for r in others):
+                time.sleep(0.1)
+            gone = [r for r in others if not store.check([f"fusedssl/failed/{r}"])]
+            for r in range(info.world):
+                steps[r] = int(store.get(f"{_HEARTBEAT}{r}")) if store.check([f"{_HEARTBEAT}{r}"]) else None
+        except Exception:  # noqa: BLE001 - the store itself may be gone (rank 0 died)
+            gone = None
+    if gone:
+        who = (f"rank(s) {', '.join(map(str, gone))} stopped responding (last logged steps: "
+               f"{', '.join(f'rank {r}: {s}' for r, s in steps.items())})")
+    elif gone is None:
+        who = "could not tell which rank failed (the key-value store on rank 0 is unreachable: rank 0 may be down)"
+    else:
+        who = "every rank is still alive: a network or backend failure rather than a lost rank"
+    return (f"rank {info.rank}: a collective failed or timed out (dist.timeout_s={timeout_s}); {who}. Check that "
+            f"rank's log; resume with --resume auto. Cause: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
 
 def setup_logging(info: DistInfo) -> logging.Logger:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fusedssl.kernels import _backend as kernels_backend
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint, config, dist, evaluate, methods, optim
+from . import checkpoint, config, dist, evaluate, guard, methods, optim
 from . import data as data_stage
 from . import model as model_stage
 from .methods import Outputs
@@ -81,11 +82,14 @@ def forward_views(net, teacher, views: list[torch.Tensor], prec: Precision) -> O
 
 
 def train_step(step, views, net, model, teacher, method, opt, sched, prec: Precision, grad_clip: float,
-               accumulate: int = 1):
-    """One optimisation step over ``accumulate`` micro-batches; returns the loss and terms, still on the device.
+               accumulate: int = 1, skip_nonfinite: bool = False):
+    """One optimisation step over ``accumulate`` micro-batches; returns (loss, terms, finite), still on the device.
 
     Each micro-batch is a full SSL batch of its own (its own covariance / negatives); DDP all-reduces only after the
-    last one (``no_sync``). With accumulate = 1 this is the plain step.
+    last one (``no_sync``). With accumulate = 1 this is the plain step. ``finite`` is a device-side bool over the loss
+    and (except under fp16, whose scaler skips overflowing steps itself) the gradients. With ``skip_nonfinite`` the
+    host reads it (one sync) and drops the update, EMA and predictor reset of a non-finite step; ``finite`` is then
+    None for a dropped step.
     """
     optim.set_lr(opt, float(sched.lr[step]))
     opt.zero_grad(set_to_none=True)
@@ -99,11 +103,17 @@ def train_step(step, views, net, model, teacher, method, opt, sched, prec: Preci
             prec.backward(loss / accumulate)
         total = total + loss.detach() / accumulate
         terms = {k: terms.get(k, 0.0) + v / accumulate for k, v in parts.items()}
+    finite = torch.isfinite(total)
+    if prec.scaler is None:
+        finite = finite & guard.grads_finite(model.parameters())
+    if skip_nonfinite and guard.nonfinite_anywhere(~finite):
+        opt.zero_grad(set_to_none=True)
+        return total, terms, None
     prec.step(opt, model.parameters(), grad_clip)
     if teacher is not None:
         teacher.update(model, float(sched.ema[step]))
     method.after_step(model, step)
-    return total, terms
+    return total, terms, finite
 
 
 def _knn(model, data, cfg, device) -> float | None:
@@ -179,6 +189,11 @@ def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
                                  f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
     method = methods.build(cfg.method, backend=cfg.kernels.backend)
     methods.check_model(method, cfg.model)
+    for op, backend in method.backends().items():  # fail now, not at the first step
+        try:
+            kernels_backend.resolve(op, backend, device)
+        except kernels_backend.BackendUnavailable as e:
+            raise config.ConfigError(f"kernels.backend={cfg.kernels.backend}: {e}") from None
     model = model_stage.build(cfg.model, predictor_required=method.predictor).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -212,28 +227,35 @@ def main(cfg: config.Config) -> dict:
         st.data, st.method, st.model, st.teacher, st.opt, st.sched, st.net, st.prec, st.total)
 
     # ---- resume or start
-    start, metrics = 0, {}
+    base_lr = sched.lr.copy()
+    start, metrics, lr_factor = 0, {}, 1.0
+
+    def restore(path: Path, state: dict) -> int:
+        nonlocal metrics, lr_factor
+        saved = config.from_dict(state["config"])
+        for key in ("method.name", "model.backbone", "model.stem", "model.projector", "model.predictor"):
+            if config.get(saved, key) != config.get(cfg, key):
+                raise config.ConfigError(f"checkpoint {path} was trained with {key}={config.get(saved, key)!r}, "
+                                         f"this run has {config.get(cfg, key)!r}")
+        model.load_state_dict(state["model"])
+        if teacher is not None:
+            teacher.load_state_dict(state["teacher"])
+        method.load_state_dict(state["method"])
+        opt.load_state_dict(state["optimizer"])
+        if prec.scaler is not None and state.get("scaler"):
+            prec.scaler.load_state_dict(state["scaler"])
+        if isinstance(state.get("rng"), dict):
+            _set_rng_state(state["rng"], device)
+        metrics, lr_factor = state["metrics"], state.get("lr_factor", 1.0)
+        sched.lr[:] = base_lr * lr_factor
+        return state["step"]
+
     if cfg.checkpoint.resume:
         found = checkpoint.latest(ckpt_dir) if cfg.checkpoint.resume == "auto" else \
             (Path(cfg.checkpoint.resume), checkpoint.load(cfg.checkpoint.resume))
         if found is not None:
-            path, state = found
-            saved = config.from_dict(state["config"])
-            for key in ("method.name", "model.backbone", "model.stem", "model.projector", "model.predictor"):
-                if config.get(saved, key) != config.get(cfg, key):
-                    raise config.ConfigError(f"checkpoint {path} was trained with {key}={config.get(saved, key)!r}, "
-                                             f"this run has {config.get(cfg, key)!r}")
-            model.load_state_dict(state["model"])
-            if teacher is not None:
-                teacher.load_state_dict(state["teacher"])
-            method.load_state_dict(state["method"])
-            opt.load_state_dict(state["optimizer"])
-            if prec.scaler is not None and state.get("scaler"):
-                prec.scaler.load_state_dict(state["scaler"])
-            if isinstance(state.get("rng"), dict):
-                _set_rng_state(state["rng"], device)
-            start, metrics = state["step"], state["metrics"]
-            log.info("resumed from %s at step %d", path, start)
+            start = restore(*found)
+            log.info("resumed from %s at step %d", found[0], start)
     log.info("fusedssl %s | torch %s | device %s x%d | method %s | %d steps (%d/epoch) | batch %d | %s%s",
              _version(), torch.__version__, device, info.world, cfg.method.name, total, data.steps_per_epoch,
              cfg.data.batch_size, prec.name, " | compiled" if cfg.run.compile else "")
@@ -256,8 +278,30 @@ def main(cfg: config.Config) -> dict:
                  "teacher": teacher.state_dict() if teacher is not None else None,
                  "optimizer": opt.state_dict(), "scaler": prec.scaler.state_dict() if prec.scaler else None,
                  "metrics": metrics, "config": config.to_dict(cfg), "rng": _rng_state(device),
-                 "version": _version()}
+                 "lr_factor": lr_factor, "version": _version()}
         checkpoint.save(ckpt_dir, step, state, cfg.checkpoint.keep)
+
+    def on_nonfinite(step: int, loss, terms) -> int:
+        """The non-finite policy at a check point; returns the step to continue from (rollback) or raises."""
+        nonlocal lr_factor
+        rolled = metrics.get("rollbacks", 0)
+        if cfg.run.nonfinite == "rollback" and rolled < cfg.run.max_rollbacks:
+            found = checkpoint.latest(ckpt_dir)
+            if found is not None:
+                back = restore(*found)
+                lr_factor *= cfg.run.rollback_lr_factor
+                sched.lr[:] = base_lr * lr_factor
+                metrics["rollbacks"] = rolled + 1
+                log.warning("non-finite values at or before step %d: rolled back to %s (step %d), learning rate "
+                            "x %g (rollback %d of at most %d)", step + 1, found[0], back, lr_factor, rolled + 1,
+                            cfg.run.max_rollbacks)
+                return back
+        values = ", ".join(f"{k} {float(v):.4g}" for k, v in {"loss": loss, **terms}.items())
+        why = {"stop": "run.nonfinite=stop",
+               "rollback": f"run.nonfinite=rollback: {'no checkpoint to roll back to' if rolled == 0 else ''}"
+                           f"{'' if rolled == 0 else f'{rolled} rollbacks used (run.max_rollbacks)'}"}
+        raise FloatingPointError(f"non-finite loss or gradients at or before step {step + 1} on rank {info.rank} "
+                                 f"(method {cfg.method.name}; last values: {values}); {why[cfg.run.nonfinite]}")
 
     # ---- the loop
     model.train()
@@ -265,71 +309,98 @@ def main(cfg: config.Config) -> dict:
     bar = info.is_main and cfg.run.progress and sys.stderr.isatty()
     knn_every = cfg.evaluate.knn_every_epochs * data.steps_per_epoch
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    skip = cfg.run.nonfinite == "skip"
     t0, seen, data_s, run_t0 = time.perf_counter(), 0, 0.0, time.perf_counter()
-    for step in range(start, total):
-        td = time.perf_counter()
-        views = data.views(step)
-        data_s += time.perf_counter() - td
-        loss, terms = train_step(step, views, net, model, teacher, method, opt, sched, prec, cfg.optim.grad_clip,
-                                 cfg.optim.accumulate_steps)
-        nonfinite |= ~torch.isfinite(loss)  # device-side flag: no host sync here
-        seen += cfg.data.batch_size
-        last = step + 1 == total
-        if bar:
-            rate = (step + 1 - start) / (time.perf_counter() - run_t0)
-            print(f"\r{step + 1}/{total} {rate * cfg.data.batch_size:.0f} img/s ETA {(total - step - 1) / rate:.0f}s",
-                  end="", file=sys.stderr, flush=True)
-        if (step + 1) % cfg.run.log_every == 0 or last:
-            if bool(nonfinite):  # host sync at the log interval only
-                raise FloatingPointError(f"non-finite loss at or before step {step} on rank {info.rank} "
-                                         f"(loss {float(loss)}, method {cfg.method.name})")
-            dt = time.perf_counter() - t0
-            # each rank holds its share of the global loss (methods.py): the logged value is their mean
-            loss, terms = dist.all_reduce_mean(loss), {k: dist.all_reduce_mean(v) for k, v in terms.items()}
-            step_s = dt * cfg.data.batch_size / seen
-            rec = {"step": step + 1, "epoch": (step + 1) / data.steps_per_epoch, "loss/total": float(loss),
-                   **{f"loss/{k}": float(v) for k, v in terms.items()}, "optim/lr": float(sched.lr[step]),
-                   "perf/images_per_s": seen / dt, "perf/step_ms": 1000 * step_s,
-                   "data/wait_ms": 1000 * data_s * cfg.data.batch_size / seen,
-                   "perf/peak_memory_mb": _peak_memory_mb(device), "perf/eta_s": step_s * (total - step - 1)}
-            if teacher is not None:
-                rec["optim/ema"] = float(sched.ema[step])
-            if prec.scaler is not None:
-                rec["optim/grad_scale"] = float(prec.scaler.get_scale())
-            if bar:
-                print(file=sys.stderr)
-            log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.4g  %.0f img/s  ETA %.0fs", step + 1, total,
-                     rec["epoch"], rec["loss/total"], rec["optim/lr"], rec["perf/images_per_s"], rec["perf/eta_s"])
-            if logf:
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-            if tb:
-                for k, v in rec.items():
-                    if k != "step":
-                        tb.add_scalar(k, v, step + 1)
-            metrics["last_loss"], metrics["images_per_s"] = rec["loss/total"], rec["perf/images_per_s"]
-            t0, seen, data_s = time.perf_counter(), 0, 0.0
-        if knn_every and (step + 1) % knn_every == 0 and not last and info.is_main:
-            acc = _knn(model, data, cfg, device)  # rank 0 only: BatchNorm in eval mode needs no collectives
-            if acc is not None:
-                log.info("kNN accuracy at epoch %d: %.2f%%", (step + 1) // data.steps_per_epoch, 100 * acc)
-                if logf:
-                    logf.write(json.dumps({"step": step + 1, "eval/knn": acc}) + "\n")
-                    logf.flush()
-        if cfg.checkpoint.every_steps and (step + 1) % cfg.checkpoint.every_steps == 0 and not last:
-            save(step + 1)
+    step, first = start, start
+    try:
+        with guard.Preemption(cfg.dist.signal_check_every, device) as preempt:
+            while step < total:
+                td = time.perf_counter()
+                views = data.views(step)
+                data_s += time.perf_counter() - td
+                loss, terms, finite = train_step(step, views, net, model, teacher, method, opt, sched, prec,
+                                                 cfg.optim.grad_clip, cfg.optim.accumulate_steps, skip)
+                if finite is None:  # skip policy dropped this step
+                    metrics["skipped_steps"] = metrics.get("skipped_steps", 0) + 1
+                    log.warning("step %d: non-finite loss or gradients, optimiser step skipped (run.nonfinite=skip)",
+                                step + 1)
+                else:
+                    nonfinite |= ~finite  # device-side flag: no host sync here
+                seen += cfg.data.batch_size
+                last = step + 1 == total
+                due_log = (step + 1) % cfg.run.log_every == 0 or last
+                due_ckpt = cfg.checkpoint.every_steps and (step + 1) % cfg.checkpoint.every_steps == 0 and not last
+                if bar:
+                    rate = (step + 1 - first) / (time.perf_counter() - run_t0)
+                    print(f"\r{step + 1}/{total} {rate * cfg.data.batch_size:.0f} img/s "
+                          f"ETA {(total - step - 1) / rate:.0f}s", end="", file=sys.stderr, flush=True)
+                if (due_log or due_ckpt or last) and guard.nonfinite_anywhere(nonfinite):  # host sync here only
+                    step = on_nonfinite(step, loss, terms)
+                    nonfinite.zero_()
+                    t0, seen, data_s = time.perf_counter(), 0, 0.0
+                    continue
+                if due_log:
+                    dist.heartbeat(step + 1)
+                    dt = time.perf_counter() - t0
+                    # each rank holds its share of the global loss (methods.py): the logged value is their mean
+                    loss, terms = dist.all_reduce_mean(loss), {k: dist.all_reduce_mean(v) for k, v in terms.items()}
+                    step_s = dt * cfg.data.batch_size / max(seen, 1)
+                    rec = {"step": step + 1, "epoch": (step + 1) / data.steps_per_epoch, "loss/total": float(loss),
+                           **{f"loss/{k}": float(v) for k, v in terms.items()}, "optim/lr": float(sched.lr[step]),
+                           "perf/images_per_s": seen / dt, "perf/step_ms": 1000 * step_s,
+                           "data/wait_ms": 1000 * data_s * cfg.data.batch_size / max(seen, 1),
+                           "perf/peak_memory_mb": _peak_memory_mb(device), "perf/eta_s": step_s * (total - step - 1)}
+                    if teacher is not None:
+                        rec["optim/ema"] = float(sched.ema[step])
+                    if prec.scaler is not None:
+                        rec["optim/grad_scale"] = float(prec.scaler.get_scale())
+                    if bar:
+                        print(file=sys.stderr)
+                    log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.4g  %.0f img/s  ETA %.0fs", step + 1, total,
+                             rec["epoch"], rec["loss/total"], rec["optim/lr"], rec["perf/images_per_s"],
+                             rec["perf/eta_s"])
+                    if logf:
+                        logf.write(json.dumps(rec) + "\n")
+                        logf.flush()
+                    if tb:
+                        for k, v in rec.items():
+                            if k != "step":
+                                tb.add_scalar(k, v, step + 1)
+                    metrics["last_loss"], metrics["images_per_s"] = rec["loss/total"], rec["perf/images_per_s"]
+                    t0, seen, data_s = time.perf_counter(), 0, 0.0
+                if knn_every and (step + 1) % knn_every == 0 and not last and info.is_main:
+                    acc = _knn(model, data, cfg, device)  # rank 0 only: BatchNorm in eval mode needs no collectives
+                    if acc is not None:
+                        log.info("kNN accuracy at epoch %d: %.2f%%", (step + 1) // data.steps_per_epoch, 100 * acc)
+                        if logf:
+                            logf.write(json.dumps({"step": step + 1, "eval/knn": acc}) + "\n")
+                            logf.flush()
+                if not last and preempt.should_stop(step):
+                    if not guard.nonfinite_anywhere(nonfinite):  # never checkpoint a poisoned state
+                        save(step + 1)
+                    raise guard.Preempted(step + 1, preempt.signum)
+                if due_ckpt:
+                    save(step + 1)
+                step += 1
 
-    # ---- end: evaluation, final checkpoint, summary
-    if info.is_main:
-        metrics["knn_trained"] = _knn(model, data, cfg, device)
-        if metrics["knn_trained"] is not None:
-            base = metrics.get("knn_random_init")
-            log.info("kNN accuracy after training: %.2f%% (random init %s)", 100 * metrics["knn_trained"],
-                     "n/a" if base is None else f"{100 * base:.2f}%, {100 * (metrics['knn_trained'] - base):+.2f} pts")
-        save(total)
-        (run_dir / "summary.json").write_text(json.dumps(metrics, indent=1))
-        logf.close()
+        # ---- end: evaluation, final checkpoint, summary
+        if info.is_main:
+            metrics["knn_trained"] = _knn(model, data, cfg, device)
+            if metrics["knn_trained"] is not None:
+                base = metrics.get("knn_random_init")
+                log.info("kNN accuracy after training: %.2f%% (random init %s)", 100 * metrics["knn_trained"],
+                         "n/a" if base is None else
+                         f"{100 * base:.2f}%, {100 * (metrics['knn_trained'] - base):+.2f} pts")
+            save(total)
+            (run_dir / "summary.json").write_text(json.dumps(metrics, indent=1))
+    except (RuntimeError, OSError) as e:
+        if info.world > 1 and dist.is_collective_failure(e):
+            raise RuntimeError(dist.failure_message(e, info, cfg.dist.timeout_s)) from e
+        raise
+    finally:
+        if logf:
+            logf.close()
         if tb:
             tb.close()
-    dist.teardown(info)
+        dist.teardown(info)
     return metrics

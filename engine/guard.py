@@ -1,0 +1,95 @@
+"""Run guards for long runs: preemption signals and the non-finite policy (used by train.py's loop).
+
+Preemption: SIGTERM (SLURM's preemption and time-limit signal) and SIGUSR1 (``#SBATCH --signal=USR1@N``) only set a
+flag; the loop finishes the step it is in, writes a checkpoint and raises ``Preempted``, which the command line turns
+into exit status ``EXIT_PREEMPTED`` (75, sysexits' EX_TEMPFAIL: "try again later") for a requeue script. Further
+signals while the checkpoint is written just set the flag again (and the write is atomic anyway). Under DDP the ranks
+agree on the stopping step with a MAX all-reduce of the flag every ``dist.signal_check_every`` steps, so no rank stops
+alone (single process: checked every step, no collective).
+
+Non-finite values: the loop keeps a device-side flag (loss, and for bf16/fp32 the global gradient norm) and reads it
+only at the log interval and before writing a checkpoint (so a checkpoint never holds a poisoned state). Policies
+(``run.nonfinite``): ``stop`` raises with the step, rank and loss terms; ``rollback`` reloads the newest valid
+checkpoint and multiplies the learning rate by ``run.rollback_lr_factor`` (at most ``run.max_rollbacks`` times);
+``skip`` drops the optimiser step of any step whose values are non-finite, which needs a host sync every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+import torch.distributed as torch_dist
+
+from . import dist
+
+log = logging.getLogger("fusedssl")
+
+EXIT_PREEMPTED = 75
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """The run stopped on a signal after writing a checkpoint at ``step``."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint written, "
+                         f"resume with --resume auto")
+        self.step, self.signum = step, signum
+
+
+class Preemption:
+    """Signal flag with handlers installed for the duration of a ``with`` block (main thread only)."""
+
+    def __init__(self, check_every: int, device: torch.device):
+        self.check_every, self.device = check_every, device
+        self.signum = 0
+        self._old: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        first = not self.signum
+        self.signum = self.signum or signum
+        if first:
+            log.warning("received %s: finishing the current step, then checkpoint and exit",
+                        signal.Signals(signum).name)
+
+    def __enter__(self) -> Preemption:
+        try:
+            for s in SIGNALS:
+                self._old[s] = signal.signal(s, self._handler)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no preemption handling
+            self._old.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def should_stop(self, step: int) -> bool:
+        """Whether every rank should stop after ``step`` (0-based index of the step just finished)."""
+        if dist.world_size() == 1:
+            return bool(self.signum)
+        if (step + 1) % self.check_every:
+            return False
+        flag = torch.tensor([self.signum], dtype=torch.int64, device=self.device)
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+        self.signum = int(flag)  # a rank that got no signal stops with the others
+        return bool(self.signum)
+
+
+def nonfinite_anywhere(flag: torch.Tensor) -> bool:
+    """Read the device-side non-finite flag, OR-ed over ranks (every rank takes the same decision)."""
+    if dist.world_size() == 1:
+        return bool(flag)
+    f = flag.to(torch.int64).reshape(1).clone()
+    torch_dist.all_reduce(f, op=torch_dist.ReduceOp.MAX)
+    return bool(f)
+
+
+def grads_finite(params) -> torch.Tensor:
+    """Device-side bool: every gradient is finite (one fused norm over all gradients, no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.ones((), dtype=torch.bool)
+    return torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
