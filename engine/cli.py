@@ -45,10 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"fusedssl: config error: {e}", file=sys.stderr)
         return 2
+    import signal
+
+    early: list[int] = []  # SIGTERM/SIGUSR1 while torch imports: remembered, handled after the first step
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, frame: early.append(signum))
     from . import guard, train  # imported late: config errors are reported without importing torch
 
     try:
-        train.main(cfg)
+        train.main(cfg, pending_signal=early[0] if early else 0)
     except guard.Preempted as e:
         print(f"fusedssl: {e}", file=sys.stderr)
         return guard.EXIT_PREEMPTED  # 75: a requeue script resubmits with --resume auto

@@ -42,9 +42,9 @@ class Preempted(Exception):
 class Preemption:
     """Signal flag with handlers installed for the duration of a ``with`` block (main thread only)."""
 
-    def __init__(self, check_every: int, device: torch.device):
-        self.check_every, self.device = check_every, device
-        self.signum = 0
+    def __init__(self, check_every: int, device: torch.device | None = None, pending: int = 0):
+        self.check_every, self.device = check_every, device or torch.device("cpu")
+        self.signum = pending  # a signal caught before the run started (see cli.py)
         self._old: dict = {}
 
     def _handler(self, signum, frame) -> None:

@@ -8,6 +8,7 @@ only at the log interval (loss values and the non-finite flag are read there); f
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import random
@@ -189,6 +190,11 @@ def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
                                  f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
     method = methods.build(cfg.method, backend=cfg.kernels.backend)
     methods.check_model(method, cfg.model)
+    if cfg.kernels.backend == "cuda" and (device.type != "cuda" or importlib.util.find_spec("fusedssl.kernels._C")
+                                          is None):
+        raise config.ConfigError("kernels.backend=cuda needs a GPU and the CUDA C++ extension fusedssl.kernels._C, "
+                                 "which the csrc/ kernels of issue #4 provide (build: FUSEDSSL_BUILD_CUDA=1 pip install "
+                                 "--no-build-isolation -e .); use kernels.backend=auto")
     for op, backend in method.backends().items():  # fail now, not at the first step
         try:
             kernels_backend.resolve(op, backend, device)
@@ -210,9 +216,19 @@ def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
     return Stages(data, method, model, teacher, opt, sched, net, Precision(cfg.run.precision, device), total)
 
 
-def main(cfg: config.Config) -> dict:
-    """Run one training job; returns its summary metrics (also written to <run>/summary.json)."""
+def main(cfg: config.Config, pending_signal: int = 0) -> dict:
+    """Run one training job; returns its summary metrics (also written to <run>/summary.json).
+
+    SIGTERM/SIGUSR1 are caught for the whole run (guard.py), set-up included; ``pending_signal`` is one the command
+    line caught before this was called.
+    """
+    with guard.Preemption(cfg.dist.signal_check_every, pending=pending_signal) as preempt:
+        return _run(cfg, preempt)
+
+
+def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     info = dist.build(cfg.dist, cfg.run.device)
+    preempt.device = info.device
     dist.setup_logging(info)
     device = info.device
     if cfg.run.threads:
@@ -313,75 +329,74 @@ def main(cfg: config.Config) -> dict:
     t0, seen, data_s, run_t0 = time.perf_counter(), 0, 0.0, time.perf_counter()
     step, first = start, start
     try:
-        with guard.Preemption(cfg.dist.signal_check_every, device) as preempt:
-            while step < total:
-                td = time.perf_counter()
-                views = data.views(step)
-                data_s += time.perf_counter() - td
-                loss, terms, finite = train_step(step, views, net, model, teacher, method, opt, sched, prec,
-                                                 cfg.optim.grad_clip, cfg.optim.accumulate_steps, skip)
-                if finite is None:  # skip policy dropped this step
-                    metrics["skipped_steps"] = metrics.get("skipped_steps", 0) + 1
-                    log.warning("step %d: non-finite loss or gradients, optimiser step skipped (run.nonfinite=skip)",
-                                step + 1)
-                else:
-                    nonfinite |= ~finite  # device-side flag: no host sync here
-                seen += cfg.data.batch_size
-                last = step + 1 == total
-                due_log = (step + 1) % cfg.run.log_every == 0 or last
-                due_ckpt = cfg.checkpoint.every_steps and (step + 1) % cfg.checkpoint.every_steps == 0 and not last
+        while step < total:
+            td = time.perf_counter()
+            views = data.views(step)
+            data_s += time.perf_counter() - td
+            loss, terms, finite = train_step(step, views, net, model, teacher, method, opt, sched, prec,
+                                             cfg.optim.grad_clip, cfg.optim.accumulate_steps, skip)
+            if finite is None:  # skip policy dropped this step
+                metrics["skipped_steps"] = metrics.get("skipped_steps", 0) + 1
+                log.warning("step %d: non-finite loss or gradients, optimiser step skipped (run.nonfinite=skip)",
+                            step + 1)
+            else:
+                nonfinite |= ~finite  # device-side flag: no host sync here
+            seen += cfg.data.batch_size
+            last = step + 1 == total
+            due_log = (step + 1) % cfg.run.log_every == 0 or last
+            due_ckpt = cfg.checkpoint.every_steps and (step + 1) % cfg.checkpoint.every_steps == 0 and not last
+            if bar:
+                rate = (step + 1 - first) / (time.perf_counter() - run_t0)
+                print(f"\r{step + 1}/{total} {rate * cfg.data.batch_size:.0f} img/s "
+                      f"ETA {(total - step - 1) / rate:.0f}s", end="", file=sys.stderr, flush=True)
+            if (due_log or due_ckpt or last) and guard.nonfinite_anywhere(nonfinite):  # host sync here only
+                step = on_nonfinite(step, loss, terms)
+                nonfinite.zero_()
+                t0, seen, data_s = time.perf_counter(), 0, 0.0
+                continue
+            if due_log:
+                dist.heartbeat(step + 1)
+                dt = time.perf_counter() - t0
+                # each rank holds its share of the global loss (methods.py): the logged value is their mean
+                loss, terms = dist.all_reduce_mean(loss), {k: dist.all_reduce_mean(v) for k, v in terms.items()}
+                step_s = dt * cfg.data.batch_size / max(seen, 1)
+                rec = {"step": step + 1, "epoch": (step + 1) / data.steps_per_epoch, "loss/total": float(loss),
+                       **{f"loss/{k}": float(v) for k, v in terms.items()}, "optim/lr": float(sched.lr[step]),
+                       "perf/images_per_s": seen / dt, "perf/step_ms": 1000 * step_s,
+                       "data/wait_ms": 1000 * data_s * cfg.data.batch_size / max(seen, 1),
+                       "perf/peak_memory_mb": _peak_memory_mb(device), "perf/eta_s": step_s * (total - step - 1)}
+                if teacher is not None:
+                    rec["optim/ema"] = float(sched.ema[step])
+                if prec.scaler is not None:
+                    rec["optim/grad_scale"] = float(prec.scaler.get_scale())
                 if bar:
-                    rate = (step + 1 - first) / (time.perf_counter() - run_t0)
-                    print(f"\r{step + 1}/{total} {rate * cfg.data.batch_size:.0f} img/s "
-                          f"ETA {(total - step - 1) / rate:.0f}s", end="", file=sys.stderr, flush=True)
-                if (due_log or due_ckpt or last) and guard.nonfinite_anywhere(nonfinite):  # host sync here only
-                    step = on_nonfinite(step, loss, terms)
-                    nonfinite.zero_()
-                    t0, seen, data_s = time.perf_counter(), 0, 0.0
-                    continue
-                if due_log:
-                    dist.heartbeat(step + 1)
-                    dt = time.perf_counter() - t0
-                    # each rank holds its share of the global loss (methods.py): the logged value is their mean
-                    loss, terms = dist.all_reduce_mean(loss), {k: dist.all_reduce_mean(v) for k, v in terms.items()}
-                    step_s = dt * cfg.data.batch_size / max(seen, 1)
-                    rec = {"step": step + 1, "epoch": (step + 1) / data.steps_per_epoch, "loss/total": float(loss),
-                           **{f"loss/{k}": float(v) for k, v in terms.items()}, "optim/lr": float(sched.lr[step]),
-                           "perf/images_per_s": seen / dt, "perf/step_ms": 1000 * step_s,
-                           "data/wait_ms": 1000 * data_s * cfg.data.batch_size / max(seen, 1),
-                           "perf/peak_memory_mb": _peak_memory_mb(device), "perf/eta_s": step_s * (total - step - 1)}
-                    if teacher is not None:
-                        rec["optim/ema"] = float(sched.ema[step])
-                    if prec.scaler is not None:
-                        rec["optim/grad_scale"] = float(prec.scaler.get_scale())
-                    if bar:
-                        print(file=sys.stderr)
-                    log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.4g  %.0f img/s  ETA %.0fs", step + 1, total,
-                             rec["epoch"], rec["loss/total"], rec["optim/lr"], rec["perf/images_per_s"],
-                             rec["perf/eta_s"])
+                    print(file=sys.stderr)
+                log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.4g  %.0f img/s  ETA %.0fs", step + 1, total,
+                         rec["epoch"], rec["loss/total"], rec["optim/lr"], rec["perf/images_per_s"],
+                         rec["perf/eta_s"])
+                if logf:
+                    logf.write(json.dumps(rec) + "\n")
+                    logf.flush()
+                if tb:
+                    for k, v in rec.items():
+                        if k != "step":
+                            tb.add_scalar(k, v, step + 1)
+                metrics["last_loss"], metrics["images_per_s"] = rec["loss/total"], rec["perf/images_per_s"]
+                t0, seen, data_s = time.perf_counter(), 0, 0.0
+            if knn_every and (step + 1) % knn_every == 0 and not last and info.is_main:
+                acc = _knn(model, data, cfg, device)  # rank 0 only: BatchNorm in eval mode needs no collectives
+                if acc is not None:
+                    log.info("kNN accuracy at epoch %d: %.2f%%", (step + 1) // data.steps_per_epoch, 100 * acc)
                     if logf:
-                        logf.write(json.dumps(rec) + "\n")
+                        logf.write(json.dumps({"step": step + 1, "eval/knn": acc}) + "\n")
                         logf.flush()
-                    if tb:
-                        for k, v in rec.items():
-                            if k != "step":
-                                tb.add_scalar(k, v, step + 1)
-                    metrics["last_loss"], metrics["images_per_s"] = rec["loss/total"], rec["perf/images_per_s"]
-                    t0, seen, data_s = time.perf_counter(), 0, 0.0
-                if knn_every and (step + 1) % knn_every == 0 and not last and info.is_main:
-                    acc = _knn(model, data, cfg, device)  # rank 0 only: BatchNorm in eval mode needs no collectives
-                    if acc is not None:
-                        log.info("kNN accuracy at epoch %d: %.2f%%", (step + 1) // data.steps_per_epoch, 100 * acc)
-                        if logf:
-                            logf.write(json.dumps({"step": step + 1, "eval/knn": acc}) + "\n")
-                            logf.flush()
-                if not last and preempt.should_stop(step):
-                    if not guard.nonfinite_anywhere(nonfinite):  # never checkpoint a poisoned state
-                        save(step + 1)
-                    raise guard.Preempted(step + 1, preempt.signum)
-                if due_ckpt:
+            if not last and preempt.should_stop(step):
+                if not guard.nonfinite_anywhere(nonfinite):  # never checkpoint a poisoned state
                     save(step + 1)
-                step += 1
+                raise guard.Preempted(step + 1, preempt.signum)
+            if due_ckpt:
+                save(step + 1)
+            step += 1
 
         # ---- end: evaluation, final checkpoint, summary
         if info.is_main:
