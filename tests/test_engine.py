@@ -180,3 +180,17 @@ def test_bias_lr_ratio_and_accumulation(tmp_path):
 def test_accumulation_must_divide_the_batch():
     with pytest.raises(config.ConfigError, match="optim.accumulate_steps"):
         config.load(None, ["data.batch_size=16", "optim.accumulate_steps=3"])
+
+
+DEMOS = sorted(ROOT.glob("configs/*_demo.yaml"))
+
+
+@pytest.mark.parametrize("recipe", DEMOS, ids=lambda p: p.stem)
+def test_every_demo_recipe_trains(tmp_path, recipe):
+    """Each method's own recipe (its projector, predictor, optimiser, EMA, augmentation) runs end to end, cut to
+    two steps of a small batch."""
+    cfg = config.load(recipe, [f"run.out_dir={tmp_path}", "run.steps=2", "data.batch_size=16", "evaluate.knn=false",
+                               "run.log_every=1", "run.progress=false"])
+    metrics = train.main(cfg)
+    assert torch.isfinite(torch.tensor(metrics["last_loss"]))
+    assert len(DEMOS) == 11
