@@ -313,11 +313,14 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
                             cfg.run.max_rollbacks)
                 return back
         values = ", ".join(f"{k} {float(v):.4g}" for k, v in {"loss": loss, **terms}.items())
-        why = {"stop": "run.nonfinite=stop",
-               "rollback": f"run.nonfinite=rollback: {'no checkpoint to roll back to' if rolled == 0 else ''}"
-                           f"{'' if rolled == 0 else f'{rolled} rollbacks used (run.max_rollbacks)'}"}
+        if cfg.run.nonfinite == "stop":
+            why = "run.nonfinite=stop"
+        elif rolled >= cfg.run.max_rollbacks:
+            why = f"run.nonfinite=rollback: {rolled} rollbacks used (run.max_rollbacks={cfg.run.max_rollbacks})"
+        else:
+            why = "run.nonfinite=rollback: no checkpoint to roll back to"
         raise FloatingPointError(f"non-finite loss or gradients at or before step {step + 1} on rank {info.rank} "
-                                 f"(method {cfg.method.name}; last values: {values}); {why[cfg.run.nonfinite]}")
+                                 f"(method {cfg.method.name}; last values: {values}); {why}")
 
     # ---- the loop
     model.train()
@@ -349,7 +352,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
                 rate = (step + 1 - first) / (time.perf_counter() - run_t0)
                 print(f"\r{step + 1}/{total} {rate * cfg.data.batch_size:.0f} img/s "
                       f"ETA {(total - step - 1) / rate:.0f}s", end="", file=sys.stderr, flush=True)
-            if (due_log or due_ckpt or last) and guard.nonfinite_anywhere(nonfinite):  # host sync here only
+            if (due_log or due_ckpt) and guard.nonfinite_anywhere(nonfinite):  # host sync here only
                 step = on_nonfinite(step, loss, terms)
                 nonfinite.zero_()
                 t0, seen, data_s = time.perf_counter(), 0, 0.0
