@@ -15,8 +15,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fusedssl.kernels", "fusedssl.engine", "fusedssl.bench"],
-    package_dir={"fusedssl.kernels": "kernels", "fusedssl.engine": "engine", "fusedssl.bench": "bench"},
+    packages=["fusedssl.kernels", "fusedssl.engine", "fusedssl.engine.data", "fusedssl.bench"],
+    package_dir={"fusedssl.kernels": "kernels", "fusedssl.engine": "engine", "fusedssl.engine.data": "engine/data",
+                 "fusedssl.bench": "bench"},
     install_requires=[
         # CUDA builds of torch/torchvision; the code runs on torch >= 2.11 with triton >= 3.6 and on the newest.
         "torch>=2.11",

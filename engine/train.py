@@ -170,7 +170,7 @@ def _wrap_ddp(model, cfg, device):
 class Stages:
     """Everything a step needs, built from the config in data-flow order (train.main and bench step share it)."""
 
-    data: data_stage.TwoViewData
+    data: data_stage.TwoViewData | data_stage.files.FileViews
     method: methods.Method
     model: torch.nn.Module
     teacher: model_stage.EMATeacher | None
@@ -275,6 +275,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     log.info("fusedssl %s | torch %s | device %s x%d | method %s | %d steps (%d/epoch) | batch %d | %s%s",
              _version(), torch.__version__, device, info.world, cfg.method.name, total, data.steps_per_epoch,
              cfg.data.batch_size, prec.name, " | compiled" if cfg.run.compile else "")
+    log.info("data: %s source, %s", cfg.data.source, data.describe())
     log.info("kernel backends (kernels.backend=%s): %s", cfg.kernels.backend,
              ", ".join(f"{op}={b}" for op, b in method.backends().items()))
     tb = None
@@ -416,6 +417,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
             raise RuntimeError(dist.failure_message(e, info, cfg.dist.timeout_s)) from e
         raise
     finally:
+        data.close()
         if logf:
             logf.close()
         if tb:

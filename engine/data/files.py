@@ -1,0 +1,145 @@
+"""The data stage for file datasets: index -> plan -> DALI or PIL pipeline -> normalised channels-last views.
+
+``views(step)`` has the contract of the in-memory stage: step-addressed, so resume is exact with nothing to save but
+the step. The pipelines stream steps in order; asking for any other step (a resume, a rollback) restarts the pipeline
+at that step, which costs one pipeline start and changes nothing in the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import dali, fallback, folder
+from .augment import ViewRecipe
+from .params import Plan
+
+log = logging.getLogger("fusedssl.data")
+
+
+def resolve_index(cfg, rank: int) -> tuple[folder.Index, str]:
+    """The index of ``data.root``: read it, or (``data.check=auto``) check the tree first when there is none."""
+    path = Path(cfg.index) if cfg.index else folder.default_index_path(cfg.root)
+    if not path.exists():
+        if cfg.check == "require":
+            raise folder.DatasetError(
+                f"data.root={cfg.root!r} has no dataset index at {str(path)!r} and data.check=require: run "
+                f"`fusedssl data check {cfg.root}` first (it decodes every file once and lists the bad ones)")
+        if rank == 0:
+            log.info("data: no index at %s; checking every file of %s first (data.check=auto)", path, cfg.root)
+            folder.check(cfg.root, out=path, workers=cfg.workers, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
+        else:  # rank 0 checks; the others wait for its index (a collective could time out on a large tree)
+            while not path.exists():
+                time.sleep(1.0)
+    idx = folder.load(path, cfg.root)
+    log.info("data: %s (index %s)", idx.summary(), path)
+    return idx, str(path)
+
+
+def choose_loader(cfg) -> str:
+    if cfg.loader == "dali" and not dali.available():
+        raise folder.DatasetError("data.loader=dali but NVIDIA DALI is not installed: pip install "
+                                  "nvidia-dali-cuda130 (or fusedssl[dali]), or set data.loader=torch")
+    if cfg.loader == "auto":
+        if dali.available():
+            return "dali"
+        log.warning("data: NVIDIA DALI is not installed; using the PIL loader (pip install nvidia-dali-cuda130)")
+        return "torch"
+    return cfg.loader
+
+
+class FileViews:
+    """Step-addressed views of a checked file dataset for this rank (see the module note)."""
+
+    train = None  # the kNN monitor needs an in-memory labelled split; file datasets are evaluated by issue #7's eval
+    test = None
+
+    def __init__(self, plan: Plan, loader: str, device: torch.device, channels_last: bool, mean, std, *,
+                 workers: int, prefetch: int, dali_device: str, roi_decode: bool, hw_decoder_load: float,
+                 read_workers: int):
+        self.plan, self.loader, self.device, self.channels_last = plan, loader, device, channels_last
+        self.steps_per_epoch = plan.steps_per_epoch
+        self._mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+        self._opts = {"workers": workers, "prefetch": prefetch, "dali_device": dali_device, "roi_decode": roi_decode,
+                      "hw_decoder_load": hw_decoder_load, "read_workers": read_workers}
+        self._it, self._pipe, self._next = None, None, None
+
+    def describe(self) -> str:
+        o = self._opts
+        if self.loader == "dali":
+            dec = (f"GPU decode (hw_decoder_load={o['hw_decoder_load']})" if o["dali_device"] == "mixed"
+                   else "CPU decode")
+            return (f"DALI, {dec}, {'ROI' if o['roi_decode'] else 'full'} decode, {o['workers']} threads, "
+                    f"{o['read_workers']} read workers")
+        return f"PIL fallback, {o['workers']} DataLoader workers"
+
+    def _start(self, step: int) -> None:
+        self.close()
+        o = self._opts
+        if self.loader == "dali":
+            device_id = (self.device.index or 0) if o["dali_device"] == "mixed" else None
+            self._pipe = dali.pipeline(self.plan, step, device_id=device_id, threads=max(1, o["workers"]),
+                                       prefetch=o["prefetch"], roi_decode=o["roi_decode"],
+                                       hw_decoder_load=o["hw_decoder_load"], read_workers=o["read_workers"],
+                                       seed=self.plan.seed)
+        else:
+            self._it = fallback.loader(self.plan, step, workers=o["workers"], prefetch=o["prefetch"],
+                                       pin_memory=self.device.type == "cuda")
+        self._next = step
+
+    def raw(self, step: int) -> list[torch.Tensor]:
+        """The uint8 (n, size, size, 3) views of ``step`` as the pipeline produced them (on the CPU or the GPU)."""
+        if step != self._next:
+            self._start(step)
+        self._next = step + 1
+        if self.loader == "dali":
+            return [_from_dali(t, self.device) for t in self._pipe.run()]
+        return next(self._it)
+
+    def views(self, step: int) -> list[torch.Tensor]:
+        out = []
+        for x in self.raw(step):
+            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC memory = channels-last NCHW
+            x = (x.float() - self._mean) / self._std
+            out.append(x if self.channels_last else x.contiguous())
+        return out
+
+    def close(self) -> None:
+        self._pipe, self._it = None, None  # DALI pipelines and DataLoader workers shut down when released
+
+
+def _from_dali(tl, device: torch.device) -> torch.Tensor:
+    """Copy a DALI output out of DALI's memory: DALI owns it and overwrites it at the next ``run()``."""
+    from nvidia.dali.backend import TensorListGPU
+
+    t = tl.as_tensor()
+    if isinstance(tl, TensorListGPU):
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        out = torch.empty(t.shape(), dtype=torch.uint8, device=device)
+        feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.array(t))
+
+
+def build(cfg, recipes: list[ViewRecipe], *, seed: int, rank: int, world: int, device: torch.device,
+          channels_last: bool) -> FileViews:
+    idx, path = resolve_index(cfg, rank)
+    plan = Plan(idx, recipes, cfg.batch_size, seed, rank, world, path)
+    loader = choose_loader(cfg)
+    dali_device = cfg.dali_device
+    if dali_device == "auto":
+        dali_device = "mixed" if device.type == "cuda" else "cpu"
+    if dali_device == "mixed" and device.type != "cuda":
+        raise folder.DatasetError("data.dali_device=mixed decodes on the GPU, but the run's device is "
+                                  f"{device.type}: set data.dali_device=cpu (or auto)")
+    stage = FileViews(plan, loader, device, channels_last, cfg.mean, cfg.std, workers=cfg.workers,
+                      prefetch=cfg.prefetch, dali_device=dali_device, roi_decode=cfg.roi_decode,
+                      hw_decoder_load=cfg.hw_decoder_load, read_workers=cfg.read_workers)
+    log.info("data: %s; %d steps per epoch", stage.describe(), plan.steps_per_epoch)
+    return stage

@@ -1,0 +1,126 @@
+"""Per-sample augmentation parameters for the file pipelines, drawn on the host before anything is decoded.
+
+The DALI pipeline (dali.py) and the PIL fallback (fallback.py) take every random decision from here instead of from
+their own random operators. Three properties follow, none of which DALI's random operators give:
+  * exact resume: the parameters of step s are a pure function of (seed, step, view), so a resumed run applies the
+    same augmentations with no pipeline state to save;
+  * DDP == one process: parameters are drawn for the global batch and sliced to the rank's rows;
+  * the two pipelines apply the same parameters, so their outputs can be compared sample by sample (tests).
+
+Random resized crop follows torchvision's rule in pixels: up to 10 draws of (area fraction in ``scale``, log aspect
+ratio in [log 3/4, log 4/3]); the first box that fits wins; otherwise the central crop clamped to the ratio range.
+Colour jitter factors are drawn for every sample and set to the identity where the jitter is not applied.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .augment import ViewRecipe
+from .folder import Index
+
+_RATIO = (3 / 4, 4 / 3)
+
+
+@dataclass
+class ViewParams:
+    """Parameters of one view for a batch: every field has the batch as its first dimension."""
+
+    box: np.ndarray        # (n, 4) int64: left, top, width, height of the crop in the decoded image
+    flip: np.ndarray       # (n,) bool: horizontal flip
+    brightness: np.ndarray  # (n,) float32 factors (1 = identity)
+    contrast: np.ndarray
+    saturation: np.ndarray
+    hue: np.ndarray        # (n,) float32, fraction of a turn in [-h, h] (0 = identity)
+    gray: np.ndarray       # (n,) bool
+    blur: np.ndarray       # (n,) bool
+    sigma: np.ndarray      # (n,) float32 Gaussian sigma in output pixels (drawn for every sample)
+    solarize: np.ndarray   # (n,) bool
+
+    def rows(self, start: int, n: int) -> ViewParams:
+        return ViewParams(**{k: v[start:start + n] for k, v in self.__dict__.items()})
+
+
+def crop_boxes(rng: np.random.Generator, sizes: np.ndarray, scale: tuple[float, float], attempts: int = 10
+               ) -> np.ndarray:
+    """Random-resized-crop boxes (left, top, width, height) for images of ``sizes`` (n, 2) = (width, height)."""
+    n = len(sizes)
+    W, H = sizes[:, 0:1].astype(np.float64), sizes[:, 1:2].astype(np.float64)
+    area = W * H * rng.uniform(scale[0], scale[1], (n, attempts))
+    ratio = np.exp(rng.uniform(math.log(_RATIO[0]), math.log(_RATIO[1]), (n, attempts)))
+    w = np.round(np.sqrt(area * ratio))
+    h = np.round(np.sqrt(area / ratio))
+    fits = (w > 0) & (w <= W) & (h > 0) & (h <= H)
+    u = rng.random((n, 2))  # the box position, drawn whether or not an attempt fits (a fixed number of draws)
+    first = fits.argmax(1)
+    ok = fits[np.arange(n), first]
+    w, h = w[np.arange(n), first], h[np.arange(n), first]
+    W, H = W[:, 0], H[:, 0]
+    # Fallback: the whole image, cut to the nearest allowed aspect ratio, centred.
+    in_ratio = W / H
+    fw = np.where(in_ratio < _RATIO[0], W, np.where(in_ratio > _RATIO[1], np.round(H * _RATIO[1]), W))
+    fh = np.where(in_ratio < _RATIO[0], np.round(W / _RATIO[0]), np.where(in_ratio > _RATIO[1], H, H))
+    w, h = np.where(ok, w, fw), np.where(ok, h, fh)
+    left = np.where(ok, np.floor(u[:, 0] * (W - w + 1)), np.floor((W - w) / 2))
+    top = np.where(ok, np.floor(u[:, 1] * (H - h + 1)), np.floor((H - h) / 2))
+    return np.stack([left, top, w, h], 1).astype(np.int64)
+
+
+def draw(recipe: ViewRecipe, sizes: np.ndarray, seed: int, step: int, view: int) -> ViewParams:
+    """Parameters of view ``view`` at ``step`` for a global batch of images with ``sizes`` (n, 2)."""
+    rng = np.random.default_rng([seed, step, view])
+    n = len(sizes)
+    box = crop_boxes(rng, sizes, recipe.crop_scale)
+    flip = rng.random(n) < recipe.flip_p
+    jit = rng.random(n) < recipe.jitter_p
+    b, c, s, h = recipe.jitter
+    factors = [rng.uniform(1 - x, 1 + x, n) for x in (b, c, s)] + [rng.uniform(-h, h, n)]
+    bright, contrast, sat, hue = (np.where(jit, f, ident).astype(np.float32)
+                                  for f, ident in zip(factors, (1.0, 1.0, 1.0, 0.0), strict=True))
+    gray = rng.random(n) < recipe.gray_p
+    blur = rng.random(n) < recipe.blur_p
+    sigma = rng.uniform(*recipe.blur_sigma, n).astype(np.float32)
+    solarize = rng.random(n) < recipe.solarize_p
+    return ViewParams(box, flip, bright, contrast, sat, hue, gray, blur, sigma, solarize)
+
+
+class Plan:
+    """What this rank reads and how it augments it at every step: a pure function of (seed, step).
+
+    Epoch e visits the good files of the index in a permutation seeded by (seed, e); the last partial global batch is
+    dropped, so every epoch has exactly ``len(index) // batch`` steps and every rank the same number of samples.
+    Rank r of W takes rows r*B/W .. (r+1)*B/W of each global batch (disjoint shards that together form the batch).
+    """
+
+    def __init__(self, index: Index, recipes: list[ViewRecipe], batch: int, seed: int, rank: int, world: int,
+                 index_path: str):
+        if batch % world:
+            raise ValueError(f"data.batch_size={batch} is not divisible by the world size {world}")
+        if batch > len(index):
+            raise ValueError(f"data.batch_size={batch} exceeds the {len(index)} good images of {index.root}")
+        self.index, self.recipes, self.batch, self.seed = index, recipes, batch, seed
+        self.rank, self.world, self.index_path = rank, world, index_path
+        self.per_rank = batch // world
+        self.steps_per_epoch = len(index) // batch
+        self._epoch, self._order = -1, None
+
+    def global_rows(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._order = np.random.default_rng([self.seed, epoch, 0x0DA7A]).permutation(len(self.index))
+            self._epoch = epoch
+        return self._order[i * self.batch:(i + 1) * self.batch]
+
+    def rows(self, step: int) -> np.ndarray:
+        """This rank's file numbers (rows of the index) at ``step``."""
+        start = self.rank * self.per_rank
+        return self.global_rows(step)[start:start + self.per_rank]
+
+    def params(self, step: int) -> list[ViewParams]:
+        """Every view's parameters for this rank's rows at ``step`` (drawn for the global batch, then sliced)."""
+        sizes = self.index.sizes[self.global_rows(step)]
+        start = self.rank * self.per_rank
+        return [draw(r, sizes, self.seed, step, v).rows(start, self.per_rank) for v, r in enumerate(self.recipes)]
