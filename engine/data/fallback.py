@@ -18,7 +18,6 @@ import torch
 from .folder import read_bytes
 from .params import Plan, ViewParams
 
-
 _TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 

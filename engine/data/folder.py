@@ -80,7 +80,8 @@ class Index:
         return "; ".join(parts)
 
     def save(self, path: Path) -> None:
-        doc = {"format": FORMAT, "root": str(self.root), "checked": datetime.datetime.now().isoformat(timespec="seconds"),
+        now = datetime.datetime.now().isoformat(timespec="seconds")
+        doc = {"format": FORMAT, "root": str(self.root), "checked": now,
                "classes": self.classes, "empty_classes": self.empty_classes,
                "files": [[f, int(y), int(w), int(h), m]
                          for f, y, (w, h), m in zip(self.files, self.labels, self.sizes, self.modes, strict=True)],
