@@ -3,7 +3,8 @@ fusedssl.bench.
 
 ``fusedssl`` itself is an implicit namespace package (no fusedssl/__init__.py), so neither a top-level ``kernels`` nor
 ``engine`` package is ever installed (PyPI has an unrelated popular ``kernels``). The CUDA extension
-fusedssl.kernels._C (csrc/) is added by issue #4; until then this is a pure-Python install.
+fusedssl.kernels._C (csrc/) is added by issue #4; until then this is a pure-Python install. The data stage is the
+sub-package fusedssl.engine.data (engine/data/).
 """
 
 from setuptools import setup
@@ -32,7 +33,8 @@ setup(
         # DALI GPU data pipeline (issue #5); matched to torch's CUDA 13 build.
         "dali": ["nvidia-dali-cuda130"],
         # lightly is an independent implementation the tests cross-check against; it must not replace torch.
-        "test": ["pytest>=8", "lightly>=1.5"],
+        # DALI's CPU pipelines run in the tests (tests/test_data.py); without it those tests skip, saying why.
+        "test": ["pytest>=8", "lightly>=1.5", "nvidia-dali-cuda130"],
     },
     entry_points={"console_scripts": ["fusedssl=fusedssl.engine.cli:main"]},
 )

@@ -6,7 +6,7 @@ Graph per view, every random decision an argument input from params.py (so resum
   definitions (brightness, contrast about the mean luma, saturation towards luma), hue as a rotation of YIQ's chroma
   and random grayscale as saturation 0 (DALI has no random-grayscale operator) -> Gaussian blur and solarisation
   (a lookup table; DALI has no solarise operator), each under a per-sample conditional -> uint8.
-On the CPU the colour step is one fused pass (``_colour_fused``) and the blur two 1-D filter passes with per-sample
+On the CPU the colour step is two passes (``_colour_fused``) and the blur two 1-D filter passes with per-sample
 taps; on a GPU the colour step is float arithmetic and the blur DALI's gaussian_blur under a conditional.
 The views leave DALI as uint8 NHWC; files.py moves them to the device and normalises them as channels-last NCHW.
 
@@ -90,20 +90,22 @@ def _luma(x):
 
 
 def _colour_fused(x, bright, contrast, sat, hue, keep_colour):
-    """Colour jitter and grayscale of uint8 images in one ``fn.color_twist`` pass (the CPU path).
+    """Colour jitter and grayscale of uint8 images in two passes (the CPU path).
 
-    torchvision's brightness b then contrast c about the mean luma m of the brightened image is, before clamping,
-    ``b c x + b (1 - c) m0`` with m0 the mean luma of the input. color_twist computes ``b' (c' x + (1 - c') 128)``,
-    so b' = b c + b (1 - c) m0 / 128 and c' = b c / b' (b' > 0 for c < 2). Saturation (a blend with luma) is a
-    scaling of YIQ's chroma, which color_twist does with the hue rotation; saturation 0 is the grayscale. m0 is a
-    per-sample CPU value, which an argument input must be: hence CPU only.
+    Brightness first, saturating at 255 as torchvision clamps it (the clamp matters: a factor 1.4 clips the bright
+    parts of an image, which then move the mean). Then torchvision's contrast c about the mean luma m of the
+    brightened image, ``c y + (1 - c) m``, is what ``fn.color_twist`` computes as ``b' (c' y + (1 - c') 128)`` with
+    b' = c + (1 - c) m / 128 and c' = c / b' (b' > 0 for c < 2). Saturation (a blend with luma) is a scaling of YIQ's
+    chroma, which color_twist does with the hue rotation in the same pass; saturation 0 is the grayscale. m is a
+    per-sample value on the CPU, as an argument input must be: hence CPU only.
     """
     import nvidia.dali.fn as fn
 
+    x = fn.brightness_contrast(x, brightness=bright)
     m = fn.reductions.mean(x, axes=[0, 1])
-    m0 = m[0] * _LUMA[0] + m[1] * _LUMA[1] + m[2] * _LUMA[2]
-    b2 = bright * contrast + bright * (1.0 - contrast) * m0 / 128.0
-    return fn.color_twist(x, brightness=b2, contrast=bright * contrast / b2, saturation=sat * keep_colour, hue=hue)
+    m = m[0] * _LUMA[0] + m[1] * _LUMA[1] + m[2] * _LUMA[2]
+    b2 = contrast + (1.0 - contrast) * m / 128.0
+    return fn.color_twist(x, brightness=b2, contrast=contrast / b2, saturation=sat * keep_colour, hue=hue)
 
 
 def _colour_arithmetic(x, bright, contrast, sat, hue, keep_colour):

@@ -37,6 +37,8 @@ INDEX_NAME = "fusedssl_index.json"
 # Extensions of the formats DALI's image decoders read (JPEG, PNG, BMP, TIFF, WebP, PNM, JPEG 2000).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pnm", ".ppm", ".pgm",
                   ".pbm", ".jp2", ".j2k"}
+# Image files DALI cannot decode: checked like the others, so they are listed as rejected (not silently skipped).
+_OTHER_IMAGE_SUFFIXES = {".gif", ".ico", ".heic", ".avif", ".psd"}
 # Formats PIL reads but DALI does not: rejected, so the DALI pipeline never sees them.
 _PIL_FORMATS_OK = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000", "MPO"}
 _CONVERTED_MODES = {"L": "grayscale", "LA": "grayscale+alpha", "P": "palette", "PA": "palette+alpha",
@@ -115,7 +117,7 @@ def scan(root: str | Path) -> tuple[list[str], list[tuple[str, int]], list[tuple
                 if fn.startswith(".") or fn == INDEX_NAME:
                     continue
                 rel = os.path.relpath(os.path.join(dirpath, fn), root)
-                if Path(fn).suffix.lower() in IMAGE_SUFFIXES:
+                if Path(fn).suffix.lower() in IMAGE_SUFFIXES | _OTHER_IMAGE_SUFFIXES:
                     files.append((rel, label))
                     n += 1
                 else:
