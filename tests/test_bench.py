@@ -1,4 +1,4 @@
-"""`fusedssl bench kernels|step`: long-format rows with the environment stamp; re-runs replace, not duplicate."""
+"""`fusedssl bench kernels|matrix_log|step|data`: long-format rows with the environment stamp; re-runs replace, not duplicate."""
 
 import csv
 from pathlib import Path
@@ -47,3 +47,20 @@ def test_bench_step_writes_phases_and_throughput(tmp_path, capsys):
         assert all(float(r["value"]) > 0 for r in rows if r["provider"] == v and r["metric"] != "peak_mem")
     out = capsys.readouterr().out
     assert "fused: skipped" in out and "objective %" in out
+
+
+def test_bench_data_measures_both_loaders_on_the_same_files(tmp_path, capsys):
+    """`fusedssl bench data`: images/s and views/s per loader, with the cores and workers, in one run."""
+    from fusedssl.engine.data import dali
+
+    assert cli.main(["bench", "data", "--images", "12", "--batch", "4", "--size", "32", "--steps", "1",
+                     "--repeats", "2", "--warmup", "1", "--workers", "1", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("data.csv")))))
+    providers = {r["provider"] for r in rows}
+    assert providers == ({"dali-cpu", "pil-dataloader"} if dali.available() else {"pil-dataloader"})
+    for p in providers:
+        got = {r["metric"]: float(r["value"]) for r in rows if r["provider"] == p}
+        assert got["images_per_s"] > 0 and abs(got["views_per_s"] - 2 * got["images_per_s"]) < 1e-4 * got["views_per_s"]
+        assert got["cores"] >= 1 and got["workers"] == 1
+    out = capsys.readouterr().out
+    assert "images/s" in out and ("dali-cpu / pil-dataloader" in out or not dali.available())

@@ -23,6 +23,9 @@ log = logging.getLogger("fusedssl.data")
 
 def resolve_index(cfg, rank: int) -> tuple[folder.Index, str]:
     """The index of ``data.root``: read it, or (``data.check=auto``) check the tree first when there is none."""
+    if not Path(cfg.root).is_dir():
+        why = "it does not exist" if not Path(cfg.root).exists() else "it is a file"
+        raise folder.DatasetError(f"data.root={cfg.root!r} is not a folder ({why})")
     path = Path(cfg.index) if cfg.index else folder.default_index_path(cfg.root)
     if not path.exists():
         if cfg.check == "require":
