@@ -6,6 +6,7 @@ float64 tolerance.
 """
 
 import os
+import zlib
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -41,8 +42,9 @@ def kernel_device():
 
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
-    # A different seed per test (from its id) so the data is fresh random but each test is reproducible.
-    torch.manual_seed(abs(hash(request.node.nodeid)) % 2**31)
+    # A different seed per test (from its id) so the data is fresh random but each test is reproducible: crc32, not
+    # hash(), whose salt changes per process (that made a rare bf16 tolerance miss unreproducible).
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     yield
 
 
