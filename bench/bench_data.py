@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         index_path = folder.default_index_path(root) if args.root else Path(tmp) / "index.json"
         idx = folder.load(index_path, root) if index_path.exists() else \
             folder.check(root, out=index_path, workers=workers)
-        cfg = config.load(None, [f"data.image_size={args.size}", f"data.local_crops={0}"]).data
-        cfg = dataclasses.replace(cfg, local_crops=args.local_crops)
+        # local_crops is set past config validation, which refuses it for training (no objective consumes it).
+        cfg = dataclasses.replace(config.load(None, [f"data.image_size={args.size}"]).data,
+                                  local_crops=args.local_crops)
         recipes = data_stage.recipes(cfg)
         plan = Plan(idx, recipes, args.batch, 0, 0, 1, str(index_path))
         variants = []

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-_LUMA = (0.299, 0.587, 0.114)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights: grayscale in every pipeline
+TO_YIQ = (LUMA, (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))  # RGB -> YIQ: the hue is a rotation of (I, Q)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Draws:
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 
@@ -94,7 +95,7 @@ def _jitter(x: torch.Tensor, r: ViewRecipe, d: Draws) -> torch.Tensor:
     y = ((y - gr) * d.uniform(1 - s, 1 + s).view(-1, 1, 1, 1) + gr).clamp(0, 1)
     # Hue: rotate the chroma (I, Q) plane of YIQ by 2*pi*h.
     angle = d.uniform(-hue, hue) * 2 * math.pi
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev)
+    to_yiq = torch.tensor(TO_YIQ, device=dev)
     yiq = torch.einsum("ij,njhw->nihw", to_yiq, y)
     cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
     i, q = yiq[:, 1], yiq[:, 2]

@@ -2,10 +2,11 @@
 
 Graph per view, every random decision an argument input from params.py (so resume and sharding are exact):
   decode the crop box (ROI decode: only the box is decoded, when ``roi_decode``) or slice it from one full decode
-  shared by the views -> resize to size x size (linear, antialiased) -> flip -> colour jitter with torchvision's
-  definitions (brightness, contrast about the mean luma, saturation towards luma), hue as a rotation of YIQ's chroma
-  and random grayscale as saturation 0 (DALI has no random-grayscale operator) -> Gaussian blur and solarisation
-  (a lookup table; DALI has no solarise operator), each under a per-sample conditional -> uint8.
+  shared by the views -> resize to size x size (linear, antialiased; the flip is a reversed resize ROI) -> colour
+  jitter with torchvision's definitions (brightness, contrast about the mean luma, saturation towards luma), hue as
+  a rotation of YIQ's chroma and random grayscale as saturation 0 (DALI has no random-grayscale operator), skipped
+  by a per-sample conditional where neither applies -> Gaussian blur -> solarisation (a lookup table under a
+  per-sample conditional; DALI has no solarise operator) -> uint8.
 On the CPU the colour step is two passes (``_colour_fused``) and the blur two 1-D filter passes with per-sample
 taps; on a GPU the colour step is float arithmetic and the blur DALI's gaussian_blur under a conditional.
 The views leave DALI as uint8 NHWC; files.py moves them to the device and normalises them as channels-last NCHW.
@@ -19,11 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .augment import LUMA as _LUMA
 from .augment import ViewRecipe
 from .folder import read_bytes
 from .params import Plan
 
-_LUMA = (0.299, 0.587, 0.114)
 _PER_VIEW = 13  # inputs per view, in the order of _Source.__call__
 
 

@@ -15,10 +15,11 @@ import io
 import numpy as np
 import torch
 
+from .augment import TO_YIQ
 from .folder import read_bytes
 from .params import Plan, ViewParams
 
-_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_TO_YIQ = np.array(TO_YIQ)
 
 
 def _rotate_hue(im, turns: float):
@@ -35,6 +36,7 @@ def _rotate_hue(im, turns: float):
 
 def _augment(im, p: ViewParams, k: int, size: int):
     from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
     left, top, w, h = (int(v) for v in p.box[k])
     x = im.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
     if p.flip[k]:

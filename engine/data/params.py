@@ -61,8 +61,8 @@ def crop_boxes(rng: np.random.Generator, sizes: np.ndarray, scale: tuple[float, 
     W, H = W[:, 0], H[:, 0]
     # Fallback: the whole image, cut to the nearest allowed aspect ratio, centred.
     in_ratio = W / H
-    fw = np.where(in_ratio < _RATIO[0], W, np.where(in_ratio > _RATIO[1], np.round(H * _RATIO[1]), W))
-    fh = np.where(in_ratio < _RATIO[0], np.round(W / _RATIO[0]), np.where(in_ratio > _RATIO[1], H, H))
+    fw = np.where(in_ratio > _RATIO[1], np.round(H * _RATIO[1]), W)
+    fh = np.where(in_ratio < _RATIO[0], np.round(W / _RATIO[0]), H)
     w, h = np.where(ok, w, fw), np.where(ok, h, fh)
     left = np.where(ok, np.floor(u[:, 0] * (W - w + 1)), np.floor((W - w) / 2))
     top = np.where(ok, np.floor(u[:, 1] * (H - h + 1)), np.floor((H - h) / 2))
