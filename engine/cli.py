@@ -1,4 +1,4 @@
-"""Command line: ``fusedssl train --config RECIPE [--set section.key=value ...]``."""
+"""Command line: ``fusedssl train | eval | export | verify | bench | data`` (each with ``--help``)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,17 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     if argv is None:
         argv = sys.argv[1:]
-    sub.add_parser("bench", help="benchmarks: fusedssl bench kernels|matrix_log|step|data [--help]", add_help=False)
+    sub.add_parser("bench", help="benchmarks: fusedssl bench kernels|matrix_log|step|data|quality [--help]", add_help=False)
     sub.add_parser("data", help="datasets: fusedssl data check ROOT | fusedssl data sample OUT [--help]",
                    add_help=False)
+    sub.add_parser("eval", help="evaluate a checkpoint: fusedssl eval knn|linear CHECKPOINT | fusedssl eval plot RUNS "
+                                "[--help]", add_help=False)
+    sub.add_parser("export", help="write a checkpoint as torchvision weights: fusedssl export CHECKPOINT OUT [--help]",
+                   add_help=False)
+    if argv[:1] == ["eval"]:
+        return _eval(argv[1:])
+    if argv[:1] == ["export"]:
+        return _export(argv[1:])
     if argv[:1] == ["verify"]:
         return _verify(argv[1:])
     if argv[:1] == ["data"]:
@@ -35,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         from fusedssl.bench import bench_covariance
 
         return bench_covariance.main(argv[2:])
+    if argv[:2] == ["bench", "quality"]:
+        from fusedssl.bench import bench_quality
+
+        return bench_quality.main(argv[2:])
     if argv[:2] == ["bench", "step"]:
         from fusedssl.bench import bench_step
 
@@ -114,6 +126,112 @@ def _data(argv: list[str]) -> int:
         print(f"  rejected {rel}: {reason}")
     if len(idx.bad) > 20:
         print(f"  ... and {len(idx.bad) - 20} more (all listed in the index under \"bad\")")
+    return 0
+
+
+def _eval(argv: list[str]) -> int:
+    import logging
+
+    p = argparse.ArgumentParser(prog="fusedssl eval", description="evaluate frozen backbone features of a checkpoint")
+    sub = p.add_subparsers(dest="kind", required=True)
+    for kind, what in (("knn", "weighted kNN on frozen features"),
+                       ("linear", "linear probe on frozen (cached) features")):
+        e = sub.add_parser(kind, help=what)
+        e.add_argument("checkpoint", nargs="?", default=None,
+                       help="a checkpoint file, or a run folder (its newest valid checkpoint)")
+        e.add_argument("--random-init", action="store_true",
+                       help="evaluate --config's network at its random initialisation (the baseline)")
+        e.add_argument("--config", default=None, help="recipe the checkpoint must match (method and architecture); "
+                                                      "required with --random-init")
+        e.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                       help="override the recipe (with --random-init)")
+        e.add_argument("--train", default=None, help="labelled ImageFolder tree for the bank / probe training "
+                                                     "(default: the bundled digits, split as the run split them)")
+        e.add_argument("--val", default=None, help="labelled ImageFolder tree to evaluate on (with --train)")
+        e.add_argument("--weights", choices=("backbone", "teacher"), default="backbone",
+                       help="the online backbone, or the EMA teacher's (teacher methods)")
+        e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        e.add_argument("--workers", type=int, default=2, help="decoding processes for ImageFolder trees")
+        if kind == "knn":
+            e.add_argument("--k", type=int, default=20)
+            e.add_argument("--temperature", type=float, default=0.07)
+            e.add_argument("--shots", default="", help="also kNN with only N labelled images per class in the "
+                                                       "bank, e.g. --shots 1,10 (low-label protocol)")
+        else:
+            e.add_argument("--epochs", type=int, default=100)
+            e.add_argument("--batch-size", type=int, default=256)
+            e.add_argument("--optimizer", choices=("sgd", "lars", "adam"), default="sgd")
+            e.add_argument("--lr", type=float, default=0.1)
+            e.add_argument("--weight-decay", type=float, default=0.0)
+            e.add_argument("--copies", type=int, default=4,
+                           help="augmented passes of the training set, extracted once (0: no augmentation)")
+            e.add_argument("--no-standardize", action="store_true", help="train on raw features")
+    pl = sub.add_parser("plot", help="PNG plots of loss, kNN accuracy and linear-probe accuracy from run folders")
+    pl.add_argument("runs", nargs="+", help="run folders (each with log.jsonl), or a folder of run folders")
+    pl.add_argument("--out", required=True, help="folder for the PNG files")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.kind == "plot":
+        from fusedssl.bench import plots
+
+        for path in plots.quality_plots(args.runs, args.out):
+            print(f"wrote {path}")
+        return 0
+    import torch
+
+    from . import evaluate
+    from .data import folder
+
+    if args.random_init == (args.checkpoint is not None):
+        p.error("give a checkpoint, or --random-init with --config RECIPE (not both)")
+    if bool(args.train) != bool(args.val):
+        p.error("--train and --val go together")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    try:
+        net = evaluate.load_network(args.checkpoint, recipe=args.config, overrides=tuple(args.overrides),
+                                    device=device)
+        if args.train:
+            lset = evaluate.FolderSet(args.train, args.val, net.cfg.data, workers=args.workers)
+        else:
+            lset = evaluate.DigitsSet(net.cfg.data, net.cfg.run.seed)
+        if args.kind == "knn":
+            shots = tuple(int(s) for s in args.shots.split(",") if s.strip())
+            entries = evaluate.run("knn", net, lset, weights=args.weights, k=args.k, temperature=args.temperature,
+                                   shots=shots, device=device)
+        else:
+            probe = evaluate.ProbeSettings(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                                           lr=args.lr, weight_decay=args.weight_decay, copies=args.copies,
+                                           standardize=not args.no_standardize)
+            entries = evaluate.run("linear", net, lset, weights=args.weights, probe=probe, device=device)
+    except (ValueError, folder.DatasetError) as e:  # ConfigError and DatasetError are ValueErrors
+        print(f"fusedssl eval: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{net.cfg.method.name} {net.cfg.model.backbone}, {'random init' if net.path is None else net.path} "
+          f"(step {net.step}), {lset.name}: {len(lset.train_y)} train / {len(lset.val_y)} val images")
+    print(evaluate.table(entries))
+    print(f"results: {net.results_path}")
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="fusedssl export", description="write a checkpoint's backbone as torchvision "
+                                "weights (strict-loadable), with its heads, config and metrics")
+    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (its newest valid checkpoint)")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--weights", choices=("backbone", "teacher"), default="backbone")
+    p.add_argument("--head", default=None, help="linear head from `fusedssl eval linear` (default: the one beside "
+                                                "the checkpoint, if any) -> classifier.pt")
+    p.add_argument("--config", default=None, help="recipe the checkpoint must match")
+    args = p.parse_args(argv)
+    from . import export
+
+    try:
+        out = export.export(args.checkpoint, args.out, weights=args.weights, head=args.head, recipe=args.config)
+    except ValueError as e:
+        print(f"fusedssl export: error: {e}", file=sys.stderr)
+        return 2
+    meta = (out / "export.json").read_text()
+    print(f"fusedssl export: wrote {out}\n{meta}")
     return 0
 
 

@@ -200,6 +200,8 @@ class EvaluateConfig:
     knn_k: int = 20                   # neighbours
     knn_temperature: float = 0.07     # similarity temperature of the vote
     knn_every_epochs: int = 0         # online kNN monitor every N epochs (0: only at the start and end)
+    online_probe: bool = False        # linear head on detached backbone features, trained alongside (logged)
+    probe_lr: float = 0.1             # online probe: SGD learning rate (momentum 0.9, constant)
 
 
 @dataclass(frozen=True)
@@ -437,6 +439,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.base_lr must be > 0, got {cfg.optim.base_lr}")
     if not cfg.model.projector:
         raise ConfigError("model.projector is empty: every method needs a projector (e.g. '2048-2048-1024')")
+
+
+# What makes two runs the same network: a checkpoint is only resumed, evaluated as, or compared with a recipe that agrees.
+ARCH_KEYS = ("method.name", "model.backbone", "model.stem", "model.projector", "model.predictor")
 
 
 def widths(spec: str) -> list[int]:

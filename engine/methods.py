@@ -29,11 +29,13 @@ from . import dist
 
 @dataclass
 class Outputs:
-    """Model outputs per view: online projections z, online predictions p, teacher projections t."""
+    """Model outputs per view: online projections z, online predictions p, teacher projections t, backbone
+    features h (the online probe's input; the objectives do not read them)."""
 
     z: list[torch.Tensor]
     p: list[torch.Tensor] | None = None
     t: list[torch.Tensor] | None = None
+    h: list[torch.Tensor] | None = None
 
 
 class Method:

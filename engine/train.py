@@ -73,35 +73,38 @@ def forward_views(net, teacher, views: list[torch.Tensor], prec: Precision) -> O
     x = torch.cat(views)
     n_views = len(views)
     with prec.autocast():
-        _, z, p = net(x)
+        h, z, p = net(x)
         t = None
         if teacher is not None:
             with torch.no_grad():
                 t = teacher(x).chunk(n_views)
     return Outputs(z=list(z.chunk(n_views)), p=list(p.chunk(n_views)) if p is not None else None,
-                   t=list(t) if t is not None else None)
+                   t=list(t) if t is not None else None, h=list(h.chunk(n_views)))
 
 
 def train_step(step, views, net, model, teacher, method, opt, sched, prec: Precision, grad_clip: float,
-               accumulate: int = 1, skip_nonfinite: bool = False):
+               accumulate: int = 1, skip_nonfinite: bool = False, probe=None, labels=None):
     """One optimisation step over ``accumulate`` micro-batches; returns (loss, terms, finite), still on the device.
 
     Each micro-batch is a full SSL batch of its own (its own covariance / negatives); DDP all-reduces only after the
     last one (``no_sync``). With accumulate = 1 this is the plain step. ``finite`` is a device-side bool over the loss
     and (except under fp16, whose scaler skips overflowing steps itself) the gradients. With ``skip_nonfinite`` the
     host reads it (one sync) and drops the update, EMA and predictor reset of a non-finite step; ``finite`` is then
-    None for a dropped step.
+    None for a dropped step. ``probe`` (the online linear probe) learns from the detached features of the first view
+    and ``labels``; it is stepped only when the model is.
     """
     optim.set_lr(opt, float(sched.lr[step]))
     opt.zero_grad(set_to_none=True)
     chunks = list(zip(*(v.chunk(accumulate) for v in views), strict=True))
-    total, terms = 0.0, {}
+    total, terms, probe_in = 0.0, {}, []
     for i, micro in enumerate(chunks):
         sync = i + 1 == len(chunks) or not isinstance(net, DDP)
         with nullcontext() if sync else net.no_sync():
             out = forward_views(net, teacher, list(micro), prec)
             loss, parts = method(out)  # the objective ops run in fp32 outside autocast by design
             prec.backward(loss / accumulate)
+        if probe is not None:
+            probe_in.append(out.h[0].detach())
         total = total + loss.detach() / accumulate
         terms = {k: terms.get(k, 0.0) + v / accumulate for k, v in parts.items()}
     finite = torch.isfinite(total)
@@ -111,17 +114,29 @@ def train_step(step, views, net, model, teacher, method, opt, sched, prec: Preci
         opt.zero_grad(set_to_none=True)
         return total, terms, None
     prec.step(opt, model.parameters(), grad_clip)
+    for h, y in zip(probe_in, labels.chunk(accumulate) if probe_in else [], strict=True):
+        probe.step(h, y)
     if teacher is not None:
         teacher.update(model, float(sched.ema[step]))
     method.after_step(model, step)
     return total, terms, finite
 
 
-def _knn(model, data, cfg, device) -> float | None:
-    if not cfg.evaluate.knn or data.test is None:
-        return None
-    return evaluate.knn(model.backbone, data.train, data.test, cfg.evaluate, size=cfg.data.image_size,
-                        mean=cfg.data.mean, std=cfg.data.std, device=device, channels_last=cfg.run.channels_last)
+def _monitor(model, probe, data, cfg, device) -> dict[str, float]:
+    """kNN accuracy and the online probe's accuracy on the held-out split (in-memory sources; else empty)."""
+    if data.test is None or not (cfg.evaluate.knn or probe is not None):
+        return {}
+    c = cfg.data
+    tr, te = (evaluate.features(model.backbone, s.images, size=c.image_size, mean=c.mean, std=c.std, device=device,
+                                channels_last=cfg.run.channels_last, normalize=False) for s in (data.train, data.test))
+    out = {}
+    if cfg.evaluate.knn:
+        out["knn"] = evaluate.knn_accuracy(torch.nn.functional.normalize(tr, dim=1), data.train.labels,
+                                           torch.nn.functional.normalize(te, dim=1), data.test.labels,
+                                           k=cfg.evaluate.knn_k, temperature=cfg.evaluate.knn_temperature)
+    if probe is not None:
+        out["probe"] = probe.accuracy(te, data.test.labels)
+    return out
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -242,6 +257,10 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     data, method, model, teacher, opt, sched, net, prec, total = (
         st.data, st.method, st.model, st.teacher, st.opt, st.sched, st.net, st.prec, st.total)
 
+    probe = None  # the online linear probe: its own head and SGD on detached features (evaluate.py)
+    if cfg.evaluate.online_probe:
+        probe = evaluate.OnlineProbe(model.feat_dim, data.num_classes, cfg.evaluate.probe_lr, device)
+
     # ---- resume or start
     base_lr = sched.lr.copy()
     start, metrics, lr_factor = 0, {}, 1.0
@@ -249,7 +268,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     def restore(path: Path, state: dict) -> int:
         nonlocal metrics, lr_factor
         saved = config.from_dict(state["config"])
-        for key in ("method.name", "model.backbone", "model.stem", "model.projector", "model.predictor"):
+        for key in config.ARCH_KEYS:
             if config.get(saved, key) != config.get(cfg, key):
                 raise config.ConfigError(f"checkpoint {path} was trained with {key}={config.get(saved, key)!r}, "
                                          f"this run has {config.get(cfg, key)!r}")
@@ -262,6 +281,11 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
             prec.scaler.load_state_dict(state["scaler"])
         if isinstance(state.get("rng"), dict):
             _set_rng_state(state["rng"], device)
+        if probe is not None:
+            if state.get("probe") is None:
+                raise config.ConfigError(f"evaluate.online_probe=true, but checkpoint {path} was written without "
+                                         "the online probe: resume with evaluate.online_probe=false")
+            probe.load(state["probe"])
         metrics, lr_factor = state["metrics"], state.get("lr_factor", 1.0)
         sched.lr[:] = base_lr * lr_factor
         return state["step"]
@@ -283,10 +307,21 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(cfg), indent=1))
         tb = _tensorboard(cfg, run_dir)
+    logf = open(run_dir / "log.jsonl", "a") if info.is_main else None
+
+    def monitor(step: int, when: str) -> dict:
+        """kNN / probe accuracy on the held-out split: logged, and written to log.jsonl (rank 0 only; BatchNorm in
+        eval mode needs no collectives)."""
+        res = _monitor(model, probe, data, cfg, device)
+        if res:
+            log.info("%s: %s", when, ", ".join(f"{k} accuracy {100 * v:.2f}%" for k, v in res.items()))
+            if logf:
+                logf.write(json.dumps({"step": step, **{f"eval/{k}": v for k, v in res.items()}}) + "\n")
+                logf.flush()
+        return res
+
     if start == 0 and info.is_main:
-        metrics["knn_random_init"] = _knn(model, data, cfg, device)
-        if metrics["knn_random_init"] is not None:
-            log.info("kNN accuracy at random initialisation: %.2f%%", 100 * metrics["knn_random_init"])
+        metrics["knn_random_init"] = monitor(0, "at random initialisation").get("knn")
 
     def save(step: int) -> None:
         if not info.is_main:
@@ -295,7 +330,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
                  "teacher": teacher.state_dict() if teacher is not None else None,
                  "optimizer": opt.state_dict(), "scaler": prec.scaler.state_dict() if prec.scaler else None,
                  "metrics": metrics, "config": config.to_dict(cfg), "rng": _rng_state(device),
-                 "lr_factor": lr_factor, "version": _version()}
+                 "lr_factor": lr_factor, "version": _version(), "probe": probe.state() if probe else None}
         checkpoint.save(ckpt_dir, step, state, cfg.checkpoint.keep)
 
     def on_nonfinite(step: int, loss, terms) -> int:
@@ -325,7 +360,6 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
 
     # ---- the loop
     model.train()
-    logf = open(run_dir / "log.jsonl", "a") if info.is_main else None
     bar = info.is_main and cfg.run.progress and sys.stderr.isatty()
     knn_every = cfg.evaluate.knn_every_epochs * data.steps_per_epoch
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -338,7 +372,8 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
             views = data.views(step)
             data_s += time.perf_counter() - td
             loss, terms, finite = train_step(step, views, net, model, teacher, method, opt, sched, prec,
-                                             cfg.optim.grad_clip, cfg.optim.accumulate_steps, skip)
+                                             cfg.optim.grad_clip, cfg.optim.accumulate_steps, skip, probe,
+                                             data.labels(step) if probe is not None else None)
             if finite is None:  # skip policy dropped this step
                 metrics["skipped_steps"] = metrics.get("skipped_steps", 0) + 1
                 log.warning("step %d: non-finite loss or gradients, optimiser step skipped (run.nonfinite=skip)",
@@ -373,6 +408,8 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
                     rec["optim/ema"] = float(sched.ema[step])
                 if prec.scaler is not None:
                     rec["optim/grad_scale"] = float(prec.scaler.get_scale())
+                if probe is not None:
+                    rec.update(probe.read())
                 if bar:
                     print(file=sys.stderr)
                 log.info("step %d/%d  epoch %.2f  loss %.4f  lr %.4g  %.0f img/s  ETA %.0fs", step + 1, total,
@@ -388,12 +425,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
                 metrics["last_loss"], metrics["images_per_s"] = rec["loss/total"], rec["perf/images_per_s"]
                 t0, seen, data_s = time.perf_counter(), 0, 0.0
             if knn_every and (step + 1) % knn_every == 0 and not last and info.is_main:
-                acc = _knn(model, data, cfg, device)  # rank 0 only: BatchNorm in eval mode needs no collectives
-                if acc is not None:
-                    log.info("kNN accuracy at epoch %d: %.2f%%", (step + 1) // data.steps_per_epoch, 100 * acc)
-                    if logf:
-                        logf.write(json.dumps({"step": step + 1, "eval/knn": acc}) + "\n")
-                        logf.flush()
+                monitor(step + 1, f"epoch {(step + 1) // data.steps_per_epoch}")
             if not last and preempt.should_stop(step):
                 if not guard.nonfinite_anywhere(nonfinite):  # never checkpoint a poisoned state
                     save(step + 1)
@@ -404,12 +436,13 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
 
         # ---- end: evaluation, final checkpoint, summary
         if info.is_main:
-            metrics["knn_trained"] = _knn(model, data, cfg, device)
-            if metrics["knn_trained"] is not None:
-                base = metrics.get("knn_random_init")
-                log.info("kNN accuracy after training: %.2f%% (random init %s)", 100 * metrics["knn_trained"],
-                         "n/a" if base is None else
-                         f"{100 * base:.2f}%, {100 * (metrics['knn_trained'] - base):+.2f} pts")
+            res = monitor(total, "after training")
+            metrics["knn_trained"] = res.get("knn")
+            if probe is not None:
+                metrics["probe_trained"] = res.get("probe")
+            if metrics["knn_trained"] is not None and metrics.get("knn_random_init") is not None:
+                log.info("kNN accuracy after training: %+.2f pts over random initialisation",
+                         100 * (metrics["knn_trained"] - metrics["knn_random_init"]))
             save(total)
             (run_dir / "summary.json").write_text(json.dumps(metrics, indent=1))
     except (RuntimeError, OSError) as e:

@@ -87,6 +87,14 @@ class TwoViewData:
         per = self.batch // self.world
         return rows[self.rank * per : (self.rank + 1) * per]
 
+    @property
+    def num_classes(self) -> int:
+        return int(self.train.labels.max()) + 1
+
+    def labels(self, step: int) -> torch.Tensor:
+        """This rank's labels at ``step`` (the online probe's targets; never seen by the objectives)."""
+        return self.train.labels[self.indices(step)].to(self.device)
+
     def views(self, step: int) -> list[torch.Tensor]:
         idx = self.indices(step).to(self.device)
         images = self._train_dev[idx]

@@ -104,6 +104,14 @@ class FileViews:
             return [_from_dali(t, self.device) for t in self._pipe.run()]
         return next(self._it)
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.plan.index.classes)
+
+    def labels(self, step: int) -> torch.Tensor:
+        """This rank's labels at ``step`` (the online probe's targets), from the index."""
+        return torch.from_numpy(self.plan.index.labels[self.plan.rows(step)]).to(self.device)
+
     def views(self, step: int) -> list[torch.Tensor]:
         out = []
         for x in self.raw(step):
