@@ -42,10 +42,10 @@ def _recipe(method: str) -> Path:
     return path
 
 
-def _overrides(name: str, out_dir: str, epochs: int, threads: int) -> list[str]:
-    return [f"run.name={name}", f"run.out_dir={out_dir}", f"run.epochs={epochs}", "run.steps=0",
-            "run.progress=false", f"run.threads={threads}", "evaluate.knn_every_epochs=1",
-            "evaluate.online_probe=true", "checkpoint.every_steps=0"]
+def _overrides(name: str, args) -> list[str]:
+    return [f"run.name={name}", f"run.out_dir={args.out_dir}", f"run.epochs={args.epochs}", "run.steps=0",
+            "run.progress=false", f"run.threads={args.threads}", "evaluate.knn_every_epochs=1",
+            "evaluate.online_probe=true", "checkpoint.every_steps=0", *args.overrides]
 
 
 def supervised(cfg: config.Config, run_dir: Path) -> Path:
@@ -63,7 +63,7 @@ def supervised(cfg: config.Config, run_dir: Path) -> Path:
     params = list(model.backbone.parameters()) + list(head.parameters())
     peak = 0.1 * cfg.data.batch_size / 256
     opt = torch.optim.SGD(params, lr=peak, momentum=0.9, weight_decay=5e-4)
-    total = cfg.run.epochs * data.steps_per_epoch
+    total = cfg.run.steps or cfg.run.epochs * data.steps_per_epoch
     log_path = run_dir / "log.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as logf:
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=None, help="results folder (default bench/results/<device>)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--no-references", action="store_true", help="skip the random-init and supervised rows")
+    p.add_argument("--copies", type=int, default=4, help="linear probe: augmented copies of the training set")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override every recipe (e.g. --set run.steps=2 for a smoke test)")
     p.add_argument("--reuse", action="store_true", help="keep finished runs (summary.json present) instead of "
                                                          "training them again")
     args = p.parse_args(argv)
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     env = harness.env(device)
     results = Path(args.results) if args.results else Path(__file__).resolve().parent / "results" / env["device"]
-    probe = evaluate.ProbeSettings(epochs=args.linear_epochs)
+    probe = evaluate.ProbeSettings(epochs=args.linear_epochs, copies=args.copies)
     rows, table = [], {}
 
     def evaluate_run(name: str, net: evaluate.Trained, train_s: float, online: float | None) -> None:
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     for m in methods:
-        cfg = config.load(_recipe(m), _overrides(m, args.out_dir, args.epochs, args.threads))
+        cfg = config.load(_recipe(m), _overrides(m, args))
         run_dir = Path(args.out_dir) / m
         t0 = time.perf_counter()
         if not (args.reuse and (run_dir / "summary.json").exists()):
@@ -132,11 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads((run_dir / "summary.json").read_text())
         evaluate_run(m, evaluate.load_network(run_dir), train_s, summary.get("probe_trained"))
     if not args.no_references:
-        ref = config.load(_recipe("vicreg"), _overrides("supervised", args.out_dir, args.epochs, args.threads))
+        ref = config.load(_recipe("vicreg"), _overrides("supervised", args))
         evaluate_run("random_init", evaluate.load_network(None, recipe=str(_recipe("vicreg")),
-                                                         overrides=tuple(_overrides("random_init", args.out_dir,
-                                                                                    args.epochs, args.threads))),
-                     0.0, None)
+                                                         overrides=tuple(_overrides("random_init", args))), 0.0, None)
         t0 = time.perf_counter()
         ckpt = supervised(ref, Path(args.out_dir) / "supervised")
         evaluate_run("supervised", evaluate.load_network(ckpt), time.perf_counter() - t0, None)

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     if argv is None:
         argv = sys.argv[1:]
-    sub.add_parser("bench", help="benchmarks: fusedssl bench kernels|matrix_log|step|data|quality [--help]", add_help=False)
+    sub.add_parser("bench", help="benchmarks: fusedssl bench kernels|matrix_log|step|data|quality [--help]",
+                   add_help=False)
     sub.add_parser("data", help="datasets: fusedssl data check ROOT | fusedssl data sample OUT [--help]",
                    add_help=False)
     sub.add_parser("eval", help="evaluate a checkpoint: fusedssl eval knn|linear CHECKPOINT | fusedssl eval plot RUNS "

@@ -20,6 +20,7 @@ Every feature set is cached under ``<checkpoint folder>/eval_cache/`` keyed by t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -247,7 +248,8 @@ class OnlineProbe(nn.Module):
                      .float().mean())
 
     def state(self) -> dict:
-        return {"head": self.head.state_dict(), "opt": self.opt.state_dict(), "sums": self._sums.clone()}
+        """A copy (optimizer state_dicts alias the live momentum buffers, and loading does not copy them)."""
+        return copy.deepcopy({"head": self.head.state_dict(), "opt": self.opt.state_dict(), "sums": self._sums})
 
     def load(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])

@@ -27,7 +27,7 @@ def _cfg(out, method, *extra):
     over = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
             "model.projector=32-16", "evaluate.knn=false", "run.log_every=1", f"run.steps={STEPS}",
             f"method.name={method}", f"run.out_dir={out}", f"run.name={method}", "optim.base_lr=0.5",
-            "run.progress=false", "optim.warmup_epochs=0", *extra]
+            "run.progress=false", "optim.warmup_epochs=0", "evaluate.online_probe=true", *extra]
     if method == "byol":
         over.append("model.predictor=32-16")
     if method == "directpred":
@@ -81,6 +81,13 @@ def test_ddp_training_equals_single_process(runs, method):
         # gradient scale, per-rank BN statistics or different augmentations are of the order of the update itself
         assert diff <= 1e-3 * update + 1e-7, f"{method} {k}: DDP - single = {diff:.2e}, update {update:.2e}"
     assert moved > 10, "training did not change the parameters: the comparison would be vacuous"
+    # the online probe: its gradient is averaged over ranks in one flat all-reduce (evaluate.OnlineProbe)
+    state = b["probe"]["opt"]["state"]
+    for i, k in enumerate(("weight", "bias")):
+        update = 0.1 * float(state[i]["momentum_buffer"].abs().max())  # lr x the first step's buffer
+        assert update > 0, f"{method}: the online probe did not step"
+        diff = float((a["probe"]["head"][k] - b["probe"]["head"][k]).abs().max())
+        assert diff <= 1e-3 * update + 1e-7, f"{method} probe {k}: DDP - single = {diff:.2e}, update {update:.2e}"
     if b["teacher"] is not None:
         for k, v in b["teacher"].items():
             if v.is_floating_point():
