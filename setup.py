@@ -1,13 +1,66 @@
 """Installs the distribution ``fusedssl``: kernels/ -> fusedssl.kernels, engine/ -> fusedssl.engine, bench/ ->
-fusedssl.bench.
+fusedssl.bench, and (where it can be built) the CUDA C++ extension fusedssl.kernels._C from csrc/.
 
 ``fusedssl`` itself is an implicit namespace package (no fusedssl/__init__.py), so neither a top-level ``kernels`` nor
-``engine`` package is ever installed (PyPI has an unrelated popular ``kernels``). The CUDA extension
-fusedssl.kernels._C (csrc/) is added by issue #4; until then this is a pure-Python install. The data stage is the
-sub-package fusedssl.engine.data (engine/data/).
+``engine`` package is ever installed (PyPI has an unrelated popular ``kernels``). The data stage is the sub-package
+fusedssl.engine.data (engine/data/).
+
+The extension (issue #4): ``FUSEDSSL_BUILD_CUDA=1`` forces it (and fails loudly if it cannot be built), ``0`` skips
+it, unset builds it when nvcc and a CUDA build of torch are both present. Install with ``--no-build-isolation`` so the
+build sees the installed torch. ``FUSEDSSL_CUDA_ARCH`` (default "8.0;9.0;10.0": A100, H100/H200, B200) sets the GPU
+architectures, as TORCH_CUDA_ARCH_LIST would. Without the extension everything else works, and backend="cuda" raises
+an error that says how to build it.
 """
 
+import glob
+import os
+import shutil
+import sys
+
 from setuptools import setup
+
+
+def _cuda_extension():
+    flag = os.environ.get("FUSEDSSL_BUILD_CUDA", "auto").strip().lower()
+    if flag in ("0", "false", "no", "off"):
+        return [], {}
+    forced = flag in ("1", "true", "yes", "on")
+    why = None
+    try:
+        import torch
+    except ImportError:
+        torch, why = None, "torch is not installed in the build environment (use pip install --no-build-isolation)"
+    if torch is not None and torch.version.cuda is None:
+        why = f"torch {torch.__version__} is a CPU-only build"
+    nvcc = shutil.which("nvcc")
+    if why is None and nvcc is None and not os.environ.get("CUDA_HOME"):
+        why = "nvcc is not on PATH and CUDA_HOME is not set"
+    if why is None and not os.environ.get("CUDA_HOME"):
+        # nvcc may be a wrapper script outside the toolkit (torch would then take its parent folder as CUDA_HOME)
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        for cand in (home, "/usr/local/cuda"):
+            if os.path.exists(os.path.join(cand, "include", "cuda_runtime.h")):
+                os.environ["CUDA_HOME"] = cand
+                break
+    if why is not None:
+        if forced:
+            sys.exit(f"FUSEDSSL_BUILD_CUDA=1 but the CUDA extension cannot be built: {why}")
+        print(f"fusedssl: not building the CUDA extension fusedssl.kernels._C ({why})", file=sys.stderr)
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FUSEDSSL_CUDA_ARCH", "8.0;9.0;10.0"))
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "*.cu")))
+    ext = CUDAExtension(
+        "fusedssl.kernels._C",
+        sources=[*sources, os.path.join("csrc", "bindings.cpp")],
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},  # -std: torch's own
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+
+
+ext_modules, cmdclass = _cuda_extension()
 
 setup(
     name="fusedssl",
@@ -19,6 +72,8 @@ setup(
     packages=["fusedssl.kernels", "fusedssl.engine", "fusedssl.engine.data", "fusedssl.bench"],
     package_dir={"fusedssl.kernels": "kernels", "fusedssl.engine": "engine", "fusedssl.engine.data": "engine/data",
                  "fusedssl.bench": "bench"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     install_requires=[
         # CUDA builds of torch/torchvision; the code runs on torch >= 2.11 with triton >= 3.6 and on the newest.
         "torch>=2.11",

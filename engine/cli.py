@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     if argv is None:
         argv = sys.argv[1:]
-    sub.add_parser("bench", help="benchmarks: fusedssl bench kernels|matrix_log|step|data|quality [--help]",
+    sub.add_parser("bench", help="benchmarks: fusedssl bench kernels|matrix_log|step|data|quality|lars [--help]",
                    add_help=False)
     sub.add_parser("data", help="datasets: fusedssl data check ROOT | fusedssl data sample OUT [--help]",
                    add_help=False)
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from fusedssl.bench import bench_covariance
 
         return bench_covariance.main(argv[2:])
+    if argv[:2] == ["bench", "lars"]:
+        from fusedssl.bench import bench_lars
+
+        return bench_lars.main(argv[2:])
     if argv[:2] == ["bench", "quality"]:
         from fusedssl.bench import bench_quality
 

@@ -3,7 +3,7 @@
 The online network is backbone -> projector (-> predictor). Hidden MLP layers are Linear-BN-ReLU; the projector's last
 layer is a Linear, optionally followed by BatchNorm(affine=False) (SimSiam / Matrix-SSL); the predictor's last layer
 is a Linear. A predictor spec with a single width is one Linear layer (DirectPred's linear predictor, no bias).
-The EMA teacher is a frozen copy of backbone + projector updated with ``torch._foreach_lerp_`` (one fused update for all
+The EMA teacher is a frozen copy of backbone + projector updated with ``kernels.ema_`` (one multi-tensor update for all
 tensors, no per-parameter Python loop).
 
 Under DDP every BatchNorm normalises with global-batch statistics (``sync_batchnorm``): torch's SyncBatchNorm on GPUs,
@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from fusedssl import kernels
 
 from .config import widths
 from .dist import all_reduce_sum
@@ -97,7 +98,7 @@ class EMATeacher(nn.Module):
     def update(self, online: SSLModel, tau: float) -> None:
         mine = list(self.backbone.parameters()) + list(self.projector.parameters())
         theirs = list(online.backbone.parameters()) + list(online.projector.parameters())
-        torch._foreach_lerp_(mine, theirs, 1.0 - tau)
+        kernels.ema_(mine, theirs, tau)  # one multi-tensor update (foreach, or csrc/optim.cu on "cuda")
         # BN running statistics follow the online network (they are not trained parameters).
         for b_mine, b_theirs in zip(list(self.backbone.buffers()) + list(self.projector.buffers()),
                                     list(online.backbone.buffers()) + list(online.projector.buffers())):

@@ -15,13 +15,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from fusedssl import kernels
 
 
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratio eta * ||w|| / ||g + wd w|| for groups with ``lars=True``."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001,
+                 backend: str = "auto"):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
+        self.backend = backend  # fusedssl.kernels.lars_step_: "torch" (foreach) or "cuda" (csrc/optim.cu)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -29,23 +32,15 @@ class LARS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            if group["weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            if group["lars"]:
-                wn = torch.stack(torch._foreach_norm(params))
-                gn = torch.stack(torch._foreach_norm(grads))
-                trust = torch.where((wn > 0) & (gn > 0), group["eta"] * wn / gn, torch.ones_like(wn))
-                grads = torch._foreach_mul(grads, list(trust.unbind()))
             bufs = []
             for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 bufs.append(state["momentum_buffer"])
-            torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, grads)
-            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+            kernels.lars_step_(params, [p.grad for p in params], bufs, lr=group["lr"], momentum=group["momentum"],
+                               weight_decay=group["weight_decay"], eta=group["eta"], adapt=group["lars"],
+                               backend=self.backend)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, bias_lr_ratio: float = 1.0) -> list[dict]:

@@ -28,6 +28,7 @@ from .covariance import (
 )
 from .directpred import correlation_ema, predictor_weight
 from .frobenius import frossl_loss, frossl_loss_ref, log_frobenius
+from .lars import ema_, lars_step_
 from .matrix_log import (
     hsic_term,
     kernel_ssl_loss,
@@ -50,4 +51,5 @@ __all__ = [
     "byol_loss", "byol_loss_ref", "simsiam_loss", "simsiam_loss_ref",
     "correlation_ema", "predictor_weight",
     "col_normalize", "row_normalize",
+    "lars_step_", "ema_",
 ]

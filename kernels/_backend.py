@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import _cuda
 from ._triton import why_unavailable
 
 BACKENDS: tuple[str, ...] = ("torch", "triton", "cuda")
@@ -28,9 +29,8 @@ _PREFERENCE: dict[str, tuple[str, ...]] = {}
 _WHY_MISSING = {
     "triton": "this op has no Triton kernel in this version of fusedssl (issue #3 adds them family by family)",
     "cuda": (
-        "the CUDA C++ extension fusedssl.kernels._C does not provide this op in this version "
-        "(the csrc/ kernels arrive with issue #4; build them with FUSEDSSL_BUILD_CUDA=1 pip install "
-        "--no-build-isolation -e .)"
+        "the CUDA C++ extension fusedssl.kernels._C has no kernel for this op in this version (csrc/ has the "
+        "column/row normalisation, LARS and EMA so far; issue #4)"
     ),
 }
 
@@ -74,8 +74,10 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
         return next((b for b in _PREFERENCE.get(op, ()) if b in impls), "torch")
     if backend not in impls:
         raise BackendUnavailable(f"backend={backend!r} cannot run {op}: {_WHY_MISSING[backend]}. Use backend='torch'.")
-    if backend == "cuda" and device.type != "cuda":
-        raise BackendUnavailable(f"backend='cuda' cannot run {op} on a {device.type} tensor: move the inputs to a GPU")
+    if backend == "cuda":
+        reason = _cuda.why_unavailable(device)
+        if reason:
+            raise BackendUnavailable(f"backend='cuda' cannot run {op}: {reason}")
     if backend == "triton":
         reason = why_unavailable(device)
         if reason:

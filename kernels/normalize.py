@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _backend
+from . import _backend, _cuda
 from ._checks import check_choice, check_embeddings, check_number
 from ._triton import HAS_TRITON, interpreting, tl, triton
 
@@ -209,7 +209,7 @@ def _col_norm_op(z: torch.Tensor, mode: int, eps: float, rows: bool
 
 
 @_col_norm_op.register_fake
-def _(z, mode, eps, rows):
+def _col_norm_fake(z, mode, eps, rows):
     dt = z.dtype if z.dtype in (torch.float16, torch.bfloat16) else torch.float32
     d = z.shape[0] if rows else z.shape[1]
     return (z.new_empty(z.shape, dtype=dt), *(z.new_empty(d, dtype=torch.float32) for _ in range(3)))
@@ -260,3 +260,49 @@ def col_normalize_triton(z: torch.Tensor, mode: str = "bn", eps: float | None = 
 def row_normalize_triton(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Triton provider of ``row_normalize``: the l2 column kernel on the transposed view."""
     return _col_norm_op(z, _MODE_ID["l2"], float(eps), True)[0]
+
+
+# ---- CUDA C++ (csrc/normalize.cu): the same statistics, closed-form backward and (y, mean, r, beta) contract.
+
+
+@torch.library.custom_op("fusedssl::col_norm_cuda", mutates_args=())
+def _col_norm_cuda_op(z: torch.Tensor, mode: int, eps: float, rows: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    zz = z if z.dtype != torch.float64 else z.to(torch.float32)
+    return tuple(_cuda.ext().col_norm(zz, mode, eps, rows))
+
+
+_col_norm_cuda_op.register_fake(_col_norm_fake)  # same shapes and dtypes as fusedssl::col_norm
+
+
+@torch.library.custom_op("fusedssl::col_norm_bwd_cuda", mutates_args=())
+def _col_norm_bwd_cuda_op(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, r: torch.Tensor, beta: torch.Tensor,
+                          center: bool, rows: bool) -> torch.Tensor:
+    zz = z if z.dtype != torch.float64 else z.to(torch.float32)
+    return _cuda.ext().col_norm_bwd(g.to(zz.dtype), zz, mean, r, beta, center, rows).to(z.dtype)
+
+
+@_col_norm_bwd_cuda_op.register_fake
+def _(g, z, mean, r, beta, center, rows):
+    return torch.empty_like(z)
+
+
+def _col_norm_cuda_backward(ctx, gy, *_unused):
+    z, mean, r, beta = ctx.saved_tensors
+    return _col_norm_bwd_cuda_op(gy, z, mean, r, beta, ctx.center, ctx.rows), None, None, None
+
+
+_col_norm_cuda_op.register_autograd(_col_norm_cuda_backward, setup_context=_col_norm_setup)
+
+
+@_backend.register("col_normalize", "cuda")
+def col_normalize_cuda(z: torch.Tensor, mode: str = "bn", eps: float | None = None) -> torch.Tensor:
+    """CUDA C++ provider of ``col_normalize`` (csrc/normalize.cu)."""
+    eps = _DEFAULT_EPS.get(mode, 0.0) if eps is None else eps
+    return _col_norm_cuda_op(z, _MODE_ID[mode], float(eps), False)[0]
+
+
+@_backend.register("row_normalize", "cuda")
+def row_normalize_cuda(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """CUDA C++ provider of ``row_normalize``: the l2 column kernel on the transposed view."""
+    return _col_norm_cuda_op(z, _MODE_ID["l2"], float(eps), True)[0]

@@ -25,6 +25,7 @@ from .contrastive import nt_xent_loss
 from .cosine import byol_loss, simsiam_loss
 from .covariance import barlow_twins_loss, vicreg_covariance, vicreg_loss
 from .frobenius import frossl_loss, log_frobenius
+from .lars import ema_, lars_step_
 from .matrix_log import kernel_ssl_loss, matrix_ssl_loss
 from .normalize import COL_MODES, col_normalize, row_normalize
 
@@ -133,6 +134,50 @@ def check(case: Case, backend: str, n: int, d: int, dtype: torch.dtype, layout: 
             for q, r, t, k in zip(names, ref, lp_torch, kernel, strict=True)]
 
 
+# ---- multi-tensor optimiser updates (fp32 only, no gradient): the updated tensors against a float64 reference
+
+
+OPTIM_SHAPES = [(64, 3, 7, 7), (64,), (64,), (128, 64, 3, 3), (1000, 512), (1000,), (3,)]
+
+
+def _optim_lars(backend: str, ts: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    params, grads, bufs = (list(x) for x in ts)
+    for adapt in (True, False):  # weights (trust ratio, wd) and biases/norms, as engine/optim.py groups them
+        idx = [i for i, p in enumerate(params) if (p.ndim > 1) == adapt]
+        lars_step_([params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx], lr=0.3, momentum=0.9,
+                   weight_decay=1e-4, eta=0.02, adapt=adapt, backend=backend)
+    return params + bufs
+
+
+def _optim_ema(backend: str, ts: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    teacher, online = list(ts[0]), list(ts[1])
+    ema_(teacher, online, 0.996, backend=backend)
+    return teacher
+
+
+OPTIM_CASES = {"lars_step_": (3, _optim_lars), "ema_": (2, _optim_ema)}
+
+
+def check_optim(op: str, backend: str, gen: torch.Generator, device: torch.device) -> list[Row]:
+    """One multi-tensor update on fresh random fp32 tensors; the result against float64 (one Row)."""
+    n_lists, fn = OPTIM_CASES[op]
+    base = [[torch.randn(s, generator=gen, dtype=torch.float64).to(device) for s in OPTIM_SHAPES]
+            for _ in range(n_lists)]
+    ref = fn("torch", [[t.clone() for t in ts] for ts in base])
+    lp_torch = fn("torch", [[t.float() for t in ts] for ts in base])
+    kernel = fn(backend, [[t.float() for t in ts] for ts in base])
+    err = max(_err(k, r) for k, r in zip(kernel, ref, strict=True))
+    err_t = max(_err(t, r) for t, r in zip(lp_torch, ref, strict=True))
+    return [Row(op, backend, "float32", f"{len(OPTIM_SHAPES)} tensors", "contiguous", "update", err,
+                2 * err_t + FLOORS[torch.float32])]
+
+
+def _print(row: Row, out) -> Row:
+    print(f"{row.case:30s} {row.backend:7s} {row.dtype:9s} {row.shape:10s} {row.layout:10s} {row.quantity:9s} "
+          f"{row.err:11.3e} {row.tol:10.3e}  {'pass' if row.ok else 'FAIL'}", file=out)
+    return row
+
+
 def run(*, device: torch.device, full: bool = False, cases: list[str] | None = None,
         backends: tuple[str, ...] = KERNEL_BACKENDS, dtypes: tuple[str, ...] = tuple(DTYPES),
         shapes: list[tuple[int, int]] | None = None, seed: int | None = None, out=None
@@ -163,10 +208,21 @@ def run(*, device: torch.device, full: bool = False, cases: list[str] | None = N
                 for n, d in shapes:
                     for layout in ("contiguous", "strided"):
                         for row in check(case, backend, n, d, DTYPES[dname], layout, gen, device):
-                            rows.append(row)
-                            print(f"{row.case:30s} {row.backend:7s} {row.dtype:9s} {row.shape:10s} {row.layout:10s} "
-                                  f"{row.quantity:9s} {row.err:11.3e} {row.tol:10.3e}  "
-                                  f"{'pass' if row.ok else 'FAIL'}", file=out)
+                            rows.append(_print(row, out))
+    for op in OPTIM_CASES:
+        if cases and op not in cases:
+            continue
+        for backend in backends:
+            if backend not in _backend.available(op):
+                skipped.append(f"{op}: no {backend} kernel in this version")
+                continue
+            try:
+                _backend.resolve(op, backend, device)
+            except _backend.BackendUnavailable as e:
+                skipped.append(f"{op}: {e}")
+                continue
+            for row in check_optim(op, backend, gen, device):
+                rows.append(_print(row, out))
     return rows, skipped
 
 
@@ -180,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    known = {c.name for c in CASES} | {c.op for c in CASES}
+    known = {c.name for c in CASES} | {c.op for c in CASES} | set(OPTIM_CASES)
     for name in args.ops or ():
         if name not in known:
             p.error(f"--op {name!r} is not one of {', '.join(sorted(known))}")

@@ -64,3 +64,14 @@ def test_bench_data_measures_both_loaders_on_the_same_files(tmp_path, capsys):
         assert got["cores"] >= 1 and got["workers"] == 1
     out = capsys.readouterr().out
     assert "images/s" in out and ("dali-cpu / pil-dataloader" in out or not dali.available())
+
+
+def test_bench_lars_times_loop_and_foreach(tmp_path, capsys):
+    from fusedssl.engine import cli
+
+    assert cli.main(["bench", "lars", "--out", str(tmp_path), "--reps", "2", "--backbone", "resnet18",
+                     "--projector", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "lars_step_  loop" in out and "ema_        foreach" in out and "cuda: not timed" in out
+    rows = next(tmp_path.glob("*/lars.csv")).read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2 * 3  # 2 ops x 2 providers x (p20, p50, p80)

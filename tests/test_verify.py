@@ -35,5 +35,18 @@ def test_every_registered_kernel_has_a_verify_case():
                "nt_xent_loss", "byol_loss", "simsiam_loss"):
         assert any(c.op == op for c in verify.CASES), op
     kernel_ops = {op for op in kernels._backend._REGISTRY if set(kernels.available(op)) - {"torch"}}
-    assert kernel_ops <= {c.op for c in verify.CASES}, kernel_ops - {c.op for c in verify.CASES}
+    covered = {c.op for c in verify.CASES} | set(verify.OPTIM_CASES)
+    assert kernel_ops <= covered, kernel_ops - covered
     assert torch.float32 in verify.FLOORS
+
+
+def test_cuda_kernels_are_covered_and_skipped_with_the_reason_here(capsys):
+    """verify lists the CUDA C++ kernels; without a GPU (or without the built extension) it skips them, saying why."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the cuda rows run (tests/test_lars.py and verify itself check them)")
+    assert cli.main(["verify", "--op", "row_normalize", "--op", "lars_step_", "--op", "ema_", "--backend", "cuda",
+                     "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    for op in ("row_normalize", "lars_step_", "ema_"):
+        assert f"skipped  {op}: backend='cuda' cannot run {op}: " in out
+    assert ("need CUDA tensors" in out) or ("is not built" in out and "FUSEDSSL_BUILD_CUDA=1" in out)

@@ -1,0 +1,153 @@
+// Python bindings of fusedssl.kernels._C: the only file that includes torch and pybind11. It checks arguments
+// (checks.h), allocates outputs with torch's caching allocator and launches the torch-free kernels of the .cu files
+// on the current stream. kernels/normalize.py and kernels/lars.py wrap these in custom ops / providers.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <tuple>
+
+#include "checks.h"
+
+namespace fusedssl {
+namespace {
+
+cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+// Column (rows=false) or row (rows=true) normalisation; returns (y, mean, r, beta) as the Triton op does.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> col_norm(const at::Tensor& z, int64_t mode, double eps,
+                                                                     bool rows) {
+  check_cuda(z, "z");
+  check_dim(z, "z", 2);
+  TORCH_CHECK(mode >= 0 && mode <= 4, "mode: expected 0..4 (center, bn, std, l2, std_l2), got ", mode);
+  const DType dt = dtype_of(z, "z");
+  const c10::cuda::CUDAGuard guard(z.device());
+  auto y = at::empty_like(z, at::MemoryFormat::Contiguous);
+  const int64_t n = rows ? z.size(1) : z.size(0), d = rows ? z.size(0) : z.size(1);
+  TORCH_CHECK(n >= 2 || mode == 3, "z: expected at least 2 samples per column, got ", n);
+  auto opts = z.options().dtype(at::kFloat);
+  auto mean = at::empty({d}, opts), r = at::empty({d}, opts), beta = at::empty({d}, opts);
+  const int64_t s_zn = rows ? z.stride(1) : z.stride(0), s_zd = rows ? z.stride(0) : z.stride(1);
+  const int64_t s_yn = rows ? y.stride(1) : y.stride(0), s_yd = rows ? y.stride(0) : y.stride(1);
+  check_cuda_error(col_norm_forward(z.data_ptr(), y.data_ptr(), mean.data_ptr<float>(), r.data_ptr<float>(),
+                                    beta.data_ptr<float>(), n, d, s_zn, s_zd, s_yn, s_yd, dt, static_cast<int>(mode),
+                                    static_cast<float>(eps), stream_of(z)),
+                   "col_norm");
+  return {y, mean, r, beta};
+}
+
+at::Tensor col_norm_bwd(const at::Tensor& g, const at::Tensor& z, const at::Tensor& mean, const at::Tensor& r,
+                        const at::Tensor& beta, bool center, bool rows) {
+  check_cuda(z, "z");
+  check_dim(z, "z", 2);
+  check_same(g, z, "g", "z");
+  const DType dt = dtype_of(z, "z");
+  const int64_t n = rows ? z.size(1) : z.size(0), d = rows ? z.size(0) : z.size(1);
+  check_stats(mean, "mean", d, z);
+  check_stats(r, "r", d, z);
+  check_stats(beta, "beta", d, z);
+  const c10::cuda::CUDAGuard guard(z.device());
+  auto dz = at::empty_like(z, at::MemoryFormat::Contiguous);
+  const int64_t s_gn = rows ? g.stride(1) : g.stride(0), s_gd = rows ? g.stride(0) : g.stride(1);
+  const int64_t s_zn = rows ? z.stride(1) : z.stride(0), s_zd = rows ? z.stride(0) : z.stride(1);
+  const int64_t s_dn = rows ? dz.stride(1) : dz.stride(0), s_dd = rows ? dz.stride(0) : dz.stride(1);
+  check_cuda_error(col_norm_backward(g.data_ptr(), z.data_ptr(), mean.data_ptr<float>(), r.data_ptr<float>(),
+                                     beta.data_ptr<float>(), dz.data_ptr(), n, d, s_gn, s_gd, s_zn, s_zd, s_dn, s_dd,
+                                     dt, center, stream_of(z)),
+                   "col_norm_bwd");
+  return dz;
+}
+
+// The device-resident table of a tensor list (pointers, sizes, flags, chunks), built on the host and copied in one
+// transfer; the returned tensor owns the memory and must outlive the launch (the caching allocator keeps it ordered
+// on the stream).
+struct Table {
+  at::Tensor storage;
+  TensorTable view;
+};
+
+Table make_table(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b,
+                 const std::vector<at::Tensor>* c, const std::vector<bool>* adapt) {
+  const int64_t t = static_cast<int64_t>(a.size());
+  std::vector<int32_t> chunk_tensor;
+  std::vector<int64_t> chunk_start;
+  for (int64_t i = 0; i < t; ++i)
+    for (int64_t s = 0; s < a[i].numel(); s += kChunk) {
+      chunk_tensor.push_back(static_cast<int32_t>(i));
+      chunk_start.push_back(s);
+    }
+  const int64_t chunks = static_cast<int64_t>(chunk_tensor.size());
+  // layout (8-byte slots): param[t] grad[t] buf[t] numel[t] chunk_start[chunks] | chunk_tensor (4 B) | adapt (1 B)
+  const int64_t slots = 4 * t + chunks;
+  const int64_t bytes = slots * 8 + chunks * 4 + t + 8;
+  auto host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  auto* p64 = reinterpret_cast<int64_t*>(host.data_ptr<uint8_t>());
+  for (int64_t i = 0; i < t; ++i) {
+    p64[i] = reinterpret_cast<int64_t>(a[i].data_ptr());
+    p64[t + i] = reinterpret_cast<int64_t>(b[i].data_ptr());
+    p64[2 * t + i] = c ? reinterpret_cast<int64_t>((*c)[i].data_ptr()) : 0;
+    p64[3 * t + i] = a[i].numel();
+  }
+  for (int64_t k = 0; k < chunks; ++k) p64[4 * t + k] = chunk_start[k];
+  auto* p32 = reinterpret_cast<int32_t*>(p64 + slots);
+  for (int64_t k = 0; k < chunks; ++k) p32[k] = chunk_tensor[k];
+  auto* p8 = reinterpret_cast<uint8_t*>(p32 + chunks);
+  for (int64_t i = 0; i < t; ++i) p8[i] = adapt ? static_cast<uint8_t>((*adapt)[i]) : 0;
+  auto dev = host.to(a[0].device(), /*non_blocking=*/true);
+  auto* d64 = reinterpret_cast<int64_t*>(dev.data_ptr<uint8_t>());
+  TensorTable v;
+  v.param = reinterpret_cast<float**>(d64);
+  v.grad = reinterpret_cast<float**>(d64 + t);
+  v.buf = reinterpret_cast<float**>(d64 + 2 * t);
+  v.numel = d64 + 3 * t;
+  v.chunk_start = d64 + 4 * t;
+  v.chunk_tensor = reinterpret_cast<const int32_t*>(d64 + slots);
+  v.adapt = reinterpret_cast<const uint8_t*>(reinterpret_cast<const int32_t*>(d64 + slots) + chunks);
+  v.chunks = chunks;
+  v.tensors = t;
+  return {dev, v};
+}
+
+void lars_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std::vector<at::Tensor> bufs,
+                std::vector<bool> adapt, double lr, double momentum, double weight_decay, double eta) {
+  TORCH_CHECK(params.size() == grads.size() && params.size() == bufs.size() && params.size() == adapt.size(),
+              "lars_step_: params, grads, bufs and adapt must have the same length, got ", params.size(), ", ",
+              grads.size(), ", ", bufs.size(), ", ", adapt.size());
+  if (params.empty()) return;
+  check_fp32_list(params, "params");
+  check_fp32_list(grads, "grads");
+  check_fp32_list(bufs, "bufs");
+  for (size_t i = 0; i < params.size(); ++i) {
+    check_same(grads[i], params[i], "grads[i]", "params[i]");
+    check_same(bufs[i], params[i], "bufs[i]", "params[i]");
+  }
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  Table table = make_table(params, grads, &bufs, &adapt);
+  auto norms = at::empty({2 * static_cast<int64_t>(params.size())}, params[0].options());
+  check_cuda_error(lars_step(table.view, norms.data_ptr<float>(), static_cast<float>(lr), nullptr,
+                             static_cast<float>(momentum), static_cast<float>(weight_decay), static_cast<float>(eta),
+                             stream_of(params[0])),
+                   "lars_step_");
+}
+
+void ema_(std::vector<at::Tensor> teacher, std::vector<at::Tensor> online, double tau) {
+  TORCH_CHECK(teacher.size() == online.size(), "ema_: teacher and online must have the same length, got ",
+              teacher.size(), " and ", online.size());
+  if (teacher.empty()) return;
+  check_fp32_list(teacher, "teacher");
+  check_fp32_list(online, "online");
+  for (size_t i = 0; i < teacher.size(); ++i) check_same(online[i], teacher[i], "online[i]", "teacher[i]");
+  const c10::cuda::CUDAGuard guard(teacher[0].device());
+  Table table = make_table(teacher, online, nullptr, nullptr);
+  check_cuda_error(ema_update(table.view, static_cast<float>(tau), stream_of(teacher[0])), "ema_");
+}
+
+}  // namespace
+}  // namespace fusedssl
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fusedssl CUDA C++ kernels (csrc/): column normalisation, multi-tensor LARS and EMA";
+  m.def("col_norm", &fusedssl::col_norm, "column (or row) normalisation: (y, mean, r, beta)");
+  m.def("col_norm_bwd", &fusedssl::col_norm_bwd, "closed-form backward of col_norm");
+  m.def("lars_step_", &fusedssl::lars_step_, "multi-tensor LARS step (in place)");
+  m.def("ema_", &fusedssl::ema_, "multi-tensor EMA update of a teacher (in place)");
+}

@@ -1,0 +1,42 @@
+// Torch-free entry points of the CUDA C++ kernels (one .cu per op family). bindings.cpp is the only caller; it checks
+// the arguments, allocates outputs with torch and passes raw pointers, strides and the current stream.
+#pragma once
+#include <cstdint>
+#include <cuda_runtime.h>
+
+namespace fusedssl {
+
+enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
+
+// normalize.cu: per-column statistics and y = (z - c mean) * r for the column modes of kernels/normalize.py
+// (0 center, 1 bn, 2 std, 3 l2, 4 std_l2); mean, r, beta are fp32 (D,). Rows are columns of the transposed view
+// (the caller swaps the strides). Strides are in elements.
+cudaError_t col_norm_forward(const void* z, void* y, float* mean, float* r, float* beta, int64_t n, int64_t d,
+                             int64_t s_zn, int64_t s_zd, int64_t s_yn, int64_t s_yd, DType dtype, int mode, float eps,
+                             cudaStream_t stream);
+// dz = r (g - c mean(g) - beta y sum(g y)), y recomputed in fp32 from z and the saved statistics.
+cudaError_t col_norm_backward(const void* g, const void* z, const float* mean, const float* r, const float* beta,
+                              void* dz, int64_t n, int64_t d, int64_t s_gn, int64_t s_gd, int64_t s_zn, int64_t s_zd,
+                              int64_t s_dn, int64_t s_dd, DType dtype, bool center, cudaStream_t stream);
+
+// optim.cu: multi-tensor updates over fp32 tensors described by a device-resident table (see optim.cu).
+struct TensorTable {
+  float** param;       // (T,) parameter pointers
+  float** grad;        // (T,) gradient pointers (LARS) / online parameter pointers (EMA)
+  float** buf;         // (T,) momentum buffer pointers (LARS; unused by EMA)
+  const int64_t* numel;  // (T,)
+  const uint8_t* adapt;  // (T,) LARS: 1 = trust ratio and weight decay, 0 = plain momentum SGD (biases, norms)
+  const int32_t* chunk_tensor;  // (C,) tensor of each chunk
+  const int64_t* chunk_start;   // (C,) first element of each chunk
+  int64_t chunks;
+  int64_t tensors;
+};
+constexpr int64_t kChunk = 16384;
+// LARS: g' = g + wd p (adapt only); trust = eta |p| / |g'| where both > 0 (adapt only), else 1; buf = m buf + trust g';
+// p -= lr buf. norms is fp32 (2 T,) scratch. lr may be read from device memory (lr_ptr) so a schedule needs no sync.
+cudaError_t lars_step(const TensorTable& t, float* norms, float lr, const float* lr_ptr, float momentum,
+                      float weight_decay, float eta, cudaStream_t stream);
+// EMA: teacher += (1 - tau) (online - teacher), all tensors in one launch (param = teacher, grad = online).
+cudaError_t ema_update(const TensorTable& t, float tau, cudaStream_t stream);
+
+}  // namespace fusedssl
