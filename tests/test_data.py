@@ -335,7 +335,8 @@ def test_loader_choice_without_dali(tree, monkeypatch, caplog):
 def test_training_reads_a_folder_and_resumes_exactly(tree, tmp_path, loader):
     over = ["data.source=folder", f"data.root={tree}", f"data.loader={loader}", "data.workers=1",
             "data.batch_size=8", "data.image_size=32", "model.projector=32-16", "evaluate.knn=false",
-            "run.log_every=1", f"run.out_dir={tmp_path}", "run.steps=4", "method.name=barlow"]
+            "run.log_every=1", f"run.out_dir={tmp_path}", "run.steps=4", "method.name=barlow",
+            "evaluate.online_probe=true"]  # the probe's labels come from the index (FileViews.labels)
     train.main(config.load(None, [*over, "run.name=a"]))
     train.main(config.load(None, [*over, "run.name=b", "checkpoint.every_steps=2"]))
     last = tmp_path / "b" / "checkpoints" / "step_00000004.pt"
@@ -347,3 +348,6 @@ def test_training_reads_a_folder_and_resumes_exactly(tree, tmp_path, loader):
     a = checkpoint.load(tmp_path / "a" / "checkpoints" / "step_00000004.pt")["model"]
     b = checkpoint.load(tmp_path / "b" / "checkpoints" / "step_00000004.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    pa = checkpoint.load(tmp_path / "a" / "checkpoints" / "step_00000004.pt")["probe"]["head"]
+    pb = checkpoint.load(tmp_path / "b" / "checkpoints" / "step_00000004.pt")["probe"]["head"]
+    assert pa["weight"].shape == (3, 512) and all(torch.equal(pa[k], pb[k]) for k in pa)
