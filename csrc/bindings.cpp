@@ -57,6 +57,24 @@ at::Tensor col_norm_bwd(const at::Tensor& g, const at::Tensor& z, const at::Tens
   return dz;
 }
 
+// In place: c (D x D fp32 contiguous, the scaled cross-covariance from a GEMM) becomes G = dL/dC; returns the loss.
+at::Tensor cov_loss_epilogue_(at::Tensor c, double w_diag, double t_diag, double w_off, double t_off) {
+  check_cuda(c, "c");
+  check_dim(c, "c", 2);
+  TORCH_CHECK(c.size(0) == c.size(1), "c: expected a square matrix, got shape ", shape_of(c));
+  TORCH_CHECK(c.scalar_type() == at::kFloat && c.is_contiguous(), "c: expected contiguous float32, got ",
+              c.scalar_type(), c.is_contiguous() ? "" : " (not contiguous)");
+  const c10::cuda::CUDAGuard guard(c.device());
+  const int64_t d = c.size(0);
+  auto partial = at::empty({cov_epilogue_blocks(d)}, c.options());
+  auto loss = at::empty({}, c.options());
+  check_cuda_error(cov_loss_epilogue(c.data_ptr<float>(), partial.data_ptr<float>(), loss.data_ptr<float>(), d,
+                                     static_cast<float>(w_diag), static_cast<float>(t_diag), static_cast<float>(w_off),
+                                     static_cast<float>(t_off), stream_of(c)),
+                   "cov_loss_epilogue_");
+  return loss;
+}
+
 // The device-resident table of a tensor list (pointers, sizes, flags, chunks), built on the host and copied in one
 // transfer; the returned tensor owns the memory and must outlive the launch (the caching allocator keeps it ordered
 // on the stream).
@@ -145,9 +163,10 @@ void ema_(std::vector<at::Tensor> teacher, std::vector<at::Tensor> online, doubl
 }  // namespace fusedssl
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fusedssl CUDA C++ kernels (csrc/): column normalisation, multi-tensor LARS and EMA";
+  m.doc() = "fusedssl CUDA C++ kernels (csrc/): column normalisation, covariance-loss epilogue, multi-tensor LARS and EMA";
   m.def("col_norm", &fusedssl::col_norm, "column (or row) normalisation: (y, mean, r, beta)");
   m.def("col_norm_bwd", &fusedssl::col_norm_bwd, "closed-form backward of col_norm");
+  m.def("cov_loss_epilogue_", &fusedssl::cov_loss_epilogue_, "covariance-loss epilogue: C -> G in place, returns L");
   m.def("lars_step_", &fusedssl::lars_step_, "multi-tensor LARS step (in place)");
   m.def("ema_", &fusedssl::ema_, "multi-tensor EMA update of a teacher (in place)");
 }

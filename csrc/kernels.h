@@ -19,6 +19,12 @@ cudaError_t col_norm_backward(const void* g, const void* z, const float* mean, c
                               void* dz, int64_t n, int64_t d, int64_t s_gn, int64_t s_gd, int64_t s_zn, int64_t s_zd,
                               int64_t s_dn, int64_t s_dd, DType dtype, bool center, cudaStream_t stream);
 
+// covariance.cu: loss = sum w (c - t)^2 (w_d, t_d on the diagonal, w_o, t_o off it) over a D x D fp32 C, which is
+// overwritten in place by G = dL/dC; partial is fp32 scratch of cov_epilogue_blocks(d) values, loss one fp32 value.
+int cov_epilogue_blocks(int64_t d);
+cudaError_t cov_loss_epilogue(float* cg, float* partial, float* loss, int64_t d, float w_diag, float t_diag,
+                              float w_off, float t_off, cudaStream_t stream);
+
 // optim.cu: multi-tensor updates over fp32 tensors described by a device-resident table (see optim.cu).
 struct TensorTable {
   float** param;       // (T,) parameter pointers

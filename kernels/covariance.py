@@ -32,10 +32,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _backend
+from . import _backend, _cuda
 from ._checks import check_choice, check_embeddings, check_number, check_pair, full_precision
 from ._triton import HAS_TRITON, dot_precision, interpreting, tile, tl, triton
-from .normalize import col_normalize_ref, col_normalize_triton, row_normalize_ref
+from .normalize import col_normalize_cuda, col_normalize_ref, col_normalize_triton, row_normalize_ref
 
 # --------------------------------------------------------------------------------------------- Triton kernels
 
@@ -147,7 +147,7 @@ def _cov_loss_op(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, 
 
 
 @_cov_loss_op.register_fake
-def _(a, b, scale, w_diag, t_diag, w_off, t_off):
+def _cov_loss_fake(a, b, scale, w_diag, t_diag, w_off, t_off):
     d = a.shape[1]
     return a.new_empty((), dtype=torch.float32), a.new_empty((d, d), dtype=torch.float32)
 
@@ -159,7 +159,7 @@ def _cov_loss_bwd_op(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gout: to
 
 
 @_cov_loss_bwd_op.register_fake
-def _(a, b, g, gout, scale):
+def _cov_loss_bwd_fake(a, b, g, gout, scale):
     return torch.empty_like(a), torch.empty_like(b)
 
 
@@ -185,6 +185,42 @@ def cov_loss(a: torch.Tensor, b: torch.Tensor, *, scale: float, w_diag: float, t
     Pass the same tensor as ``a`` and ``b`` for an auto-covariance; the gradient then sums both GEMM outputs.
     """
     return _cov_loss_op(a, b, scale, w_diag, t_diag, w_off, t_off)[0]
+
+
+# CUDA C++ (csrc/covariance.cu): C from a cuBLAS GEMM in fp32, then one fused pass writes the loss and overwrites C
+# with G in place; the backward is two cuBLAS GEMMs scaled by the incoming gradient on the device (no host sync).
+
+
+@torch.library.custom_op("fusedssl::cov_loss_cuda", mutates_args=())
+def _cov_loss_cuda_op(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, t_diag: float, w_off: float,
+                      t_off: float) -> tuple[torch.Tensor, torch.Tensor]:
+    cg = torch.mm(a.T.float(), b.float()).mul_(scale)
+    loss = _cuda.ext().cov_loss_epilogue_(cg, w_diag, t_diag, w_off, t_off)
+    return loss, cg  # cg now holds G = dL/dC
+
+
+_cov_loss_cuda_op.register_fake(_cov_loss_fake)
+
+
+@torch.library.custom_op("fusedssl::cov_loss_bwd_cuda", mutates_args=())
+def _cov_loss_bwd_cuda_op(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gout: torch.Tensor, scale: float
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    s = gout.to(torch.float32) * scale
+    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():  # auto-covariance: both GEMM outputs summed
+        return (a.float() @ (g + g.T) * s).to(a.dtype), torch.zeros_like(b)
+    return (b.float() @ g.T * s).to(a.dtype), (a.float() @ g * s).to(b.dtype)
+
+
+_cov_loss_bwd_cuda_op.register_fake(_cov_loss_bwd_fake)
+
+
+def _cov_cuda_backward(ctx, gloss, _g_unused):
+    a, b, g = ctx.saved_tensors
+    da, db = _cov_loss_bwd_cuda_op(a, b, g, gloss, ctx.scale)
+    return da, db, None, None, None, None, None
+
+
+_cov_loss_cuda_op.register_autograd(_cov_cuda_backward, setup_context=_cov_setup)
 
 
 def _kernel_operand(z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -235,9 +271,10 @@ def barlow_twins_loss(za: torch.Tensor, zb: torch.Tensor, *, lam: float = 0.0051
     return _backend.dispatch("barlow_twins_loss", backend, za.device)(za, zb, lam, normalize, off_diagonal_target)
 
 
-def _bt_normalize(z: torch.Tensor, normalize: str, kernel: bool = False) -> torch.Tensor:
+def _bt_normalize(z: torch.Tensor, normalize: str, norm=col_normalize_ref) -> torch.Tensor:
+    """``norm``: the column-normalisation provider for the "bn" mode (reference, Triton or CUDA)."""
     if normalize == "bn":
-        return (col_normalize_triton if kernel else col_normalize_ref)(z, "bn")
+        return norm(z, "bn")
     if normalize == "tsai":
         # reference ops even on the Triton path: the unbiased std has no eps, and at tiny column spreads (N = 2) the
         # kernel's closed-form backward left gradient errors up to 0.44 where autograd's stays at 1e-4 (open issue)
@@ -271,10 +308,20 @@ def barlow_twins_loss_triton(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.
     """Triton provider: the Triton column normalisation (fp32 statistics, output in the input's half precision),
     then the fused covariance loss (G written in the forward)."""
     with full_precision(za):
-        a = _kernel_operand(_bt_normalize(za, normalize, kernel=True), za)
-        b = _kernel_operand(_bt_normalize(zb, normalize, kernel=True), zb)
+        a = _kernel_operand(_bt_normalize(za, normalize, col_normalize_triton), za)
+        b = _kernel_operand(_bt_normalize(zb, normalize, col_normalize_triton), zb)
         return cov_loss(a, b, scale=1.0 / a.shape[0], w_diag=1.0, t_diag=1.0, w_off=lam,
                         t_off=float(off_diagonal_target))
+
+
+@_backend.register("barlow_twins_loss", "cuda")
+def barlow_twins_loss_cuda(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
+                           off_diagonal_target: float = 0.0) -> torch.Tensor:
+    """CUDA C++ provider: the CUDA column normalisation, a cuBLAS GEMM for C, the fused loss + G epilogue."""
+    with full_precision(za):
+        a = _bt_normalize(za, normalize, col_normalize_cuda)
+        b = _bt_normalize(zb, normalize, col_normalize_cuda)
+        return _cov_loss_cuda_op(a, b, 1.0 / a.shape[0], 1.0, 1.0, lam, float(off_diagonal_target))[0]
 
 
 # ----------------------------------------------------------------------------------------------------------- VICReg
@@ -362,3 +409,12 @@ def vicreg_covariance_triton(z: torch.Tensor) -> torch.Tensor:
         x = _kernel_operand(col_normalize_triton(z, "center"), z)
         n, d = x.shape
         return cov_loss(x, x, scale=1.0 / (n - 1), w_diag=0.0, t_diag=0.0, w_off=1.0 / d, t_off=0.0)
+
+
+@_backend.register("vicreg_covariance", "cuda")
+def vicreg_covariance_cuda(z: torch.Tensor) -> torch.Tensor:
+    """CUDA C++ provider: the CUDA centring kernel, then the auto-covariance GEMM and the fused epilogue."""
+    with full_precision(z):
+        x = col_normalize_cuda(z, "center")
+        n, d = x.shape
+        return _cov_loss_cuda_op(x, x, 1.0 / (n - 1), 0.0, 0.0, 1.0 / d, 0.0)[0]

@@ -47,3 +47,85 @@ def test_extension_was_built_and_checks_its_arguments():
         c.lars_step_([torch.zeros(3)], [torch.zeros(3)], [torch.zeros(3)], [True], 0.1, 0.9, 0.0, 0.001)
     with pytest.raises(RuntimeError, match="teacher and online must have the same length"):
         c.ema_([torch.zeros(3)], [], 0.99)
+
+
+# ---- the Python side of the "cuda" providers, on CPU: the extension replaced by a torch emulation of its contract
+# (csrc/kernels.h). What this checks: the custom ops, their autograd wiring, the (y, mean, r, beta) contract of the
+# closed-form backward, the in-place C -> G epilogue and the dual-GEMM backward, against the float64 reference. What it
+# cannot check: the CUDA code itself (verify and tests/test_lars.py do on a GPU).
+
+
+class _Emulated:
+    """What each function of fusedssl.kernels._C computes, written with torch ops (fp32, like the kernels)."""
+
+    @staticmethod
+    def col_norm(z, mode, eps, rows):
+        x = (z.T if rows else z).float()
+        n, d = x.shape
+        if mode == 3:
+            mean, ss = torch.zeros(d), x.pow(2).sum(0)
+        else:
+            mean = x.mean(0)
+            ss = (x - mean).pow(2).sum(0)
+        beta = torch.zeros(d)
+        r = torch.ones(d)
+        if mode == 1:
+            r, beta = torch.rsqrt(ss / n + eps), torch.full((d,), 1.0 / n)
+        elif mode == 2:
+            r, beta = torch.rsqrt(ss / (n - 1)), torch.full((d,), 1.0 / (n - 1))
+        elif mode >= 3:
+            norm = ss.sqrt()
+            r = 1.0 / norm.clamp_min(eps)
+            beta = torch.where(norm <= eps, 0.0, 1.0)
+            if mode == 4:
+                r, beta = r * d**0.5, beta / d
+        y = ((x - mean) * r).to(z.dtype)
+        return (y.T.contiguous() if rows else y), mean, r, beta
+
+    @staticmethod
+    def col_norm_bwd(g, z, mean, r, beta, center, rows):
+        gx, x = ((t.T if rows else t).float() for t in (g, z))
+        y = (x - mean) * r
+        m = gx.mean(0) if center else 0.0
+        dz = (r * (gx - m - beta * y * (gx * y).sum(0))).to(z.dtype)
+        return dz.T.contiguous() if rows else dz
+
+    @staticmethod
+    def cov_loss_epilogue_(c, w_diag, t_diag, w_off, t_off):
+        eye = torch.eye(len(c), dtype=torch.bool)
+        w = torch.where(eye, w_diag, w_off)
+        e = c - torch.where(eye, t_diag, t_off)
+        loss = (w * e * e).sum()
+        c.copy_(2 * w * e)
+        return loss
+
+
+@pytest.mark.parametrize("name", ["barlow", "hsic", "vicreg_cov", "row_l2", "col_std_l2"])
+def test_cuda_providers_python_side_against_the_reference(monkeypatch, name):
+    from conftest import assert_close
+    from fusedssl.kernels import _cuda, covariance, normalize
+
+    monkeypatch.setattr(_cuda, "ext", lambda: _Emulated)
+    calls = {
+        "barlow": (lambda a, b: covariance.barlow_twins_loss_cuda(a, b, 0.02),
+                   lambda a, b: covariance.barlow_twins_loss_ref(a, b, 0.02)),
+        "hsic": (lambda a, b: covariance.barlow_twins_loss_cuda(a, b, 1 / 128, "tsai", -1.0),
+                 lambda a, b: covariance.barlow_twins_loss_ref(a, b, 1 / 128, "tsai", -1.0)),
+        "vicreg_cov": (lambda a, b: covariance.vicreg_covariance_cuda(a) + covariance.vicreg_covariance_cuda(b),
+                       lambda a, b: covariance.vicreg_covariance_ref(a) + covariance.vicreg_covariance_ref(b)),
+        "row_l2": (lambda a, b: (normalize.row_normalize_cuda(a) * b).sum(),
+                   lambda a, b: (normalize.row_normalize_ref(a) * b).sum()),
+        "col_std_l2": (lambda a, b: (normalize.col_normalize_cuda(a, "std_l2") * b).sum(),
+                       lambda a, b: (normalize.col_normalize_ref(a, "std_l2") * b).sum()),
+    }
+    fn, ref = calls[name]
+    for n, d in ((8, 5), (6, 12)):
+        a = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+        want = ref(a, b)
+        ga, gb = torch.autograd.grad(want, (a, b))
+        got = fn(a, b)
+        ha, hb = torch.autograd.grad(got, (a, b))
+        assert_close(got, want, 1e-4, name)
+        assert_close(ha, ga, 1e-4, name)
+        assert_close(hb, gb, 1e-4, name)

@@ -12,7 +12,7 @@ def test_cli_runs_and_passes(capsys):
     out = capsys.readouterr().out
     assert "vicreg_covariance" in out and "seed 7" in out
     assert "20 checks, 20 passed, 0 failed" in out  # 5 shapes x 2 layouts x (value + 1 gradient)
-    assert "skipped  vicreg_covariance: no cuda kernel" in out
+    assert "skipped  vicreg_covariance: backend='cuda' cannot run vicreg_covariance" in out
 
 
 def test_cli_exit_code_on_failure(monkeypatch, capsys):
