@@ -17,6 +17,7 @@ Triton (backend "triton"): ||X'X||_F^2 is the covariance-loss kernel of covarian
 and target 0 (its forward returns ||K||^2/2 and writes G = K; its hand-written backward is d||K||^2/dX); on the
 N x N side the kernel reads Z^' through the strides. The column normalisation is normalize.py's Triton kernel; the
 O(ND) invariance term stays in torch.
+CUDA C++ (backend "cuda"): the same identity through csrc/covariance.cu's epilogue after a cuBLAS GEMM.
 Measured speedup: none yet (no GPU run).
 
 Distributed semantics: per GPU (the loss of the local batch; DDP averages, so the gradient is that of the mean of the
@@ -32,8 +33,8 @@ import torch
 
 from . import _backend
 from ._checks import check_choice, check_embeddings, check_number, check_views, full_precision
-from .covariance import _kernel_operand, cov_loss, frob2_cross
-from .normalize import col_normalize_ref, col_normalize_triton
+from .covariance import _cov_loss_cuda_op, _kernel_operand, cov_loss, frob2_cross
+from .normalize import col_normalize_cuda, col_normalize_ref, col_normalize_triton
 
 FROSSL_VARIANTS = ("multiview", "legacy")
 
@@ -69,6 +70,21 @@ def frossl_loss_triton(views: Sequence[torch.Tensor], invariance_weight: float =
     dt = torch.float64 if views[0].dtype == torch.float64 else torch.float32
     return frossl_loss_ref(views, invariance_weight, variant, frob2=lambda z: _frob2_triton(z, views[0]),
                            norm=lambda z, mode: col_normalize_triton(z.to(dt), mode))  # fp32 out: invariance
+
+
+def _frob2_cuda(z: torch.Tensor) -> torch.Tensor:
+    """||z'z||_F^2 through the CUDA covariance epilogue (weight 1/2, target 0) on the smaller side."""
+    x = z if z.shape[1] <= z.shape[0] else z.T
+    return 2.0 * _cov_loss_cuda_op(x, x, 1.0, 0.5, 0.0, 0.5, 0.0)[0]
+
+
+@_backend.register("frossl_loss", "cuda")
+def frossl_loss_cuda(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
+                     ) -> torch.Tensor:
+    """CUDA C++ provider: the CUDA column normalisation and Frobenius norms (csrc/), the O(ND) rest in torch."""
+    dt = torch.float64 if views[0].dtype == torch.float64 else torch.float32
+    return frossl_loss_ref(views, invariance_weight, variant, frob2=_frob2_cuda,
+                           norm=lambda z, mode: col_normalize_cuda(z.to(dt), mode))
 
 
 @_backend.register("frossl_loss", "torch")
@@ -112,3 +128,9 @@ def log_frobenius_ref(z: torch.Tensor) -> torch.Tensor:
 def log_frobenius_triton(z: torch.Tensor) -> torch.Tensor:
     with full_precision(z) as dt:
         return torch.log(_frob2_triton(z.to(dt), z))
+
+
+@_backend.register("log_frobenius", "cuda")
+def log_frobenius_cuda(z: torch.Tensor) -> torch.Tensor:
+    with full_precision(z) as dt:
+        return torch.log(_frob2_cuda(z.to(dt)))

@@ -100,10 +100,11 @@ class _Emulated:
         return loss
 
 
-@pytest.mark.parametrize("name", ["barlow", "hsic", "vicreg_cov", "row_l2", "col_std_l2"])
+@pytest.mark.parametrize("name", ["barlow", "hsic", "vicreg_cov", "row_l2", "col_std_l2", "frossl", "frossl_legacy",
+                                  "log_frobenius"])
 def test_cuda_providers_python_side_against_the_reference(monkeypatch, name):
     from conftest import assert_close
-    from fusedssl.kernels import _cuda, covariance, normalize
+    from fusedssl.kernels import _cuda, covariance, frobenius, normalize
 
     monkeypatch.setattr(_cuda, "ext", lambda: _Emulated)
     calls = {
@@ -117,6 +118,11 @@ def test_cuda_providers_python_side_against_the_reference(monkeypatch, name):
                    lambda a, b: (normalize.row_normalize_ref(a) * b).sum()),
         "col_std_l2": (lambda a, b: (normalize.col_normalize_cuda(a, "std_l2") * b).sum(),
                        lambda a, b: (normalize.col_normalize_ref(a, "std_l2") * b).sum()),
+        "frossl": (lambda a, b: frobenius.frossl_loss_cuda([a, b]), lambda a, b: frobenius.frossl_loss_ref([a, b])),
+        "frossl_legacy": (lambda a, b: frobenius.frossl_loss_cuda([a, b], 1.0, "legacy"),
+                          lambda a, b: frobenius.frossl_loss_ref([a, b], 1.0, "legacy")),
+        "log_frobenius": (lambda a, b: frobenius.log_frobenius_cuda(a + b),
+                          lambda a, b: frobenius.log_frobenius_ref(a + b)),
     }
     fn, ref = calls[name]
     for n, d in ((8, 5), (6, 12)):
