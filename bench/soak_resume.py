@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from fusedssl.engine import checkpoint, guard
 
 from . import harness

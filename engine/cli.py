@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     if argv is None:
         argv = sys.argv[1:]
-    sub.add_parser("bench", help="benchmarks: fusedssl bench kernels|matrix_log|step|data|quality|lars [--help]",
+    sub.add_parser("bench", help="benchmarks: fusedssl bench all|render|kernels|matrix_log|step|data|quality|lars",
                    add_help=False)
     sub.add_parser("data", help="datasets: fusedssl data check ROOT | fusedssl data sample OUT [--help]",
                    add_help=False)
@@ -44,6 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         from fusedssl.bench import bench_covariance
 
         return bench_covariance.main(argv[2:])
+    if argv[:2] == ["bench", "all"]:
+        _interpret_triton_without_gpu("fusedssl bench all")
+        from fusedssl.bench import suite
+
+        return suite.main(argv[2:])
+    if argv[:2] == ["bench", "render"]:
+        from fusedssl.bench import render
+
+        return render.main(argv[2:])
     if argv[:2] == ["bench", "lars"]:
         from fusedssl.bench import bench_lars
 
@@ -240,15 +249,20 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
-def _verify(argv: list[str]) -> int:
+def _interpret_triton_without_gpu(who: str) -> None:
+    """Without a GPU, run the Triton kernels in Triton's CPU interpreter. Must happen before fusedssl.kernels is
+    imported (triton.jit reads TRITON_INTERPRET when the kernels are defined)."""
     import os
 
     import torch
 
     if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
-        # Must be set before fusedssl.kernels is imported (triton.jit reads it when the kernels are defined).
         os.environ["TRITON_INTERPRET"] = "1"
-        print("fusedssl verify: no CUDA device; Triton kernels run in Triton's CPU interpreter at small shapes")
+        print(f"{who}: no CUDA device; Triton kernels run in Triton's CPU interpreter at small shapes")
+
+
+def _verify(argv: list[str]) -> int:
+    _interpret_triton_without_gpu("fusedssl verify")
     from fusedssl.kernels import verify
 
     return verify.main(argv)

@@ -1,6 +1,9 @@
-"""`fusedssl bench kernels|matrix_log|step|data`: long-format rows with the environment stamp; re-runs replace, not duplicate."""
+"""`fusedssl bench kernels|matrix_log|step|data|lars|all|render`: long-format rows with the environment stamp; re-runs
+replace, not duplicate; the suite leaves a dated record the renderer turns into tables and plots."""
 
 import csv
+
+import pytest
 from pathlib import Path
 
 from fusedssl.engine import cli
@@ -75,3 +78,38 @@ def test_bench_lars_times_loop_and_foreach(tmp_path, capsys):
     assert "lars_step_  loop" in out and "ema_        foreach" in out and "cuda: not timed" in out
     rows = next(tmp_path.glob("*/lars.csv")).read_text().splitlines()
     assert len(rows) == 1 + 2 * 2 * 3  # 2 ops x 2 providers x (p20, p50, p80)
+
+
+def test_bench_all_quick_leaves_a_dated_record_and_the_renderer_reads_it(tmp_path, capsys):
+    """The GPU suite's CPU/CI size: every stage runs, the CSVs land in <out>/<device>/<date>/, tables and plots too."""
+    import datetime
+
+    from fusedssl.engine import cli
+
+    assert cli.main(["bench", "all", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 failed stage(s)" in out and out.rstrip().splitlines()[-1].startswith("|")  # the short table comes last
+    folder = next(tmp_path.glob(f"*/{datetime.date.today().isoformat()}"))
+    names = {p.name for p in folder.iterdir()}
+    assert {"ceilings.csv", "verify.csv", "covariance.csv", "matrix_log.csv", "lars.csv", "data.csv", "step.csv",
+            "tables.md", "roofline.png", "speedup_barlow_twins_loss.png"} <= names
+    assert not (folder / "_raw").exists()
+    tables = (folder / "tables.md").read_text()
+    for section in ("## Device ceilings", "## Verification", "## Kernels", "## Training step", "## Data loading"):
+        assert section in tables
+    assert "| triton | float32 |" in tables  # verify ran the Triton kernels in the interpreter
+    assert "GB/s" in tables and "TFLOP/s" in tables
+
+
+def test_renderer_on_the_committed_cpu_record(tmp_path):
+    from fusedssl.bench import render
+
+    folder = Path(__file__).resolve().parents[1] / "bench" / "results" / "cpu-x86_64-2threads"
+    tables, pngs = render.render(folder, tmp_path)
+    text = tables.read_text()
+    assert "| barlow_twins_loss | fwd+bwd | 256 x 512 | float32 | compile |" in text  # speedup vs eager and compile
+    assert "objective share" in text and "dali-cpu" in text
+    assert {p.name for p in pngs} >= {"speedup_barlow_twins_loss.png", "speedup_matrix_ssl_loss.png", "roofline.png"}
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    with pytest.raises(ValueError, match="no CSV files"):
+        render.render(tmp_path / "empty_folder_missing")

@@ -1,0 +1,223 @@
+"""``fusedssl bench render``: the performance tables and plots, generated from committed long-format CSVs.
+
+Reads every ``*.csv`` of a results folder (a dated suite folder ``bench/results/<device>/<date>/``, or the flat
+``bench/results/<device>/``) and writes ``tables.md`` and PNG plots beside them (or to ``--out``):
+  * kernels: median ms per provider for each op, mode and shape, with the speedup against the eager reference (the
+    ``eager``/``reference``/``loop`` provider) and against ``compile`` where it was measured;
+  * training step: images/s per variant and the objective's share of the step;
+  * data loading: images/s per loader; device ceilings; verify pass/fail counts;
+  * ``speedup_<op>.png``: speedup against the eager reference versus D, one line per provider, mode and N;
+  * ``roofline.png``: each kernel measurement at its arithmetic intensity (FLOPs over the minimum bytes moved, from
+    the op's cost model below) against the measured bandwidth and FLOP/s ceilings of ``ceilings.csv``.
+Every table and plot names the device and the versions (torch, triton, fusedssl, git) of the rows it shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+BASELINES = ("eager", "reference", "loop", "original", "torch")
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp32": 4, "bf16": 2}
+
+
+def _flops_bytes(op: str, mode: str, n: int, d: int, dtype: str) -> tuple[float, float] | None:
+    """(FLOPs, minimum bytes moved) of one call, for the ops with a cost model (methods.md §16.4)."""
+    b = BYTES.get(dtype, 4)
+    if op == "barlow_twins_loss":  # C = A'B (2ND^2); backward dA, dB (4ND^2); G is D x D fp32
+        fwd = (2 * n * d * d, 2 * n * d * b + 4 * d * d)
+        bwd = (4 * n * d * d, 2 * n * d * b + 4 * d * d + 2 * n * d * b)
+        return {"fwd": fwd, "bwd": bwd, "fwd+bwd": (fwd[0] + bwd[0], fwd[1] + bwd[1])}.get(mode)
+    if op == "col_normalize":  # two reads and one write of Z
+        return 8 * n * d, 3 * n * d * b
+    return None
+
+
+def read(folder: Path) -> list[dict]:
+    """Every row of every CSV in ``folder``; rows of verify.csv (another layout) get op "verify"."""
+    rows = []
+    for path in sorted(folder.glob("*.csv")):
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                r["_file"] = path.name
+                r.setdefault("op", "verify")
+                r.setdefault("metric", "")
+                rows.append(r)
+    return rows
+
+
+def _caption(rows: list[dict]) -> str:
+    keys = ("device", "torch", "triton", "fusedssl", "git", "date")
+    seen = {k: sorted({r.get(k, "") for r in rows if r.get(k)}) for k in keys}
+    return "; ".join(f"{k} {', '.join(v)}" for k, v in seen.items() if v)
+
+
+def _num(x: str) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def kernel_table(rows: list[dict]) -> tuple[str, dict]:
+    """Median ms and speedups per (op, mode, n, d, dtype); returns (markdown, {key: {provider: p50}})."""
+    groups: dict = defaultdict(dict)
+    for r in rows:
+        if r["metric"] == "p50" and r["op"] not in ("train_step",) and r.get("unit") == "ms":
+            groups[(r["op"], r["mode"], int(r["n"]), int(r["d"]), r["dtype"])][r["provider"]] = _num(r["value"])
+    if not groups:
+        return "", groups
+    lines = ["| op | mode | N x D | dtype | provider | median ms | vs eager | vs compile |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(groups):
+        op, mode, n, d, dt = key
+        provs = groups[key]
+        base = next((provs[b] for b in BASELINES if b in provs), None)
+        comp = provs.get("compile")
+        for name, ms in provs.items():
+            vs_e = f"{base / ms:.2f}x" if base else "-"
+            vs_c = f"{comp / ms:.2f}x" if comp and name != "compile" else "-"
+            lines.append(f"| {op} | {mode} | {n} x {d} | {dt} | {name} | {ms:.3f} | {vs_e} | {vs_c} |")
+    return "\n".join(lines), groups
+
+
+def step_table(rows: list[dict]) -> str:
+    by: dict = defaultdict(dict)
+    for r in rows:
+        if r["op"] == "train_step":
+            by[(r["provider"], r["n"], r["d"], r["dtype"])][(r["mode"], r["metric"])] = _num(r["value"])
+    if not by:
+        return ""
+    lines = ["| variant | batch | px | precision | images/s | step ms | objective ms | objective share |",
+             "|---|---|---|---|---|---|---|---|"]
+    phases = ("data", "forward", "objective", "backward", "optimizer")
+    for (prov, n, d, dt), m in by.items():
+        total = sum(m.get((p, "p50"), 0.0) for p in phases) or float("nan")
+        obj = m.get(("objective", "p50"), float("nan"))
+        lines.append(f"| {prov} | {n} | {d} | {dt} | {m.get(('step', 'images_per_s'), float('nan')):.1f} | "
+                     f"{m.get(('step', 'p50'), float('nan')):.1f} | {obj:.2f} | {100 * obj / total:.1f} % |")
+    return "\n".join(lines)
+
+
+def simple_table(rows: list[dict], op: str, metrics: tuple[str, ...], title: str) -> str:
+    by: dict = defaultdict(dict)
+    for r in rows:
+        if r["op"] == op and r["metric"] in metrics:
+            by[(r["provider"], r["mode"], r["n"], r["d"])][r["metric"]] = (_num(r["value"]), r["unit"])
+    if not by:
+        return ""
+    lines = [f"| {title} | mode | n | d | " + " | ".join(metrics) + " |", "|---" * (4 + len(metrics)) + "|"]
+    for (prov, mode, n, d), m in by.items():
+        cells = [f"{m[k][0]:.4g} {m[k][1]}" if k in m else "-" for k in metrics]
+        lines.append(f"| {prov} | {mode} | {n} | {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verify_table(rows: list[dict]) -> str:
+    counts: dict = defaultdict(lambda: [0, 0])
+    for r in rows:
+        if r["_file"] == "verify.csv":
+            counts[(r["backend"], r["dtype"])][0 if r["ok"] == "True" else 1] += 1
+    if not counts:
+        return ""
+    lines = ["| backend | dtype | checks passed | failed |", "|---|---|---|---|"]
+    lines += [f"| {b} | {dt} | {p} | {f} |" for (b, dt), (p, f) in sorted(counts.items())]
+    return "\n".join(lines)
+
+
+def plots(rows: list[dict], groups: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    caption = _caption([r for r in rows if r["_file"] != "verify.csv"])
+    for op in sorted({k[0] for k in groups}):
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        lines: dict = defaultdict(list)
+        for (o, mode, n, d, dt), provs in groups.items():
+            base = next((provs[b] for b in BASELINES if b in provs), None)
+            if o != op or base is None:
+                continue
+            for name, ms in provs.items():
+                if name not in BASELINES:
+                    lines[(name, mode, n, dt)].append((d, base / ms))
+        for (name, mode, n, dt), pts in sorted(lines.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{name} {mode} N={n} {dt}")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set(xscale="log", xlabel="D", ylabel="speedup vs eager reference", title=f"{op}")
+        if lines:
+            ax.legend(fontsize=6, ncol=2)
+        fig.text(0.5, 0.005, caption, ha="center", fontsize=6)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        path = out / f"speedup_{op}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    ceil = {r["metric"]: _num(r["value"]) for r in rows if r["op"] == "ceiling"}
+    pts = []
+    for (op, mode, n, d, dt), provs in groups.items():
+        fb = _flops_bytes(op, mode, n, d, dt)
+        if fb:
+            pts += [(name, fb[0] / fb[1], fb[0] / (ms * 1e-3) / 1e12) for name, ms in provs.items()]
+    if pts:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name in sorted({p[0] for p in pts}):
+            sel = [p for p in pts if p[0] == name]
+            ax.scatter([p[1] for p in sel], [p[2] for p in sel], label=name, s=18)
+        if "bandwidth_gbs" in ceil and "matmul_tflops" in ceil:
+            lo, hi = min(p[1] for p in pts) / 2, max(p[1] for p in pts) * 2
+            xs = [lo * (hi / lo) ** (i / 50) for i in range(51)]
+            ax.plot(xs, [min(ceil["matmul_tflops"], ceil["bandwidth_gbs"] * x / 1e3) for x in xs], "k--", lw=1,
+                    label=f"ceiling ({ceil['bandwidth_gbs']:.3g} GB/s, {ceil['matmul_tflops']:.3g} TFLOP/s)")
+        ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte)", ylabel="TFLOP/s",
+               title="roofline position of each kernel measurement")
+        ax.legend(fontsize=7)
+        fig.text(0.5, 0.005, caption, ha="center", fontsize=6)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        path = out / "roofline.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def render(folder: Path, out: Path | None = None) -> tuple[Path, list[Path]]:
+    """Write tables.md (+ PNG plots) for the CSVs of ``folder``; returns (tables path, plot paths)."""
+    rows = read(folder)
+    if not rows:
+        raise ValueError(f"no CSV files with rows in {str(folder)!r}")
+    out = out or folder
+    out.mkdir(parents=True, exist_ok=True)
+    ktab, groups = kernel_table(rows)
+    sections = [f"# Performance record: {folder}", "", f"Rows from: {_caption(rows)}.", ""]
+    for title, body in (("Device ceilings", simple_table(rows, "ceiling", ("bandwidth_gbs", "matmul_tflops"),
+                                                          "measurement")),
+                        ("Verification", verify_table(rows)),
+                        ("Kernels", ktab),
+                        ("Training step", step_table(rows)),
+                        ("Data loading", simple_table(rows, "data", ("images_per_s", "views_per_s"), "loader"))):
+        if body:
+            sections += [f"## {title}", "", body, ""]
+    path = out / "tables.md"
+    path.write_text("\n".join(sections))
+    return path, plots(rows, groups, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fusedssl bench render", description=__doc__.splitlines()[0])
+    p.add_argument("folders", nargs="+", help="results folders holding CSVs (e.g. bench/results/<device>/<date>)")
+    p.add_argument("--out", default=None, help="where to write (default: each folder itself)")
+    args = p.parse_args(argv)
+    for f in args.folders:
+        try:
+            tables, pngs = render(Path(f), Path(args.out) if args.out else None)
+        except ValueError as e:
+            print(f"fusedssl bench render: error: {e}")
+            return 2
+        print(f"wrote {tables}" + "".join(f", {q.name}" for q in pngs))
+    return 0
