@@ -2,10 +2,9 @@
 replace, not duplicate; the suite leaves a dated record the renderer turns into tables and plots."""
 
 import csv
-
-import pytest
 from pathlib import Path
 
+import pytest
 from fusedssl.engine import cli
 
 ROOT = Path(__file__).resolve().parents[1]
