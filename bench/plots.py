@@ -68,17 +68,21 @@ def quality_plots(paths: list[str], out: str | Path, prefix: str = "quality") ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fig, (ax_loss, ax_knn) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in runs:
+    colours = plt.get_cmap("tab20")
+    for i, run in enumerate(runs):
         recs = _records(run)
+        c = colours(i % 20)
         loss = [(r["epoch"], r["loss/total"]) for r in recs if "loss/total" in r and "epoch" in r]
-        if loss:
-            first = abs(loss[0][1]) or 1.0
-            ax_loss.plot([e for e, _ in loss], [v / first for _, v in loss], label=run.name)
+        if loss:  # losses differ in scale and sign across methods: each is min-max scaled to [0, 1]
+            lo, hi = min(v for _, v in loss), max(v for _, v in loss)
+            ax_loss.plot([e for e, _ in loss], [(v - lo) / ((hi - lo) or 1.0) for _, v in loss], color=c,
+                         label=run.name)
         per_epoch = next((r["step"] / r["epoch"] for r in recs if r.get("epoch")), None)
         knn = [(r["step"], r["eval/knn"]) for r in recs if "eval/knn" in r]
         if knn and per_epoch:
-            ax_knn.plot([s / per_epoch for s, _ in knn], [100 * v for _, v in knn], marker="o", label=run.name)
-    ax_loss.set(xlabel="epoch", ylabel="loss / first logged loss", title="training loss (relative)")
+            ax_knn.plot([s / per_epoch for s, _ in knn], [100 * v for _, v in knn], marker="o", color=c,
+                        label=run.name)
+    ax_loss.set(xlabel="epoch", ylabel="(loss - min) / (max - min)", title="training loss, scaled per method")
     ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN accuracy on held-out images")
     for ax in (ax_loss, ax_knn):
         ax.grid(alpha=0.3)

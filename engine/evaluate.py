@@ -89,6 +89,15 @@ def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     return correct / len(test_y)
 
 
+def effective_rank(f: torch.Tensor) -> float:
+    """exp(entropy) of the normalised singular values of the centred, row-L2-normalised features (Roy & Vetterli
+    2007; RankMe, Garrido et al. 2023): about 1 for a collapsed representation, up to min(N, F) for a spread one."""
+    f = F.normalize(f.double() - f.double().mean(0), dim=1)
+    s = torch.linalg.svdvals(f)
+    p = s / s.sum()
+    return float(torch.exp(-(p * p.clamp_min(1e-300).log()).sum()))
+
+
 def few_shot_bank(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
     """Indices of ``shots`` labelled samples per class (seeded): the low-label kNN protocol."""
     g = torch.Generator().manual_seed(seed)
