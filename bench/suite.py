@@ -37,12 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def ceilings(device: torch.device, quick: bool) -> list[dict]:
     """Measured bandwidth (GB/s, bytes read + written) and matmul throughput (TFLOP/s) of ``device``."""
-    n_bytes = (64 if quick else 2048) * 2**20
+    gpu = device.type == "cuda"  # GPU-sized operands only on a GPU: an 8192^3 fp32 matmul takes ~10 s on 2 cores
+    n_bytes = (64 if quick else 2048 if gpu else 256) * 2**20
     x = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).normal_()
     y = torch.empty_like(x)
     _, copy_ms, _ = harness.time_fn(lambda _: y.copy_(x), device=device, warmup=3, reps=10)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    m = 512 if quick else 8192
+    m = 512 if quick else 8192 if gpu else 1024
     a, b = (torch.randn(m, m, device=device, dtype=dtype) for _ in range(2))
     _, mm_ms, _ = harness.time_fn(lambda _: a @ b, device=device, warmup=3, reps=10)
     stamp = harness.env(device)
