@@ -1,4 +1,5 @@
-"""Benchmark of the covariance family (Barlow Twins loss): eager reference vs torch.compile(reference) vs Triton.
+"""Benchmark of the covariance family (Barlow Twins loss): eager reference vs torch.compile(reference) vs Triton vs
+the CUDA C++ provider (csrc/).
 
 FLOPs per methods.md §16.4: forward 2 N D^2 (the cross-covariance GEMM), backward 4 N D^2 (two GEMMs), so TFLOP/s
 counts only the GEMM work; bytes are not modelled yet. The Triton provider is timed only on a GPU: in the CPU
@@ -32,6 +33,11 @@ def providers(device: torch.device) -> tuple[dict, list[str]]:
         out["triton"] = lambda a, b: kernels.barlow_twins_loss(a, b, backend="triton", check_finite=False)
     else:
         notes.append("triton: not timed on CPU (the interpreter's timing is meaningless); run on a GPU")
+    try:
+        kernels._backend.resolve("barlow_twins_loss", "cuda", device)
+        out["cuda"] = lambda a, b: kernels.barlow_twins_loss(a, b, backend="cuda", check_finite=False)
+    except kernels.BackendUnavailable as e:
+        notes.append(f"cuda: not timed ({e})")
     return out, notes
 
 
@@ -67,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                    help="input dtype (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--shapes", default=None, help="N x D list like 128x256,256x512 (default: the device's grid)")
-    p.add_argument("--providers", default=None, help="comma list of eager, compile, triton (default: all that run)")
+    p.add_argument("--providers", default=None,
+                   help="comma list of eager, compile, triton, cuda (default: all that run)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -77,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     provs, notes = providers(device)
     if args.providers:
         wanted = args.providers.split(",")
-        unknown = [w for w in wanted if w not in ("eager", "compile", "triton")]
+        unknown = [w for w in wanted if w not in ("eager", "compile", "triton", "cuda")]
         if unknown:
-            p.error(f"--providers: unknown {', '.join(unknown)} (choose from eager, compile, triton)")
+            p.error(f"--providers: unknown {', '.join(unknown)} (choose from eager, compile, triton, cuda)")
         provs = {k: v for k, v in provs.items() if k in wanted}
     rows, table = [], {}
     for n, d in grid:
