@@ -21,6 +21,7 @@ with p20/p80, all providers in the same process).
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import shutil
 import sys
@@ -64,12 +65,13 @@ def verify_rows(device: torch.device, quick: bool, folder: Path) -> int:
         for line in skipped:
             print(f"skipped  {line}", file=log)
     stamp = harness.env(device)
-    with open(folder / "verify.csv", "w") as f:
-        f.write("case,backend,dtype,shape,layout,quantity,err,tol,ok,device,torch,triton,fusedssl,git,date\n")
+    keys = ("device", "torch", "triton", "fusedssl", "git", "date")
+    with open(folder / "verify.csv", "w", newline="") as f:
+        w = csv.writer(f)  # case names hold commas (barlow_twins_loss[hsic,tsai])
+        w.writerow(["case", "backend", "dtype", "shape", "layout", "quantity", "err", "tol", "ok", *keys])
         for r in rows:
-            f.write(f"{r.case},{r.backend},{r.dtype},{r.shape},{r.layout},{r.quantity},{r.err:.4g},{r.tol:.4g},"
-                    f"{r.ok},{stamp['device']},{stamp['torch']},{stamp['triton']},{stamp['fusedssl']},"
-                    f"{stamp['git']},{stamp['date']}\n")
+            w.writerow([r.case, r.backend, r.dtype, r.shape, r.layout, r.quantity, f"{r.err:.4g}", f"{r.tol:.4g}",
+                        r.ok, *(stamp[k] for k in keys)])
     failed = sum(not r.ok for r in rows)
     print(f"  verify: {len(rows)} checks, {failed} failed, {len(skipped)} skipped (verify.log)")
     return failed
