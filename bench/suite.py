@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     from fusedssl.kernels import _cuda
 
     why = _cuda.why_unavailable(device)
+    if why is not None and _cuda.ext() is not None:
+        why = "built; its kernels cannot run here (no CUDA device): the cuda rows are skipped"
     print(f"[extension] fusedssl.kernels._C: {'ready' if why is None else why}", flush=True)
 
     def stage(name: str, fn) -> None:
