@@ -194,7 +194,9 @@ def render(folder: Path, out: Path | None = None) -> tuple[Path, list[Path]]:
     out = out or folder
     out.mkdir(parents=True, exist_ok=True)
     ktab, groups = kernel_table(rows)
-    sections = [f"# Performance record: {folder}", "", f"Rows from: {_caption(rows)}.", ""]
+    parts = folder.resolve().parts  # a path relative to the results root: no machine path in a committed file
+    where = "/".join(parts[parts.index("results") + 1:]) if "results" in parts else folder.name
+    sections = [f"# Performance record: {where}", "", f"Rows from: {_caption(rows)}.", ""]
     for title, body in (("Device ceilings", simple_table(rows, "ceiling", ("bandwidth_gbs", "matmul_tflops"),
                                                           "measurement")),
                         ("Verification", verify_table(rows)),
