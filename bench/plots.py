@@ -53,6 +53,17 @@ def _linear(run: Path) -> float | None:
     return None
 
 
+def save_figure(fig, path: Path, caption: str, fontsize: int = 7) -> Path:
+    """Caption (device and versions) under the axes, tight layout, PNG at 110 dpi, figure closed."""
+    import matplotlib.pyplot as plt
+
+    fig.text(0.5, 0.005, caption, ha="center", fontsize=fontsize)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def quality_plots(paths: list[str], out: str | Path, prefix: str = "quality") -> list[Path]:
     """Write ``<prefix>_training.png`` and ``<prefix>_linear.png`` into ``out``; returns their paths."""
     import matplotlib
@@ -87,11 +98,7 @@ def quality_plots(paths: list[str], out: str | Path, prefix: str = "quality") ->
     for ax in (ax_loss, ax_knn):
         ax.grid(alpha=0.3)
     ax_knn.legend(fontsize=7, ncol=2)
-    fig.text(0.5, 0.005, caption, ha="center", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    training = out / f"{prefix}_training.png"
-    fig.savefig(training, dpi=110)
-    plt.close(fig)
+    training = save_figure(fig, out / f"{prefix}_training.png", caption)
 
     acc = [(run.name, _linear(run)) for run in runs]
     acc = [(n, a) for n, a in acc if a is not None]
@@ -105,8 +112,5 @@ def quality_plots(paths: list[str], out: str | Path, prefix: str = "quality") ->
     ax.set(ylabel="linear-probe top-1 (%)", title="linear probe on frozen backbone features")
     ax.tick_params(axis="x", rotation=30, labelsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.text(0.5, 0.005, caption, ha="center", fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(linear, dpi=110)
-    plt.close(fig)
+    save_figure(fig, linear, caption)
     return [training, linear]

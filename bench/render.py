@@ -133,6 +133,8 @@ def plots(rows: list[dict], groups: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plots import save_figure
+
     written = []
     caption = _caption([r for r in rows if r["_file"] != "verify.csv"])
     for op in sorted({k[0] for k in groups}):
@@ -152,12 +154,7 @@ def plots(rows: list[dict], groups: dict, out: Path) -> list[Path]:
         ax.set(xscale="log", xlabel="D", ylabel="speedup vs eager reference", title=f"{op}")
         if lines:
             ax.legend(fontsize=6, ncol=2)
-        fig.text(0.5, 0.005, caption, ha="center", fontsize=6)
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-        path = out / f"speedup_{op}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out / f"speedup_{op}.png", caption, fontsize=6))
     ceil = {r["metric"]: _num(r["value"]) for r in rows if r["op"] == "ceiling"}
     pts = []
     for (op, mode, n, d, dt), provs in groups.items():
@@ -177,12 +174,7 @@ def plots(rows: list[dict], groups: dict, out: Path) -> list[Path]:
         ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte)", ylabel="TFLOP/s",
                title="roofline position of each kernel measurement")
         ax.legend(fontsize=7)
-        fig.text(0.5, 0.005, caption, ha="center", fontsize=6)
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-        path = out / "roofline.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out / "roofline.png", caption, fontsize=6))
     return written
 
 

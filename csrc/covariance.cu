@@ -4,22 +4,12 @@
 // (no second D x D buffer: 268 MB at D = 8192) and writes one loss partial per block; a second one-block pass sums the
 // partials in a fixed order, so the loss is deterministic (no float atomics).
 #include "kernels.h"
+#include "reduce.cuh"
 
 namespace fusedssl {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? scratch[threadIdx.x] : 0.f;
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;  // valid in thread 0
-}
 
 __global__ void __launch_bounds__(kThreads) cov_epilogue_kernel(float* __restrict__ cg, float* __restrict__ partial,
                                                                  int64_t d, float w_diag, float t_diag, float w_off,
@@ -35,7 +25,7 @@ __global__ void __launch_bounds__(kThreads) cov_epilogue_kernel(float* __restric
     acc += w * e * e;
     cg[k] = 2.f * w * e;
   }
-  acc = block_sum(acc, scratch);
+  acc = block_sum<kThreads>(acc, scratch);
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
@@ -43,7 +33,7 @@ __global__ void __launch_bounds__(kThreads) sum_kernel(const float* __restrict__
   __shared__ float scratch[kThreads / 32];
   float acc = 0.f;
   for (int i = threadIdx.x; i < n; i += kThreads) acc += partial[i];
-  acc = block_sum(acc, scratch);
+  acc = block_sum<kThreads>(acc, scratch);
   if (threadIdx.x == 0) *out = acc;
 }
 

@@ -4,23 +4,12 @@
 // not 161 x several launches. LARS needs the norms |p| and |g + wd p| of every tensor before it can update any
 // element: pass 1 accumulates them per tensor (block reduction, one atomicAdd per block and tensor), pass 2 updates.
 #include "kernels.h"
+#include "reduce.cuh"
 
 namespace fusedssl {
 namespace {
 
 constexpr int kThreads = 512;
-
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? scratch[threadIdx.x] : 0.f;
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  __syncthreads();
-  return v;  // valid in thread 0
-}
 
 __global__ void __launch_bounds__(kThreads) lars_norms_kernel(TensorTable t, float* norms, float weight_decay) {
   __shared__ float scratch[kThreads / 32];
@@ -36,8 +25,8 @@ __global__ void __launch_bounds__(kThreads) lars_norms_kernel(TensorTable t, flo
     pp += pi * pi;
     gg += gi * gi;
   }
-  pp = block_sum(pp, scratch);
-  gg = block_sum(gg, scratch);
+  pp = block_sum<kThreads>(pp, scratch);
+  gg = block_sum<kThreads>(gg, scratch);
   if (threadIdx.x == 0) {
     atomicAdd(norms + 2 * tensor, pp);
     atomicAdd(norms + 2 * tensor + 1, gg);

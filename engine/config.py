@@ -441,7 +441,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.projector is empty: every method needs a projector (e.g. '2048-2048-1024')")
 
 
-# What makes two runs the same network: a checkpoint is only resumed, evaluated as, or compared with a recipe that agrees.
+# What makes two runs the same network: a checkpoint is only resumed, evaluated as, or compared with a recipe that
+# agrees on these.
 ARCH_KEYS = ("method.name", "model.backbone", "model.stem", "model.projector", "model.predictor")
 
 

@@ -44,8 +44,10 @@ log = logging.getLogger("fusedssl")
 
 
 @torch.no_grad()
-def extract(backbone: nn.Module, batches, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """Raw float32 features (on the CPU) of an iterable of normalised (n, 3, s, s) batches; eval mode, no grad."""
+def extract(backbone: nn.Module, batches, device: torch.device, channels_last: bool, *, on_device: bool = False
+            ) -> torch.Tensor:
+    """Raw float32 features of an iterable of normalised (n, 3, s, s) batches, eval mode, no grad: on the CPU (for
+    the cache), or left on ``device`` with ``on_device`` (the training loop's monitor: no copy back per batch)."""
     was_training = backbone.training
     backbone.eval()
     out = []
@@ -53,20 +55,19 @@ def extract(backbone: nn.Module, batches, device: torch.device, channels_last: b
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out.append(backbone(x).float().cpu())
+        f = backbone(x).float()
+        out.append(f if on_device else f.cpu())
     backbone.train(was_training)
     return torch.cat(out)
 
 
 @torch.no_grad()
 def features(backbone: nn.Module, images: torch.Tensor, *, size: int, mean, std, device: torch.device,
-             channels_last: bool, batch: int = 512, normalize: bool = True) -> torch.Tensor:
-    """Features (L2-normalised unless ``normalize=False``) of the deterministic evaluation view of in-memory uint8
-    images, on ``device``."""
+             channels_last: bool, batch: int = 512) -> torch.Tensor:
+    """Raw features of the deterministic evaluation view of in-memory uint8 images, on ``device``."""
     views = (data_stage.eval_view(images[i:i + batch].to(device), size, mean, std, channels_last)
              for i in range(0, len(images), batch))
-    f = extract(backbone, views, device, channels_last).to(device)
-    return F.normalize(f, dim=1) if normalize else f
+    return extract(backbone, views, device, channels_last, on_device=True)
 
 
 # --------------------------------------------------------------------------------------------------------- kNN
@@ -106,15 +107,6 @@ def few_shot_bank(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
         idx = torch.nonzero(labels == c).flatten()
         picks.append(idx[torch.randperm(len(idx), generator=g)[:shots]])
     return torch.cat(picks).sort().values
-
-
-def knn(backbone, split_train, split_test, cfg, *, size: int, mean, std, device, channels_last: bool) -> float:
-    """kNN accuracy of ``backbone`` with the ``evaluate`` section's k and temperature."""
-    tr = features(backbone, split_train.images, size=size, mean=mean, std=std, device=device,
-                  channels_last=channels_last)
-    te = features(backbone, split_test.images, size=size, mean=mean, std=std, device=device,
-                  channels_last=channels_last)
-    return knn_accuracy(tr, split_train.labels, te, split_test.labels, k=cfg.knn_k, temperature=cfg.knn_temperature)
 
 
 # ------------------------------------------------------------------------------------------------ linear probe

@@ -128,7 +128,7 @@ def _monitor(model, probe, data, cfg, device) -> dict[str, float]:
         return {}
     c = cfg.data
     tr, te = (evaluate.features(model.backbone, s.images, size=c.image_size, mean=c.mean, std=c.std, device=device,
-                                channels_last=cfg.run.channels_last, normalize=False) for s in (data.train, data.test))
+                                channels_last=cfg.run.channels_last) for s in (data.train, data.test))
     out = {}
     if cfg.evaluate.knn:
         out["knn"] = evaluate.knn_accuracy(torch.nn.functional.normalize(tr, dim=1), data.train.labels,

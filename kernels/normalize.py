@@ -230,7 +230,7 @@ def _col_norm_bwd_op(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, r: to
 
 
 @_col_norm_bwd_op.register_fake
-def _(g, z, mean, r, beta, center, rows):
+def _col_norm_bwd_fake(g, z, mean, r, beta, center, rows):
     return torch.empty_like(z)
 
 
@@ -241,12 +241,17 @@ def _col_norm_setup(ctx, inputs, output):
     ctx.center, ctx.rows = mode != _MODE_ID["l2"], rows
 
 
-def _col_norm_backward(ctx, gy, *_unused):
-    z, mean, r, beta = ctx.saved_tensors
-    return _col_norm_bwd_op(gy, z, mean, r, beta, ctx.center, ctx.rows), None, None, None
+def _col_norm_backward(bwd_op):
+    """The autograd backward of a col_norm op: its closed-form bwd op on the saved (z, mean, r, beta)."""
+
+    def backward(ctx, gy, *_unused):
+        z, mean, r, beta = ctx.saved_tensors
+        return bwd_op(gy, z, mean, r, beta, ctx.center, ctx.rows), None, None, None
+
+    return backward
 
 
-_col_norm_op.register_autograd(_col_norm_backward, setup_context=_col_norm_setup)
+_col_norm_op.register_autograd(_col_norm_backward(_col_norm_bwd_op), setup_context=_col_norm_setup)
 
 
 @_backend.register("col_normalize", "triton")
@@ -282,17 +287,8 @@ def _col_norm_bwd_cuda_op(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, 
     return _cuda.ext().col_norm_bwd(g.to(zz.dtype), zz, mean, r, beta, center, rows).to(z.dtype)
 
 
-@_col_norm_bwd_cuda_op.register_fake
-def _(g, z, mean, r, beta, center, rows):
-    return torch.empty_like(z)
-
-
-def _col_norm_cuda_backward(ctx, gy, *_unused):
-    z, mean, r, beta = ctx.saved_tensors
-    return _col_norm_bwd_cuda_op(gy, z, mean, r, beta, ctx.center, ctx.rows), None, None, None
-
-
-_col_norm_cuda_op.register_autograd(_col_norm_cuda_backward, setup_context=_col_norm_setup)
+_col_norm_bwd_cuda_op.register_fake(_col_norm_bwd_fake)
+_col_norm_cuda_op.register_autograd(_col_norm_backward(_col_norm_bwd_cuda_op), setup_context=_col_norm_setup)
 
 
 @_backend.register("col_normalize", "cuda")

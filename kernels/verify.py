@@ -172,6 +172,19 @@ def check_optim(op: str, backend: str, gen: torch.Generator, device: torch.devic
                 2 * err_t + FLOORS[torch.float32])]
 
 
+def _runnable(op: str, name: str, backend: str, device: torch.device, skipped: list[str]) -> bool:
+    """Whether ``backend`` can run ``op`` here; if not, the reason goes to ``skipped``."""
+    if backend not in _backend.available(op):
+        skipped.append(f"{name}: no {backend} kernel in this version")
+        return False
+    try:
+        _backend.resolve(op, backend, device)
+    except _backend.BackendUnavailable as e:
+        skipped.append(f"{name}: {e}")
+        return False
+    return True
+
+
 def _print(row: Row, out) -> Row:
     print(f"{row.case:30s} {row.backend:7s} {row.dtype:9s} {row.shape:10s} {row.layout:10s} {row.quantity:9s} "
           f"{row.err:11.3e} {row.tol:10.3e}  {'pass' if row.ok else 'FAIL'}", file=out)
@@ -196,13 +209,7 @@ def run(*, device: torch.device, full: bool = False, cases: list[str] | None = N
         if cases and case.name not in cases and case.op not in cases:
             continue
         for backend in backends:
-            if backend not in _backend.available(case.op):
-                skipped.append(f"{case.name}: no {backend} kernel in this version")
-                continue
-            try:
-                _backend.resolve(case.op, backend, device)
-            except _backend.BackendUnavailable as e:
-                skipped.append(f"{case.name}: {e}")
+            if not _runnable(case.op, case.name, backend, device, skipped):
                 continue
             for dname in dtypes:
                 for n, d in shapes:
@@ -213,13 +220,7 @@ def run(*, device: torch.device, full: bool = False, cases: list[str] | None = N
         if cases and op not in cases:
             continue
         for backend in backends:
-            if backend not in _backend.available(op):
-                skipped.append(f"{op}: no {backend} kernel in this version")
-                continue
-            try:
-                _backend.resolve(op, backend, device)
-            except _backend.BackendUnavailable as e:
-                skipped.append(f"{op}: {e}")
+            if not _runnable(op, op, backend, device, skipped):
                 continue
             for row in check_optim(op, backend, gen, device):
                 rows.append(_print(row, out))
