@@ -219,7 +219,8 @@ class OnlineProbe(nn.Module):
         super().__init__()
         self.head = nn.Linear(feat_dim, num_classes).to(device)
         self.opt = torch.optim.SGD(self.head.parameters(), lr=lr, momentum=0.9)
-        self.register_buffer("_sums", torch.zeros(3, device=device))  # correct, seen, loss * n
+        self.register_buffer("_sums", torch.zeros(2, device=device))  # correct, loss * n (on the device)
+        self._seen = 0  # samples since the last read, counted on the host (no per-step copy to the device)
 
     def step(self, h: torch.Tensor, y: torch.Tensor) -> None:
         logits = self.head(h.detach().float())
@@ -233,14 +234,16 @@ class OnlineProbe(nn.Module):
                 g.copy_(part.view_as(g))
         self.opt.step()
         with torch.no_grad():
-            self._sums += torch.stack([(logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)),
-                                       device=y.device), loss.detach() * len(y)])
+            self._sums += torch.stack([(logits.argmax(1) == y).sum().float(), loss.detach() * len(y)])
+        self._seen += len(y)
 
     def read(self) -> dict[str, float]:
         """Running accuracy and loss since the last read (one host sync: call at the log interval)."""
         s = dist.all_reduce_mean(self._sums) * dist.world_size()
-        out = {} if float(s[1]) == 0 else {"probe/train_acc": float(s[0] / s[1]), "probe/loss": float(s[2] / s[1])}
+        seen = self._seen * dist.world_size()  # every rank steps on the same number of samples
+        out = {} if seen == 0 else {"probe/train_acc": float(s[0]) / seen, "probe/loss": float(s[1]) / seen}
         self._sums.zero_()
+        self._seen = 0
         return out
 
     @torch.no_grad()
@@ -250,12 +253,14 @@ class OnlineProbe(nn.Module):
 
     def state(self) -> dict:
         """A copy (optimizer state_dicts alias the live momentum buffers, and loading does not copy them)."""
-        return copy.deepcopy({"head": self.head.state_dict(), "opt": self.opt.state_dict(), "sums": self._sums})
+        return copy.deepcopy({"head": self.head.state_dict(), "opt": self.opt.state_dict(), "sums": self._sums,
+                              "seen": self._seen})
 
     def load(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])
         self.opt.load_state_dict(state["opt"])
         self._sums.copy_(state["sums"])
+        self._seen = state["seen"]
 
 
 # ------------------------------------------------------------------------------------------- labelled data sets
