@@ -75,6 +75,45 @@ at::Tensor cov_loss_epilogue_(at::Tensor c, double w_diag, double t_diag, double
   return loss;
 }
 
+// Eigendecomposition of a symmetric a (n x n fp32, n even) from the warm-start basis v0 (identity for a cold start):
+// returns (s, v, p, info) as sym_eig_jacobi in kernels.h. CUDA tensors run the kernels; CPU tensors run the same schedule
+// serially on the host (sym_eig_jacobi_host), which is how the tests check the arithmetic without a GPU.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> jacobi_eigh(const at::Tensor& a, const at::Tensor& v0,
+                                                                       int64_t max_sweeps, double tol, double eps,
+                                                                       double convert) {
+  check_dim(a, "a", 2);
+  const int64_t n = a.size(0);
+  TORCH_CHECK(a.size(1) == n, "a: expected a square matrix, got shape ", shape_of(a));
+  TORCH_CHECK(n >= 2 && n <= kMaxEighN && n % 2 == 0, "a: expected an even size n in [2, ", kMaxEighN,
+              "] (pad odd sizes), got n = ", n);
+  TORCH_CHECK(a.scalar_type() == at::kFloat && a.is_contiguous(), "a: expected contiguous float32, got ",
+              a.scalar_type(), a.is_contiguous() ? "" : " (not contiguous)");
+  check_same(v0, a, "v0", "a");
+  TORCH_CHECK(max_sweeps >= 1 && max_sweeps <= 100, "max_sweeps: expected 1..100, got ", max_sweeps);
+  TORCH_CHECK(tol >= 0.0, "tol: expected >= 0, got ", tol);
+  TORCH_CHECK(convert > 0.0, "convert: expected > 0, got ", convert);
+  auto v = v0.contiguous().clone();
+  auto s = at::empty({n}, a.options()), p = at::empty({n}, a.options());
+  auto info = at::empty({2}, a.options().dtype(at::kInt));
+  auto scratch = at::empty({jacobi_scratch_floats(n)}, a.options());
+  auto rots = at::empty({2 * jacobi_record_size(n, static_cast<int>(max_sweeps))}, a.options());
+  auto* rot_ptr = reinterpret_cast<float2*>(rots.data_ptr<float>());
+  if (a.is_cpu()) {
+    sym_eig_jacobi_host(a.data_ptr<float>(), v.data_ptr<float>(), s.data_ptr<float>(), p.data_ptr<float>(),
+                     info.data_ptr<int>(), scratch.data_ptr<float>(), rot_ptr, n, static_cast<int>(max_sweeps),
+                     static_cast<float>(tol), static_cast<float>(eps), static_cast<float>(convert));
+    return {s, v, p, info};
+  }
+  check_cuda(a, "a");
+  const c10::cuda::CUDAGuard guard(a.device());
+  check_cuda_error(sym_eig_jacobi(a.data_ptr<float>(), v.data_ptr<float>(), s.data_ptr<float>(), p.data_ptr<float>(),
+                               info.data_ptr<int>(), scratch.data_ptr<float>(), rot_ptr, n,
+                               static_cast<int>(max_sweeps), static_cast<float>(tol), static_cast<float>(eps),
+                               static_cast<float>(convert), stream_of(a)),
+                   "jacobi_eigh");
+  return {s, v, p, info};
+}
+
 // The device-resident table of a tensor list (pointers, sizes, flags, chunks), built on the host and copied in one
 // transfer; the returned tensor owns the memory and must outlive the launch (the caching allocator keeps it ordered
 // on the stream).
@@ -163,10 +202,12 @@ void ema_(std::vector<at::Tensor> teacher, std::vector<at::Tensor> online, doubl
 }  // namespace fusedssl
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fusedssl CUDA C++ kernels (csrc/): column normalisation, covariance-loss epilogue, multi-tensor LARS and EMA";
+  m.doc() = "fusedssl CUDA C++ kernels (csrc/): column normalisation, covariance-loss epilogue, Jacobi eigh, multi-tensor LARS and EMA";
   m.def("col_norm", &fusedssl::col_norm, "column (or row) normalisation: (y, mean, r, beta)");
   m.def("col_norm_bwd", &fusedssl::col_norm_bwd, "closed-form backward of col_norm");
   m.def("cov_loss_epilogue_", &fusedssl::cov_loss_epilogue_, "covariance-loss epilogue: C -> G in place, returns L");
   m.def("lars_step_", &fusedssl::lars_step_, "multi-tensor LARS step (in place)");
   m.def("ema_", &fusedssl::ema_, "multi-tensor EMA update of a teacher (in place)");
+  m.def("jacobi_eigh", &fusedssl::jacobi_eigh,
+        "warm-started Jacobi eigendecomposition + DirectPred's spectral map: (s, v, p, info)");
 }

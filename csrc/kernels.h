@@ -45,4 +45,18 @@ cudaError_t lars_step(const TensorTable& t, float* norms, float lr, const float*
 // EMA: teacher += (1 - tau) (online - teacher), all tensors in one launch (param = teacher, grad = online).
 cudaError_t ema_update(const TensorTable& t, float tau, cudaStream_t stream);
 
+// directpred.cu: symmetric eigendecomposition of a (n x n, fp32, n even, n <= kMaxEighN) by one-block cyclic Jacobi,
+// for DirectPred's predictor. v holds the warm-start basis U0 on entry (a is then U0' F U0) and U0 V on exit; s gets the
+// eigenvalues (unsorted), p the spectral map max((max(s, 0) / max s)^(1/convert) + eps, 1e-4), info = {sweeps that
+// rotated, converged 0/1}, all on the device. scratch: jacobi_scratch_floats(n) floats (used where the packed matrix
+// does not fit in shared memory); rots: jacobi_record_size(n, max_sweeps) rotations.
+constexpr int64_t kMaxEighN = 512;
+int64_t jacobi_scratch_floats(int64_t n);
+int64_t jacobi_record_size(int64_t n, int max_sweeps);
+cudaError_t sym_eig_jacobi(const float* a, float* v, float* s, float* p, int* info, float* scratch, float2* rots,
+                           int64_t n, int max_sweeps, float tol, float eps, float convert, cudaStream_t stream);
+// The same schedule on host memory, serially (the CPU tests' way to check the kernel's arithmetic).
+void sym_eig_jacobi_host(const float* a, float* v, float* s, float* p, int* info, float* scratch, float2* rots,
+                         int64_t n, int max_sweeps, float tol, float eps, float convert);
+
 }  // namespace fusedssl

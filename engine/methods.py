@@ -178,6 +178,7 @@ class DirectPred(BYOL):
     def __init__(self, params, backend):
         super().__init__(params, backend)
         self.corr: torch.Tensor | None = None
+        self.basis: torch.Tensor | None = None  # F^'s eigenvectors at the last reset: the cuda kernel's warm start
 
     def __call__(self, out):
         f = torch.cat([z.detach() for z in out.z])
@@ -188,17 +189,20 @@ class DirectPred(BYOL):
     def after_step(self, model, step):
         if self.corr is None or step % self.params.freq:
             return
-        weight = kernels.predictor_weight(self.corr, mode=self.mode, eps=self.params.eps, convert=self.params.convert,
-                                          backend=self.backend("predictor_weight"), check_finite=False)
+        weight, self.basis = kernels.predictor_weight(
+            self.corr, mode=self.mode, eps=self.params.eps, convert=self.params.convert, basis=self.basis,
+            return_basis=True, backend=self.backend("predictor_weight"), check_finite=False)
         layer = model.predictor[0]
         with torch.no_grad():
             layer.weight.copy_(weight.to(layer.weight.dtype))
 
     def state_dict(self):
-        return {"corr": self.corr}
+        return {"corr": self.corr, "basis": self.basis}
 
     def load_state_dict(self, state):
         self.corr = state["corr"]
+        # checkpoints written before the warm start have no basis: the next reset starts cold (same W_p to ~1e-5)
+        self.basis = state.get("basis")
 
 
 class DirectCopy(DirectPred):

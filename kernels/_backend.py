@@ -30,7 +30,7 @@ _WHY_MISSING = {
     "triton": "this op has no Triton kernel in this version of fusedssl (issue #3 adds them family by family)",
     "cuda": (
         "the CUDA C++ extension fusedssl.kernels._C has no kernel for this op in this version (csrc/ has the "
-        "normalisations, the covariance/Frobenius objectives, LARS and EMA so far; issue #4)"
+        "normalisations, the covariance/Frobenius objectives, DirectPred's eigensolver, LARS and EMA; issue #4)"
     ),
 }
 

@@ -24,6 +24,7 @@ from . import _backend
 from .contrastive import nt_xent_loss
 from .cosine import byol_loss, simsiam_loss
 from .covariance import barlow_twins_loss, vicreg_covariance, vicreg_loss
+from .directpred import predictor_weight
 from .frobenius import frossl_loss, log_frobenius
 from .lars import ema_, lars_step_
 from .matrix_log import kernel_ssl_loss, matrix_ssl_loss
@@ -172,6 +173,42 @@ def check_optim(op: str, backend: str, gen: torch.Generator, device: torch.devic
                 2 * err_t + FLOORS[torch.float32])]
 
 
+# ---- DirectPred's predictor weight (fp32, no gradient): W_p of a random PSD F^ of the given rank, cold and then
+# warm-started from the first call's eigenvectors, against float64 eigh. (D, rank): odd D, rank-deficient F^ (the
+# square root of the spectral map amplifies errors in its null space), full rank up to the kernel's D <= 512.
+
+PREDICTOR_SHAPES = [(7, 7), (64, 5), (96, 96)]
+PREDICTOR_FULL_SHAPES = [(128, 128), (255, 255), (256, 256), (256, 20), (512, 512), (512, 64)]
+
+
+def predictor_floor(corr: torch.Tensor, convert: float = 2.0) -> float:
+    """fp32's floor for W_p: FLOORS[float32] plus how far p = (s+ / max s)^(1/c) moves when an eigenvalue moves by 16
+    ulp of max s. The root makes a null eigenvalue's p sensitive (sqrt(16 eps) = 1.4e-3: rounding F^ to fp32 alone
+    moves null eigenvalues by ~1e-7), while a well-conditioned F^ keeps the floor near 1e-4."""
+    s = torch.linalg.eigvalsh(corr.double())
+    x = s.clamp_min(0.0) / s.max().clamp_min(torch.finfo(torch.float64).tiny)
+    delta = 16 * torch.finfo(torch.float32).eps
+    return FLOORS[torch.float32] + float(((x + delta).pow(1.0 / convert) - x.pow(1.0 / convert)).max())
+
+
+def check_predictor(backend: str, d: int, rank: int, gen: torch.Generator, device: torch.device) -> list[Row]:
+    """Two predictor updates on fresh random F^ (the second one EMA-blended from the first, as in training)."""
+    def corr() -> torch.Tensor:
+        f = torch.randn(4 * d, rank, generator=gen, dtype=torch.float64) @ torch.randn(rank, d, generator=gen,
+                                                                                     dtype=torch.float64)
+        return f.T @ f / (4 * d)
+
+    first = corr()
+    rows, basis = [], None
+    for start, f in (("cold", first), ("warm", 0.3 * first + 0.7 * corr())):
+        ref = predictor_weight(f, backend="torch")
+        lp_torch = predictor_weight(f.float(), backend="torch")
+        w, basis = predictor_weight(f.float().to(device), basis=basis, return_basis=True, backend=backend)
+        rows.append(Row("predictor_weight", backend, "float32", f"{d}x{d} r{rank}", start, "value",
+                        _err(w.cpu(), ref), 2 * _err(lp_torch, ref) + predictor_floor(f)))
+    return rows
+
+
 def _runnable(op: str, name: str, backend: str, device: torch.device, skipped: list[str]) -> bool:
     """Whether ``backend`` can run ``op`` here; if not, the reason goes to ``skipped``."""
     if backend not in _backend.available(op):
@@ -224,6 +261,13 @@ def run(*, device: torch.device, full: bool = False, cases: list[str] | None = N
                 continue
             for row in check_optim(op, backend, gen, device):
                 rows.append(_print(row, out))
+    if not cases or "predictor_weight" in cases:
+        for backend in backends:
+            if not _runnable("predictor_weight", "predictor_weight", backend, device, skipped):
+                continue
+            for d, rank in PREDICTOR_FULL_SHAPES if full else PREDICTOR_SHAPES:
+                for row in check_predictor(backend, d, rank, gen, device):
+                    rows.append(_print(row, out))
     return rows, skipped
 
 
@@ -237,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    known = {c.name for c in CASES} | {c.op for c in CASES} | set(OPTIM_CASES)
+    known = {c.name for c in CASES} | {c.op for c in CASES} | set(OPTIM_CASES) | {"predictor_weight"}
     for name in args.ops or ():
         if name not in known:
             p.error(f"--op {name!r} is not one of {', '.join(sorted(known))}")

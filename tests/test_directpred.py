@@ -1,9 +1,11 @@
 """DirectPred / DirectCopy predictor setting (methods.md §6.2)."""
 
+import pytest
 import torch
 from conftest import assert_close, randn
 from fusedssl import kernels
 from fusedssl.kernels import _originals as originals
+from fusedssl.kernels import directpred, verify
 
 
 def test_correlation_ema():
@@ -41,3 +43,135 @@ def test_directcopy_and_zero_correlation():
     w = kernels.predictor_weight(torch.zeros(3, 3, dtype=torch.float64), eps=0.01)
     assert torch.isfinite(w).all()
     assert_close(w, 0.01 * torch.eye(3, dtype=torch.float64), what="all-zero F^ gives eps I")
+
+
+def test_basis_argument_and_return():
+    corr = randn(5, 5)
+    corr = corr @ corr.T
+    w, u = kernels.predictor_weight(corr, return_basis=True)
+    assert_close(w, kernels.predictor_weight(corr), what="W_p with return_basis")
+    assert_close(u.T @ corr @ u, torch.diag(torch.linalg.eigvalsh(corr)), tol=1e-9, what="basis diagonalises F^")
+    assert kernels.predictor_weight(corr, mode="directcopy", return_basis=True)[1] is None
+    with pytest.raises(ValueError, match=r"basis must be \(5, 5\)"):
+        kernels.predictor_weight(corr, basis=torch.eye(4, dtype=corr.dtype))
+
+
+# ---- backend "cuda" (csrc/directpred.cu). The extension runs the same Jacobi schedule on CPU tensors (serially, with
+# the kernel's own phase functions), so the kernel's arithmetic and the provider's Python side are checked here
+# against float64 eigh without a GPU; the GPU run of the kernel itself is `fusedssl verify` / the gpu test below.
+
+
+def _ext():
+    from fusedssl.kernels import _cuda
+
+    if _cuda.ext() is None:  # CI builds it (FUSEDSSL_BUILD_CUDA=1) and test_cuda_build fails if it did not
+        pytest.skip(f"the extension is not built: {_cuda._IMPORT_ERROR}")
+    return _cuda.ext()
+
+
+def _psd(n, rank, rows=None):
+    rows = rows or 4 * n
+    f = randn(rows, rank) @ randn(rank, n)
+    return f.T @ f / rows
+
+
+def _spectral(s, eps=0.01):
+    return ((s.clamp_min(0) / s.max().clamp_min(torch.finfo(s.dtype).tiny)).sqrt() + eps).clamp_min(1e-4)
+
+
+@pytest.mark.parametrize("n,rank", [(2, 2), (8, 8), (64, 64), (64, 3), (128, 128), (256, 256)])
+def test_jacobi_schedule_against_float64_eigh(n, rank):
+    f = _psd(n, rank)
+    s, v, p, info = _ext().jacobi_eigh(f.float(), torch.eye(n), 30, directpred.JACOBI_TOL, 0.01, 2.0)
+    assert info.tolist()[1] == 1, f"not converged in 30 sweeps: {info.tolist()}"
+    s, v = s.double(), v.double()
+    scale = float(f.abs().max())
+    assert_close(s.sort().values / scale, torch.linalg.eigvalsh(f) / scale, tol=2e-5, what="eigenvalues")
+    assert_close((f @ v - v * s) / scale, torch.zeros_like(f), tol=3e-5, what="residual F V - V diag(s)")
+    assert_close(v.T @ v, torch.eye(n, dtype=torch.float64), tol=5e-4, what="V'V")
+    assert_close(p, _spectral(s), tol=1e-6, what="spectral map")
+
+
+def test_jacobi_degenerate_and_zero_spectra():
+    ext = _ext()
+    s, v, p, info = ext.jacobi_eigh(torch.eye(6), torch.eye(6), 30, 1e-5, 0.01, 2.0)
+    assert info.tolist() == [0, 1] and torch.equal(v, torch.eye(6)) and torch.equal(s, torch.ones(6))
+    s, v, p, info = ext.jacobi_eigh(torch.zeros(4, 4), torch.eye(4), 30, 1e-5, 0.05, 2.0)
+    assert info.tolist() == [0, 1] and torch.equal(p, torch.full((4,), 0.05))
+    q, _ = torch.linalg.qr(randn(8, 8))
+    f = q @ torch.diag(torch.tensor([2.0, 2.0, 2.0, 0.5, 0.5, 0.0, 0.0, -0.25], dtype=torch.float64)) @ q.T
+    s, v, p, info = ext.jacobi_eigh(f.float(), torch.eye(8), 30, 1e-5, 0.01, 2.0)
+    w = (v.double() * p.double()) @ v.double().T
+    assert info.tolist()[1] == 1
+    # verify's rule and floor: rounding F^ to fp32 alone moves a null eigenvalue by ~1e-7, hence its p by ~2e-4
+    ref = kernels.predictor_weight(f, eps=0.01)
+    err_torch = float((kernels.predictor_weight(f.float(), eps=0.01).double() - ref).abs().max())
+    assert_close(w, ref, tol=2 * err_torch + verify.predictor_floor(f), what="W_p of a repeated/negative spectrum")
+
+
+def test_jacobi_warm_start_needs_fewer_sweeps():
+    """Training-like F^: an EMA of batch correlations of one feature distribution. Started from the previous
+    eigenvectors, the next solve needs fewer sweeps than from the identity, and gives the same W_p."""
+    ext = _ext()
+    mix = randn(24, 64)
+
+    def batch():
+        f = randn(256, 24) @ mix
+        return f.T @ f / 256
+
+    f1 = batch()
+    _, u, _, _ = ext.jacobi_eigh(f1.float(), torch.eye(64), 30, 1e-5, 0.01, 2.0)
+    f2 = 0.3 * f1 + 0.7 * batch()
+    cold = ext.jacobi_eigh(f2.float(), torch.eye(64), 30, 1e-5, 0.01, 2.0)
+    u0 = u.double()
+    warm = ext.jacobi_eigh((u0.T @ f2 @ u0).float(), u, 30, 1e-5, 0.01, 2.0)
+    assert cold[3][1] == 1 and warm[3][1] == 1
+    assert warm[3][0] < cold[3][0], (warm[3].tolist(), cold[3].tolist())
+    for _s, v, p, _ in (cold, warm):
+        assert_close((v.double() * p.double()) @ v.double().T, kernels.predictor_weight(f2, eps=0.01), tol=1e-4,
+                     what="W_p")
+
+
+@pytest.mark.parametrize("d,rank", [(7, 7), (33, 4), (64, 64)])
+def test_cuda_provider_on_cpu(monkeypatch, d, rank):
+    """The "cuda" provider (padding of odd D, U0' F U0, Newton-Schulz re-orthonormalisation, reconstruction) through
+    verify's own check, cold and warm, with the extension's host schedule standing in for the GPU."""
+    from fusedssl.kernels import _cuda
+
+    _ext()
+    monkeypatch.setattr(_cuda, "why_unavailable", lambda device: None)
+    gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    rows = verify.check_predictor("cuda", d, rank, gen, torch.device("cpu"))
+    assert [r.layout for r in rows] == ["cold", "warm"]
+    for row in rows:
+        assert row.ok, row
+
+
+def test_jacobi_argument_errors():
+    ext = _ext()
+    with pytest.raises(RuntimeError, match=r"a: expected an even size n in \[2, 512\]"):
+        ext.jacobi_eigh(torch.eye(5), torch.eye(5), 30, 1e-5, 0.01, 2.0)
+    with pytest.raises(RuntimeError, match=r"a: expected an even size n in \[2, 512\]"):
+        ext.jacobi_eigh(torch.eye(514), torch.eye(514), 30, 1e-5, 0.01, 2.0)
+    with pytest.raises(RuntimeError, match="a: expected contiguous float32, got Double"):
+        ext.jacobi_eigh(torch.eye(4, dtype=torch.float64), torch.eye(4), 30, 1e-5, 0.01, 2.0)
+    with pytest.raises(RuntimeError, match="v0: expected the shape of a"):
+        ext.jacobi_eigh(torch.eye(4), torch.eye(6), 30, 1e-5, 0.01, 2.0)
+    with pytest.raises(RuntimeError, match="max_sweeps: expected 1..100, got 0"):
+        ext.jacobi_eigh(torch.eye(4), torch.eye(4), 0, 1e-5, 0.01, 2.0)
+
+
+@pytest.mark.gpu
+def test_cuda_predictor_on_gpu_matches_reference_and_never_syncs():
+    gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    for d, rank in verify.PREDICTOR_FULL_SHAPES:
+        for row in verify.check_predictor("cuda", d, rank, gen, torch.device("cuda")):
+            assert row.ok, row
+    corr = _psd(256, 256).float().cuda()
+    w, u = kernels.predictor_weight(corr, basis=None, return_basis=True, backend="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation in the update raises
+    try:
+        kernels.predictor_weight(corr, basis=u, return_basis=True, backend="cuda", check_finite=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

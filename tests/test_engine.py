@@ -39,6 +39,10 @@ def test_directpred_sets_the_predictor(tmp_path):
     from fusedssl import kernels
     expected = kernels.predictor_weight(state["method"]["corr"], eps=0.01)
     assert torch.allclose(state["model"]["predictor.0.weight"], expected.float(), atol=1e-6)
+    u = state["method"]["basis"]  # checkpointed: the cuda backend's warm start after a resume
+    corr = state["method"]["corr"]
+    assert u.shape == corr.shape and torch.allclose(u.T @ corr @ u, torch.diag(torch.diagonal(u.T @ corr @ u)),
+                                                    atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["barlow", "byol", "directpred"])

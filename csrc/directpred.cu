@@ -1,0 +1,297 @@
+// Small symmetric eigendecomposition for DirectPred's predictor (kernels/directpred.py, methods.md §6.3, §16.3 item 5):
+// cyclic Jacobi in one thread block, warm-started from the previous eigenvectors, with the spectral map
+// p = max((max(s, 0) / max s)^(1/c) + eps, 1e-4) in the same kernel. Nothing is read back to the host: the sweep count
+// and the convergence flag stay in device memory, so the predictor update never synchronises the host.
+//
+// Why Jacobi in one block: D <= 512 is far too small to fill a GPU (cuSOLVER's syevd costs ~ms of latency at D = 256),
+// and F^ changes little between steps, so A = U0' F^ U0 with the previous eigenvectors U0 is nearly diagonal and a
+// few sweeps finish it. Jacobi is also accurate for the small eigenvalues of a PSD matrix, which the square root of
+// the spectral map amplifies.
+//
+// Schedule: the round-robin ("chess tournament") ordering, n - 1 rounds of n / 2 disjoint pairs per sweep. In a round,
+// phase 1 computes every pair's rotation from the current A; phase 2 rotates every 2x2 block of A by its row pair and
+// its column pair; the blocks are disjoint, so phase 2 needs no atomics, and blocks whose two rotations are both the
+// identity (most of them once A is nearly diagonal) are skipped. A is kept as its packed upper triangle: in shared
+// memory where it fits (n <= 256 on A100 and H100: 129 KB), else in a global scratch that stays in L2.
+//
+// The eigenvectors V = U0 J_1 J_2 ... are not carried by the serial kernel: it records every round's rotations, and a
+// second kernel replays them on the rows of V, one warp per row (rows evolve independently), across the whole GPU.
+//
+// The same phase functions run on the host in sym_eig_jacobi_host, so the CPU tests check this schedule's arithmetic
+// against float64 eigh (tests/test_directpred.py); only the thread mapping differs on the device.
+#include <cfloat>
+#include <cmath>
+
+#include "kernels.h"
+#include "reduce.cuh"
+
+namespace fusedssl {
+namespace {
+
+constexpr int kThreads = 1024;
+constexpr int kMaxPairs = kMaxEighN / 2;
+constexpr int kReplayWarps = 8;                  // rows of V per replay block
+constexpr int kPairsPerLane = kMaxPairs / 32;    // rotations a lane applies per round
+
+// Position of (i, j) in the packed upper triangle of an n x n symmetric matrix.
+__host__ __device__ inline int tri(int i, int j, int n) {
+  if (i > j) {
+    const int t = i;
+    i = j;
+    j = t;
+  }
+  return i * (2 * n - i - 1) / 2 + j;
+}
+
+// Pair k of round r in the round-robin ordering of n (even) indices: n - 1 stays put, the others rotate; over n - 1
+// rounds every pair meets exactly once.
+__host__ __device__ inline int2 pair_of(int r, int k, int n) {
+  const int n1 = n - 1;
+  return k == 0 ? make_int2(r, n1) : make_int2((r + k) % n1, (r + n1 - k) % n1);
+}
+
+// The rotation (c, s) with J = [[c, s], [-s, c]] on (p, q) such that (J' A J)_pq = 0 (Golub & Van Loan, sym.schur2);
+// the identity (1, 0) when |a_pq| is below tol relative to sqrt(|a_pp a_qq|) or below the absolute floor.
+__host__ __device__ inline float2 rotation(float app, float aqq, float apq, float tol, float floor_abs) {
+  const float mag = fabsf(apq);
+  if (mag <= floor_abs || mag <= tol * sqrtf(fabsf(app)) * sqrtf(fabsf(aqq))) return make_float2(1.f, 0.f);
+  const float tau = (aqq - app) / (2.f * apq);
+  // |tau| > 1e18: tau^2 would overflow; t = 1 / (2 tau) is then exact to fp32.
+  const float t = fabsf(tau) > 1e18f ? 0.5f / tau : copysignf(1.f, tau) / (fabsf(tau) + sqrtf(1.f + tau * tau));
+  const float c = 1.f / sqrtf(1.f + t * t);
+  return make_float2(c, t * c);
+}
+
+// Phase 2 for one pair block: A <- J_a' A J_b on its stored elements (pairs a and b are disjoint, or the same pair).
+__host__ __device__ inline void rotate_block(float* a, int n, int pa, int qa, float2 ra, int pb, int qb, float2 rb) {
+  if (pa == pb) {  // diagonal block: the closed form, a'_pq = 0 exactly
+    const int ip = tri(pa, pa, n), iq = tri(qa, qa, n), ipq = tri(pa, qa, n);
+    const float t = ra.y / ra.x, apq = a[ipq];
+    a[ip] -= t * apq;
+    a[iq] += t * apq;
+    a[ipq] = 0.f;
+    return;
+  }
+  const int i00 = tri(pa, pb, n), i01 = tri(pa, qb, n), i10 = tri(qa, pb, n), i11 = tri(qa, qb, n);
+  const float x = a[i00], y = a[i01], z = a[i10], w = a[i11];
+  const float x1 = ra.x * x - ra.y * z, y1 = ra.x * y - ra.y * w;  // rows:    J_a' A
+  const float z1 = ra.y * x + ra.x * z, w1 = ra.y * y + ra.x * w;
+  a[i00] = rb.x * x1 - rb.y * y1;                                    // columns: (J_a' A) J_b
+  a[i01] = rb.y * x1 + rb.x * y1;
+  a[i10] = rb.x * z1 - rb.y * w1;
+  a[i11] = rb.y * z1 + rb.x * w1;
+}
+
+// Columns p, q of one row of V: V <- V J.
+__host__ __device__ inline void rotate_pair(float* row, int p, int q, float2 g) {
+  const float x = row[p], y = row[q];
+  row[p] = g.x * x - g.y * y;
+  row[q] = g.y * x + g.x * y;
+}
+
+__host__ __device__ inline float spectral(float s, float smax, float eps, float inv_c) {
+  const float x = fmaxf(s, 0.f) / fmaxf(smax, FLT_MIN);  // an all-zero F^ gives p = eps everywhere
+  const float r = inv_c == 0.5f ? sqrtf(x) : (inv_c == 1.f ? x : powf(x, inv_c));
+  return fmaxf(r + eps, 1e-4f);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    jacobi_kernel(const float* __restrict__ in, float* scratch_a, float2* __restrict__ rots, float* __restrict__ s_out,
+                  float* __restrict__ p_out, int* __restrict__ info, int n, int max_sweeps, float tol, float eps,
+                  float inv_c, int use_smem) {
+  extern __shared__ float smem_a[];
+  __shared__ float2 rot[kMaxPairs];
+  __shared__ int pidx[kMaxPairs], qidx[kMaxPairs];
+  __shared__ float red[kThreads / 32];
+  __shared__ float bcast;
+  float* a = use_smem ? smem_a : scratch_a;  // no __restrict__/__ldg: A is rewritten every round
+  const int m = n / 2, tid = threadIdx.x;
+
+  float sq = 0.f;
+  for (int idx = tid; idx < n * n; idx += kThreads) {
+    const int i = idx / n, j = idx - i * n;
+    if (i > j) continue;
+    const float v = 0.5f * (in[idx] + in[j * n + i]);
+    a[tri(i, j, n)] = v;
+    sq += (i == j ? 1.f : 2.f) * v * v;
+  }
+  sq = block_sum<kThreads>(sq, red);
+  if (tid == 0) bcast = sq;
+  __syncthreads();
+  const float floor_abs = tol * sqrtf(bcast) / n;  // ||A||_F is invariant under the rotations
+
+  int swept = 0, converged = 0;
+  for (int sweep = 0; sweep < max_sweeps; ++sweep) {
+    int any = 0;
+    for (int r = 0; r < n - 1; ++r) {
+      int mine = 0;
+      if (tid < m) {
+        const int2 pq = pair_of(r, tid, n);
+        const float2 g = rotation(a[tri(pq.x, pq.x, n)], a[tri(pq.y, pq.y, n)], a[tri(pq.x, pq.y, n)], tol, floor_abs);
+        rot[tid] = g;
+        pidx[tid] = pq.x;
+        qidx[tid] = pq.y;
+        rots[(static_cast<int64_t>(sweep) * (n - 1) + r) * m + tid] = g;
+        mine = g.y != 0.f;
+      }
+      any |= __syncthreads_or(mine);
+      for (int idx = tid; idx < m * m; idx += kThreads) {
+        const int ka = idx / m, kb = idx - ka * m;
+        if (ka > kb) continue;
+        const float2 ra = rot[ka], rb = rot[kb];
+        if (ra.y == 0.f && rb.y == 0.f) continue;
+        rotate_block(a, n, pidx[ka], qidx[ka], ra, pidx[kb], qidx[kb], rb);
+      }
+      __syncthreads();
+    }
+    if (!any) {  // a sweep without a rotation: A is diagonal to tol (this sweep's record is all identities)
+      converged = 1;
+      break;
+    }
+    swept = sweep + 1;
+  }
+
+  float mx = -FLT_MAX;
+  for (int i = tid; i < n; i += kThreads) {
+    const float s = a[tri(i, i, n)];
+    s_out[i] = s;
+    mx = fmaxf(mx, s);
+  }
+  mx = block_reduce<kThreads>(mx, red, MaxOp{}, -FLT_MAX);
+  if (tid == 0) bcast = mx;
+  __syncthreads();
+  for (int i = tid; i < n; i += kThreads) p_out[i] = spectral(a[tri(i, i, n)], bcast, eps, inv_c);
+  if (tid == 0) {
+    info[0] = swept;
+    info[1] = converged;
+  }
+}
+
+// One warp per row of V (kept in shared memory); lane l applies pairs l, l + 32, ... of every recorded round, with the
+// next round's rotations loaded while the current one is applied. Only __syncwarp between rounds: rows are independent.
+__global__ void __launch_bounds__(kReplayWarps * 32)
+    replay_kernel(const float2* __restrict__ rots, const int* __restrict__ info, float* __restrict__ v, int n) {
+  __shared__ float rows[kReplayWarps][kMaxEighN];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, m = n / 2;
+  const int row = blockIdx.x * kReplayWarps + warp;
+  if (row >= n) return;  // whole warps only: the barriers below are per warp
+  float* x = rows[warp];
+  for (int j = lane; j < n; j += 32) x[j] = v[static_cast<int64_t>(row) * n + j];
+  __syncwarp();
+  const int64_t total = static_cast<int64_t>(info[0]) * (n - 1);
+  float2 cur[kPairsPerLane], nxt[kPairsPerLane];
+#pragma unroll
+  for (int u = 0; u < kPairsPerLane; ++u) {
+    const int k = lane + 32 * u;
+    cur[u] = (k < m && total > 0) ? rots[k] : make_float2(1.f, 0.f);
+  }
+  for (int64_t step = 0; step < total; ++step) {
+#pragma unroll
+    for (int u = 0; u < kPairsPerLane; ++u) {
+      const int k = lane + 32 * u;
+      nxt[u] = (k < m && step + 1 < total) ? rots[(step + 1) * m + k] : make_float2(1.f, 0.f);
+    }
+    const int r = static_cast<int>(step % (n - 1));
+#pragma unroll
+    for (int u = 0; u < kPairsPerLane; ++u) {
+      const int k = lane + 32 * u;
+      if (k < m && cur[u].y != 0.f) {
+        const int2 pq = pair_of(r, k, n);
+        rotate_pair(x, pq.x, pq.y, cur[u]);
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int u = 0; u < kPairsPerLane; ++u) cur[u] = nxt[u];
+  }
+  for (int j = lane; j < n; j += 32) v[static_cast<int64_t>(row) * n + j] = x[j];
+}
+
+size_t jacobi_smem_bytes(int64_t n) { return static_cast<size_t>(jacobi_scratch_floats(n)) * sizeof(float); }
+
+}  // namespace
+
+int64_t jacobi_scratch_floats(int64_t n) { return n * (n + 1) / 2; }
+
+int64_t jacobi_record_size(int64_t n, int max_sweeps) { return static_cast<int64_t>(max_sweeps) * (n - 1) * (n / 2); }
+
+cudaError_t sym_eig_jacobi(const float* a, float* v, float* s, float* p, int* info, float* scratch, float2* rots,
+                           int64_t n, int max_sweeps, float tol, float eps, float convert, cudaStream_t stream) {
+  if (n < 2 || n > kMaxEighN || n % 2) return cudaErrorInvalidValue;
+  int dev = 0, optin = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (err != cudaSuccess) return err;
+  // the static shared memory of jacobi_kernel (rot, pidx, qidx, red, bcast) comes on top of the packed matrix
+  // (plus a margin for alignment padding)
+  const size_t static_bytes = kMaxPairs * (sizeof(float2) + 2 * sizeof(int)) + (kThreads / 32 + 1) * sizeof(float) + 256;
+  const size_t bytes = jacobi_smem_bytes(n);
+  const bool use_smem = bytes + static_bytes <= static_cast<size_t>(optin);
+  const size_t dyn = use_smem ? bytes : 0;
+  if (dyn > 48 * 1024) {
+    err = cudaFuncSetAttribute(jacobi_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn));
+    if (err != cudaSuccess) return err;
+  }
+  jacobi_kernel<<<1, kThreads, dyn, stream>>>(a, scratch, rots, s, p, info, static_cast<int>(n), max_sweeps, tol, eps,
+                                              1.f / convert, use_smem ? 1 : 0);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const int blocks = static_cast<int>((n + kReplayWarps - 1) / kReplayWarps);
+  replay_kernel<<<blocks, kReplayWarps * 32, 0, stream>>>(rots, info, v, static_cast<int>(n));
+  return cudaGetLastError();
+}
+
+void sym_eig_jacobi_host(const float* a_in, float* v, float* s, float* p, int* info, float* a, float2* rots,
+                         int64_t n64, int max_sweeps, float tol, float eps, float convert) {
+  const int n = static_cast<int>(n64), m = n / 2;
+  float sq = 0.f;
+  for (int i = 0; i < n; ++i)
+    for (int j = i; j < n; ++j) {
+      const float x = 0.5f * (a_in[i * n + j] + a_in[j * n + i]);
+      a[tri(i, j, n)] = x;
+      sq += (i == j ? 1.f : 2.f) * x * x;
+    }
+  const float floor_abs = tol * sqrtf(sq) / n;
+  float2 rot[kMaxPairs];
+  int pidx[kMaxPairs], qidx[kMaxPairs];
+  int swept = 0, converged = 0;
+  for (int sweep = 0; sweep < max_sweeps; ++sweep) {
+    int any = 0;
+    for (int r = 0; r < n - 1; ++r) {
+      for (int k = 0; k < m; ++k) {  // phase 1
+        const int2 pq = pair_of(r, k, n);
+        const int pp = pidx[k] = pq.x, qq = qidx[k] = pq.y;
+        rot[k] = rotation(a[tri(pp, pp, n)], a[tri(qq, qq, n)], a[tri(pp, qq, n)], tol, floor_abs);
+        rots[(static_cast<int64_t>(sweep) * (n - 1) + r) * m + k] = rot[k];
+        any |= rot[k].y != 0.f;
+      }
+      for (int ka = 0; ka < m; ++ka)  // phase 2
+        for (int kb = ka; kb < m; ++kb)
+          if (rot[ka].y != 0.f || rot[kb].y != 0.f)
+            rotate_block(a, n, pidx[ka], qidx[ka], rot[ka], pidx[kb], qidx[kb], rot[kb]);
+    }
+    if (!any) {
+      converged = 1;
+      break;
+    }
+    swept = sweep + 1;
+  }
+  float mx = -FLT_MAX;
+  for (int i = 0; i < n; ++i) {
+    s[i] = a[tri(i, i, n)];
+    mx = fmaxf(mx, s[i]);
+  }
+  for (int i = 0; i < n; ++i) p[i] = spectral(s[i], mx, eps, 1.f / convert);
+  info[0] = swept;
+  info[1] = converged;
+  for (int64_t step = 0; step < static_cast<int64_t>(swept) * (n - 1); ++step)  // the replay, row by row
+    for (int k = 0; k < m; ++k) {
+      const float2 g = rots[step * m + k];
+      if (g.y == 0.f) continue;
+      const int2 pq = pair_of(static_cast<int>(step % (n - 1)), k, n);
+      for (int i = 0; i < n; ++i) rotate_pair(v + static_cast<int64_t>(i) * n, pq.x, pq.y, g);
+    }
+}
+
+}  // namespace fusedssl
