@@ -5,7 +5,8 @@ Stages, in order (each one's failure is reported and the others still run; the e
   2. ceilings: the device's own bandwidth (a large device-to-device copy, read + write bytes) and matmul FLOP/s (bf16
      on a GPU, fp32 on a CPU), so every kernel number can be read against what this machine can do;
   3. verify: every kernel against the float64 reference (``--full`` grid on a GPU), rows into verify.csv;
-  4. kernels: ``bench kernels`` (covariance family: eager, compile, triton, cuda), ``bench matrix_log``, ``bench lars``;
+  4. kernels: ``bench kernels`` (covariance family: eager, compile, triton, cuda), ``bench matrix_log``, ``bench lars``,
+     ``bench directpred``;
   5. data: ``bench data`` (DALI and the PIL fallback, same files, same recipe);
   6. step: ``bench step`` on the standard recipe (GPU: ResNet-50, Barlow Twins with the 8192 projector, 224 px,
      synthetic images so the model alone is measured; CPU: the smoke recipe);
@@ -84,6 +85,7 @@ def _stages(device: torch.device, quick: bool, long: bool, raw: str) -> list[tup
         return [("bench_covariance", ["--out", raw, "--shapes", "64x128", "--providers", "eager"]),
                 ("bench_matrix_log", ["--out", raw, "--shapes", "64x64", "--providers", "original,eager"]),
                 ("bench_lars", ["--out", raw, "--reps", "3", "--backbone", "resnet18", "--projector", "256"]),
+                ("bench_directpred", ["--out", raw, "--dims", "32", "--rows", "64", "--reps", "3"]),
                 ("bench_data", ["--out", raw, "--images", "24", "--size", "64", "--batch", "8", "--steps", "2",
                                 "--warmup", "1", "--repeats", "1", "--workers", "1"]),
                 ("bench_step", ["--out", raw, "--config", str(ROOT / "configs" / "smoke.yaml"), "--steps", "2",
@@ -94,7 +96,7 @@ def _stages(device: torch.device, quick: bool, long: bool, raw: str) -> list[tup
             "--set", "data.batch_size=256", "--steps", "10", "--warmup", "5"] if gpu else \
         ["--out", raw, "--config", str(ROOT / "configs" / "demo.yaml"), "--steps", "3", "--warmup", "1"]
     return [("bench_covariance", cov), ("bench_matrix_log", ["--out", raw]), ("bench_lars", ["--out", raw]),
-            ("bench_data", ["--out", raw]), ("bench_step", step)]
+            ("bench_directpred", ["--out", raw]), ("bench_data", ["--out", raw]), ("bench_step", step)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     stage("ceilings", lambda: harness.append_csv(folder / "ceilings.csv", ceilings(device, args.quick)))
     stage("verify", lambda: verify_rows(device, args.quick, folder) and "failed checks")
     kinds = {"bench_covariance": "kernels", "bench_matrix_log": "kernels", "bench_lars": "kernels",
+             "bench_directpred": "kernels",
              "bench_data": "data", "bench_step": "step"}
     for module, margv in _stages(device, args.quick, args.long, str(raw)):
         kind = kinds[module]

@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     if argv is None:
         argv = sys.argv[1:]
-    sub.add_parser("bench", help="benchmarks: fusedssl bench all|render|kernels|matrix_log|step|data|quality|lars",
-                   add_help=False)
+    sub.add_parser("bench", add_help=False, help="benchmarks: fusedssl bench "
+                   "all|render|kernels|matrix_log|directpred|step|data|quality|lars")
     sub.add_parser("data", help="datasets: fusedssl data check ROOT | fusedssl data sample OUT [--help]",
                    add_help=False)
     sub.add_parser("eval", help="evaluate a checkpoint: fusedssl eval knn|linear CHECKPOINT | fusedssl eval plot RUNS "
@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from fusedssl.bench import bench_lars
 
         return bench_lars.main(argv[2:])
+    if argv[:2] == ["bench", "directpred"]:
+        from fusedssl.bench import bench_directpred
+
+        return bench_directpred.main(argv[2:])
     if argv[:2] == ["bench", "quality"]:
         from fusedssl.bench import bench_quality
 

@@ -1,0 +1,109 @@
+"""``fusedssl bench directpred``: one DirectPred predictor update (F^ -> W_p) per provider, on a training-like F^.
+
+Providers: ``eager`` (kernels.predictor_weight backend "torch": torch.linalg.eigh, the reference), ``cuda-cold``
+(csrc/directpred.cu from the identity) and ``cuda-warm`` (from the previous update's eigenvectors, as
+engine/methods.py runs it). F^ follows training: F^ <- 0.3 F^ + 0.7 f'f / N with f = N rows of one fixed D-dimensional
+feature distribution, so consecutive F^ differ by batch noise. Issue #4's target: cuda-warm under 1 ms at D = 256 with
+no host synchronisation (tests/test_directpred.py checks the latter with torch's sync debug mode). Also recorded: the
+Jacobi sweeps used (metric ``sweeps``). Rows go to bench/results/<device>/directpred.csv (harness.FIELDS; n = rows
+of f, d = D).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from fusedssl import kernels
+from fusedssl.kernels import _cuda, directpred
+
+from . import harness
+
+
+def sequence(d: int, rows: int, steps: int, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
+    """``steps`` consecutive F^ of a training run: an EMA (rho 0.3) of batch correlations of one distribution."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g) / d**0.5
+    out, corr = [], None
+    for _ in range(steps):
+        f = torch.randn(rows, d, generator=g) @ mix
+        corr = kernels.correlation_ema(f, corr, rho=0.3)
+        out.append(corr.to(device))
+    return out
+
+
+def _sweeps(corrs: list[torch.Tensor], warm: bool) -> float:
+    """Median Jacobi sweeps over the sequence (the same inputs the provider builds: U0' F^ U0 from U0)."""
+    ext, counts, basis = _cuda.ext(), [], None
+    for corr in corrs:
+        d = corr.shape[0]
+        n = d + d % 2
+        u0 = basis if (warm and basis is not None) else torch.eye(d, device=corr.device)
+        a = torch.zeros(n, n, device=corr.device)
+        a[:d, :d] = u0.T @ corr @ u0
+        v0 = torch.eye(n, device=corr.device)
+        v0[:d, :d] = u0
+        _, v, _, info = ext.jacobi_eigh(a, v0, directpred.JACOBI_MAX_SWEEPS, directpred.JACOBI_TOL, 0.01, 2.0)
+        basis = v[:d, :d]
+        counts.append(float(info[0]) + float(info[1]))  # sweeps that rotated + the final check sweep
+    return float(torch.tensor(counts[1:] or counts).median())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fusedssl bench directpred", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/results", help="results folder (a <device>/directpred.csv inside)")
+    p.add_argument("--dims", default="128,256,512", help="comma list of D (the kernel takes D <= 512)")
+    p.add_argument("--rows", type=int, default=512, help="rows of f per step (all views of the batch)")
+    p.add_argument("--reps", type=int, default=20)
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dims = [int(x) for x in args.dims.split(",") if x]
+    notes = []
+    why = _cuda.why_unavailable(device)
+    if why:
+        notes.append(f"cuda: not timed ({why})")
+    stamp = harness.env(device)
+    rows = []
+    print(f"DirectPred predictor update on {stamp['device']}: median ms (p20-p80), speedup vs eager")
+    for d in dims:
+        corrs = sequence(d, args.rows, 3 + args.reps + 1, device)
+        state = {"basis": None}
+
+        def update(i, backend="torch", warm=False, corrs=corrs, state=state):
+            _, u = kernels.predictor_weight(corrs[i % len(corrs)], basis=state["basis"] if warm else None,
+                                            return_basis=True, backend=backend, check_finite=False)
+            state["basis"] = u
+
+        provs = {"eager": update}
+        if not why:
+            provs["cuda-cold"] = lambda i: update(i, "cuda", False)
+            provs["cuda-warm"] = lambda i: update(i, "cuda", True)
+        base_ms = None
+        for name, fn in provs.items():
+            state["basis"] = None
+            p20, p50, p80 = harness.time_fn(fn, device=device, warmup=3, reps=args.reps)
+            base_ms = base_ms or p50
+            extra = ""
+            meta = dict(op="predictor_weight", provider=name, mode="directpred", n=args.rows, d=d, dtype="float32",
+                        **stamp)
+            rows += [{**meta, "metric": m, "value": f"{v:.6g}", "unit": "ms"}
+                     for m, v in (("p20", p20), ("p50", p50), ("p80", p80))]
+            if name.startswith("cuda"):
+                sweeps = _sweeps(corrs, warm=name == "cuda-warm")
+                rows.append({**meta, "metric": "sweeps", "value": f"{sweeps:g}", "unit": "sweeps"})
+                extra = f"  {sweeps:g} sweeps"
+            print(f"  D={d:4d} {name:10s} {p50:9.3f} ms ({p20:.3f}-{p80:.3f})  {base_ms / p50:6.2f}x{extra}")
+        if why and _cuda.ext() is not None:  # no GPU: the sweep counts from the extension's host run of the schedule
+            cpu = [c.cpu() for c in corrs]
+            for name in ("cuda-cold", "cuda-warm"):
+                sweeps = _sweeps(cpu, warm=name == "cuda-warm")
+                rows.append(dict(op="predictor_weight", provider=name, mode="directpred-host-schedule", n=args.rows,
+                                 d=d, dtype="float32", metric="sweeps", value=f"{sweeps:g}", unit="sweeps", **stamp))
+                print(f"  D={d:4d} {name:10s} {sweeps:g} Jacobi sweeps (the kernel's schedule run on the host)")
+    path = Path(args.out) / stamp["device"].replace(" ", "_") / "directpred.csv"
+    harness.append_csv(path, rows)
+    for note in notes:
+        print("note:", note)
+    print(f"wrote {len(rows)} rows to {path}")
+    return 0
