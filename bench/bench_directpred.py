@@ -34,19 +34,12 @@ def sequence(d: int, rows: int, steps: int, device: torch.device, seed: int = 0)
 
 
 def _sweeps(corrs: list[torch.Tensor], warm: bool) -> float:
-    """Median Jacobi sweeps over the sequence (the same inputs the provider builds: U0' F^ U0 from U0)."""
-    ext, counts, basis = _cuda.ext(), [], None
+    """Median Jacobi sweeps (those that rotated + the final check sweep) over the sequence after its first F^."""
+    counts, basis = [], None
     for corr in corrs:
-        d = corr.shape[0]
-        n = d + d % 2
-        u0 = basis if (warm and basis is not None) else torch.eye(d, device=corr.device)
-        a = torch.zeros(n, n, device=corr.device)
-        a[:d, :d] = u0.T @ corr @ u0
-        v0 = torch.eye(n, device=corr.device)
-        v0[:d, :d] = u0
-        _, v, _, info = ext.jacobi_eigh(a, v0, directpred.JACOBI_MAX_SWEEPS, directpred.JACOBI_TOL, 0.01, 2.0)
-        basis = v[:d, :d]
-        counts.append(float(info[0]) + float(info[1]))  # sweeps that rotated + the final check sweep
+        _, u, _, info = directpred.jacobi_solve(corr, basis if warm else None)
+        basis = u
+        counts.append(float(info[0]) + float(info[1]))
     return float(torch.tensor(counts[1:] or counts).median())
 
 

@@ -117,6 +117,14 @@ def predictor_weight_cuda(corr: torch.Tensor, mode: str = "directpred", eps: flo
     schedule on the host), which is how the tests reach this function without a GPU."""
     if mode == "directcopy":  # no eigendecomposition: one elementwise op, the reference is already that
         return predictor_weight_ref(corr, mode, eps, convert)
+    _s, u, p, _info = jacobi_solve(corr, basis, eps, convert)
+    return (u * p) @ u.T, u
+
+
+def jacobi_solve(corr: torch.Tensor, basis: torch.Tensor | None, eps: float = 0.01, convert: float = 2.0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The eigensolve of the cuda provider: (eigenvalues, orthonormalised eigenvectors, spectral map p, info), D-sized,
+    unsorted; info = (sweeps that rotated, converged) stays on the device (bench/bench_directpred.py reads it)."""
     with torch.no_grad(), torch.autocast(device_type=corr.device.type, enabled=False):
         d = corr.shape[0]
         n = d + d % 2
@@ -126,6 +134,5 @@ def predictor_weight_cuda(corr: torch.Tensor, mode: str = "directpred", eps: flo
         a[:d, :d] = u0.T @ (0.5 * (f + f.T)) @ u0
         v0 = torch.eye(n, device=f.device)
         v0[:d, :d] = u0
-        _s, v, p, _info = _cuda.ext().jacobi_eigh(a, v0, JACOBI_MAX_SWEEPS, JACOBI_TOL, float(eps), float(convert))
-        u = _orthonormalize(v[:d, :d])
-        return (u * p[:d]) @ u.T, u
+        s, v, p, info = _cuda.ext().jacobi_eigh(a, v0, JACOBI_MAX_SWEEPS, JACOBI_TOL, float(eps), float(convert))
+        return s[:d], _orthonormalize(v[:d, :d]), p[:d], info
