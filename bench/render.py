@@ -193,6 +193,8 @@ def render(folder: Path, out: Path | None = None) -> tuple[Path, list[Path]]:
                                                           "measurement")),
                         ("Verification", verify_table(rows)),
                         ("Kernels", ktab),
+                        ("DirectPred Jacobi sweeps per update (directpred-host-schedule: run on the host)",
+                         simple_table(rows, "predictor_weight", ("sweeps",), "provider")),
                         ("Training step", step_table(rows)),
                         ("Data loading", simple_table(rows, "data", ("images_per_s", "views_per_s"), "loader"))):
         if body:
