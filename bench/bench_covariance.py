@@ -9,7 +9,6 @@ interpreter its timing means nothing, and the run says so instead of writing a n
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from fusedssl import kernels
@@ -104,8 +103,6 @@ def main(argv: list[str] | None = None) -> int:
                                             ("tflops", _flops(mode, n, d) / p50 / 1e9, "TFLOP/s"),
                                             ("peak_mem", peak, "MiB")):
                     rows.append({**base, "metric": metric, "value": f"{value:.6g}", "unit": unit})
-    path = Path(args.out) / stamp["device"].replace(" ", "_") / "covariance.csv"
-    harness.append_csv(path, rows)
     names = list(provs)
     print(f"barlow_twins_loss on {stamp['device']}, {dtype}, torch {stamp['torch']}, triton {stamp['triton']}; "
           f"median ms (speedup vs eager)")
@@ -118,7 +115,5 @@ def main(argv: list[str] | None = None) -> int:
                 t = table.get((n, d, mode, name))
                 cells.append(f"{'-':>18s}" if t is None else f"{t:9.3f} ({eager / t:5.2f}x)")
             print(f"{f'{n}x{d}':>12s} {mode:8s} " + " ".join(cells))
-    for note in notes:
-        print("note:", note)
-    print(f"wrote {len(rows)} rows to {path}")
+    harness.finish(args.out, stamp, "covariance", rows, notes)
     return 0

@@ -117,8 +117,6 @@ def main(argv: list[str] | None = None) -> int:
                                         ("views_per_s", q[1] * len(recipes), "views/s"),
                                         ("cores", cores, "cores"), ("workers", workers, "threads")):
                 rows.append({**common, "metric": metric, "value": f"{value:.6g}", "unit": unit})
-    path = Path(args.out) / stamp["device"].replace(" ", "_") / "data.csv"
-    harness.append_csv(path, rows)
     print(f"data loaders on {stamp['device']} ({cores} cores available, {workers} threads/workers each), torch "
           f"{stamp['torch']}: {len(idx)} images, {len(recipes)} views of {args.size} px, batch {args.batch}, "
           f"{args.repeats} x {args.steps} steps")
@@ -129,5 +127,5 @@ def main(argv: list[str] | None = None) -> int:
         for name, q in results.items():
             if name != "pil-dataloader":
                 print(f"{name} / pil-dataloader: {q[1] / results['pil-dataloader'][1]:.2f}x")
-    print(f"rows appended to {path}")
+    harness.finish(args.out, stamp, "data", rows)
     return 0

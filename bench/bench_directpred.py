@@ -12,7 +12,6 @@ of f, d = D).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from fusedssl import kernels
@@ -80,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = ""
             meta = dict(op="predictor_weight", provider=name, mode="directpred", n=args.rows, d=d, dtype="float32",
                         **stamp)
-            rows += [{**meta, "metric": m, "value": f"{v:.6g}", "unit": "ms"}
-                     for m, v in (("p20", p20), ("p50", p50), ("p80", p80))]
+            rows += harness.ms_rows(meta, p20, p50, p80)
             if name.startswith("cuda"):
                 sweeps = _sweeps(corrs, warm=name == "cuda-warm")
                 rows.append({**meta, "metric": "sweeps", "value": f"{sweeps:g}", "unit": "sweeps"})
@@ -94,9 +92,5 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(dict(op="predictor_weight", provider=name, mode="directpred-host-schedule", n=args.rows,
                                  d=d, dtype="float32", metric="sweeps", value=f"{sweeps:g}", unit="sweeps", **stamp))
                 print(f"  D={d:4d} {name:10s} {sweeps:g} Jacobi sweeps (the kernel's schedule run on the host)")
-    path = Path(args.out) / stamp["device"].replace(" ", "_") / "directpred.csv"
-    harness.append_csv(path, rows)
-    for note in notes:
-        print("note:", note)
-    print(f"wrote {len(rows)} rows to {path}")
+    harness.finish(args.out, stamp, "directpred", rows, notes)
     return 0

@@ -10,7 +10,6 @@ op lars_step_ or ema_, n = tensors, d = values).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torchvision
@@ -93,11 +92,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {op:11s} {name:8s} {p50:9.3f} ms ({p20:.3f}-{p80:.3f})  {loop_ms / p50:6.2f}x")
             base = dict(op=op, provider=name, mode=f"{args.backbone}+{w}", n=len(shapes), d=numel, dtype="float32",
                         **stamp)
-            rows += [{**base, "metric": m, "value": f"{v:.6g}", "unit": "ms"}
-                     for m, v in (("p20", p20), ("p50", p50), ("p80", p80))]
-    path = Path(args.out) / stamp["device"].replace(" ", "_") / "lars.csv"
-    harness.append_csv(path, rows)
-    for note in notes:
-        print("note:", note)
-    print(f"wrote {len(rows)} rows to {path}")
+            rows += harness.ms_rows(base, p20, p50, p80)
+    harness.finish(args.out, stamp, "lars", rows, notes)
     return 0

@@ -10,7 +10,6 @@ provider (they differ by design); the table gives times and speedups over ``orig
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from fusedssl import kernels
@@ -56,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             (p20, p50, p80) = harness.time_fn(run, device=device, warmup=2, reps=5)
             table[(m, d, name)] = p50
             base = dict(op="matrix_ssl_loss", provider=name, mode="fwd+bwd", n=m, d=d, dtype="float32", **stamp)
-            rows += [{**base, "metric": k, "value": f"{v:.6g}", "unit": "ms"}
-                     for k, v in (("p20", p20), ("p50", p50), ("p80", p80))]
-    path = Path(args.out) / stamp["device"].replace(" ", "_") / "matrix_log.csv"
-    harness.append_csv(path, rows)
+            rows += harness.ms_rows(base, p20, p50, p80)
     print(f"matrix_ssl_loss (4 calls, fwd+bwd, fp32) on {stamp['device']}, torch {stamp['torch']}; "
           "median ms (speedup vs original)")
     print(f"{'m x D':>11s} " + " ".join(f"{n:>18s}" for n in provs))
@@ -68,5 +64,5 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{table[(m, d, n)]:9.2f} ({orig / table[(m, d, n)]:5.1f}x)" if orig else f"{table[(m, d, n)]:9.2f}"
                  for n in provs]
         print(f"{f'{m}x{d}':>11s} " + " ".join(cells))
-    print(f"wrote {len(rows)} rows to {path}")
+    harness.finish(args.out, stamp, "matrix_log", rows)
     return 0

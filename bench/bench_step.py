@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import torch
 from fusedssl.engine import config, dist, train
@@ -149,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({**common, "mode": "step", "metric": "peak_mem", "value": f"{r['peak_mem']:.6g}", "unit": "MiB"})
         for phase, ms in r["phases"].items():
             rows.append({**common, "mode": phase, "metric": "p50", "value": f"{ms:.6g}", "unit": "ms"})
-    path = Path(args.out) / stamp["device"].replace(" ", "_") / "step.csv"
-    harness.append_csv(path, rows)
     print(f"train step of {args.config} on {stamp['device']}, torch {stamp['torch']}: batch {base.data.batch_size}, "
           f"{base.data.image_size} px, {base.model.backbone}, {base.method.name}; {args.steps} steps per measurement")
     print(f"{'variant':18s} {'img/s':>8s} {'step ms':>8s} " + " ".join(f"{p:>10s}" for p in PHASES)
@@ -160,7 +157,5 @@ def main(argv: list[str] | None = None) -> int:
         share = 100 * ph["objective"] / sum(ph.values())
         print(f"{name:18s} {r['images_per_s']:8.1f} {r['step_ms']:8.1f} " + " ".join(f"{ph[p]:10.2f}" for p in PHASES)
               + f" {share:11.1f}")
-    for note in notes:
-        print("note:", note)
-    print(f"wrote {len(rows)} rows to {path}")
+    harness.finish(args.out, stamp, "step", rows, notes)
     return 0

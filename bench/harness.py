@@ -87,3 +87,19 @@ def append_csv(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(kept + rows)
+
+
+def ms_rows(meta: dict, p20: float, p50: float, p80: float) -> list[dict]:
+    """The three rows (p20, p50, p80, in ms) of one timed measurement described by ``meta`` (the other FIELDS)."""
+    return [{**meta, "metric": m, "value": f"{v:.6g}", "unit": "ms"} for m, v in (("p20", p20), ("p50", p50),
+                                                                                  ("p80", p80))]
+
+
+def finish(out: str | Path, stamp: dict, name: str, rows: list[dict], notes: list[str] = ()) -> Path:
+    """Append ``rows`` to ``<out>/<device>/<name>.csv``, print the notes and where the rows went; returns the path."""
+    path = Path(out) / stamp["device"].replace(" ", "_") / f"{name}.csv"
+    append_csv(path, rows)
+    for note in notes:
+        print("note:", note)
+    print(f"wrote {len(rows)} rows to {path}")
+    return path
