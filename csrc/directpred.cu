@@ -207,8 +207,6 @@ __global__ void __launch_bounds__(kReplayWarps * 32)
   for (int j = lane; j < n; j += 32) v[static_cast<int64_t>(row) * n + j] = x[j];
 }
 
-size_t jacobi_smem_bytes(int64_t n) { return static_cast<size_t>(jacobi_scratch_floats(n)) * sizeof(float); }
-
 }  // namespace
 
 int64_t jacobi_scratch_floats(int64_t n) { return n * (n + 1) / 2; }
@@ -226,7 +224,7 @@ cudaError_t sym_eig_jacobi(const float* a, float* v, float* s, float* p, int* in
   // the static shared memory of jacobi_kernel (rot, pidx, qidx, red, bcast) comes on top of the packed matrix
   // (plus a margin for alignment padding)
   const size_t static_bytes = kMaxPairs * (sizeof(float2) + 2 * sizeof(int)) + (kThreads / 32 + 1) * sizeof(float) + 256;
-  const size_t bytes = jacobi_smem_bytes(n);
+  const size_t bytes = static_cast<size_t>(jacobi_scratch_floats(n)) * sizeof(float);
   const bool use_smem = bytes + static_bytes <= static_cast<size_t>(optin);
   const size_t dyn = use_smem ? bytes : 0;
   if (dyn > 48 * 1024) {

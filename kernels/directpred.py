@@ -103,7 +103,7 @@ def predictor_weight_ref(corr: torch.Tensor, mode: str = "directpred", eps: floa
 def _orthonormalize(u: torch.Tensor) -> torch.Tensor:
     """One Newton-Schulz step towards the nearest orthogonal matrix: U (3I - U'U) / 2. Each Jacobi solve leaves
     ||U'U - I|| ~ 1e-4 in fp32 (thousands of rotations per entry), which a warm start would otherwise accumulate;
-    the step squares that error, for two D x D GEMMs."""
+    the step squares that error, for two D x D GEMMs, once per solve (on the output, which is the next basis)."""
     return 1.5 * u - 0.5 * (u @ (u.T @ u))
 
 
@@ -129,9 +129,10 @@ def jacobi_solve(corr: torch.Tensor, basis: torch.Tensor | None, eps: float = 0.
         d = corr.shape[0]
         n = d + d % 2
         f = corr.float()
-        u0 = _orthonormalize(basis.float()) if basis is not None else torch.eye(d, device=f.device)
+        # basis is the previous call's output, orthonormalised there; the kernel symmetrises a as it loads it
+        u0 = basis.float() if basis is not None else torch.eye(d, device=f.device)
         a = torch.zeros(n, n, device=f.device)
-        a[:d, :d] = u0.T @ (0.5 * (f + f.T)) @ u0
+        a[:d, :d] = u0.T @ f @ u0
         v0 = torch.eye(n, device=f.device)
         v0[:d, :d] = u0
         s, v, p, info = _cuda.ext().jacobi_eigh(a, v0, JACOBI_MAX_SWEEPS, JACOBI_TOL, float(eps), float(convert))
