@@ -51,7 +51,8 @@ def _cuda_extension():
 
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FUSEDSSL_CUDA_ARCH", "8.0;9.0;10.0"))
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "*.cu")))
+    sources = sorted(os.path.relpath(p, here) for ext in ("cu", "cpp")
+                     for p in glob.glob(os.path.join(here, "csrc", f"*.{ext}")) if not p.endswith("bindings.cpp"))
     ext = CUDAExtension(
         "fusedssl.kernels._C",
         sources=[*sources, os.path.join("csrc", "bindings.cpp")],

@@ -1,6 +1,7 @@
 // Python bindings of fusedssl.kernels._C: the only file that includes torch and pybind11. It checks arguments
 // (checks.h), allocates outputs with torch's caching allocator and launches the torch-free kernels of the .cu files
 // on the current stream. kernels/normalize.py and kernels/lars.py wrap these in custom ops / providers.
+#include <ATen/Parallel.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -114,6 +115,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> jacobi_eigh(const at:
   return {s, v, p, info};
 }
 
+// Fused photometric augmentation of uint8 views x (n, h, w, 3) on the CPU (photometric.cpp): returns the normalised
+// float32 (n, h, w, 3) views; samples are split over torch's intra-op threads.
+at::Tensor photometric(const at::Tensor& x, const at::Tensor& bright, const at::Tensor& contrast,
+                       const at::Tensor& matrix, const at::Tensor& colour, const at::Tensor& taps,
+                       const at::Tensor& radius, const at::Tensor& solarize, std::vector<double> mean,
+                       std::vector<double> std) {
+  TORCH_CHECK(x.is_cpu(), "x: expected a CPU tensor (the CPU data pipeline's op), got ", x.device());
+  check_dim(x, "x", 4);
+  TORCH_CHECK(x.scalar_type() == at::kByte && x.is_contiguous() && x.size(3) == 3,
+              "x: expected contiguous uint8 (n, h, w, 3), got ", x.scalar_type(), " ", shape_of(x),
+              x.is_contiguous() ? "" : " (not contiguous)");
+  const int64_t n = x.size(0);
+  auto per_sample = [n](const at::Tensor& t, const char* name, at::ScalarType type, int64_t width) {
+    TORCH_CHECK(t.is_cpu() && t.scalar_type() == type && t.is_contiguous(), name, ": expected a contiguous CPU ",
+                type, " tensor, got ", t.scalar_type(), " on ", t.device());
+    TORCH_CHECK(t.dim() == (width ? 2 : 1) && t.size(0) == n && (!width || t.size(1) >= width), name,
+                ": expected ", n, " rows", width ? " of at least 1 column" : "", ", got shape ", shape_of(t));
+  };
+  per_sample(bright, "bright", at::kFloat, 0);
+  per_sample(contrast, "contrast", at::kFloat, 0);
+  per_sample(matrix, "matrix", at::kFloat, 9);
+  per_sample(colour, "colour", at::kByte, 0);
+  per_sample(taps, "taps", at::kFloat, 1);
+  per_sample(radius, "radius", at::kInt, 0);
+  per_sample(solarize, "solarize", at::kByte, 0);
+  TORCH_CHECK(mean.size() == 3 && std.size() == 3, "mean, std: expected 3 values each, got ", mean.size(), " and ",
+              std.size());
+  const int64_t max_radius = n ? radius.max().item<int32_t>() : 0;
+  TORCH_CHECK(n == 0 || radius.min().item<int32_t>() >= 0, "radius: expected >= 0");
+  TORCH_CHECK(2 * max_radius + 1 <= taps.size(1), "taps: a radius of ", max_radius, " needs ", 2 * max_radius + 1,
+              " taps per row, got ", taps.size(1));
+  PhotoArgs a{bright.data_ptr<float>(), contrast.data_ptr<float>(), matrix.data_ptr<float>(),
+              colour.data_ptr<uint8_t>(), taps.data_ptr<float>(), taps.size(1), radius.data_ptr<int32_t>(),
+              solarize.data_ptr<uint8_t>(), {}, {}};
+  for (int c = 0; c < 3; ++c) {
+    TORCH_CHECK(std[c] > 0.0, "std: expected > 0, got ", std[c]);
+    a.scale[c] = static_cast<float>(1.0 / (255.0 * std[c]));  // inputs are on the 0..255 scale
+    a.shift[c] = static_cast<float>(-mean[c] / std[c]);
+  }
+  auto out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  const int64_t h = x.size(1), w = x.size(2);
+  const uint8_t* xp = x.data_ptr<uint8_t>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) { photometric_host(xp, op, h, w, a, begin, end); });
+  return out;
+}
+
 // The device-resident table of a tensor list (pointers, sizes, flags, chunks), built on the host and copied in one
 // transfer; the returned tensor owns the memory and must outlive the launch (the caching allocator keeps it ordered
 // on the stream).
@@ -202,7 +250,7 @@ void ema_(std::vector<at::Tensor> teacher, std::vector<at::Tensor> online, doubl
 }  // namespace fusedssl
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fusedssl CUDA C++ kernels (csrc/): column normalisation, covariance-loss epilogue, Jacobi eigh, multi-tensor LARS and EMA";
+  m.doc() = "fusedssl CUDA C++ kernels (csrc/): column normalisation, covariance-loss epilogue, Jacobi eigh, multi-tensor LARS and EMA, and the CPU photometric augmentation";
   m.def("col_norm", &fusedssl::col_norm, "column (or row) normalisation: (y, mean, r, beta)");
   m.def("col_norm_bwd", &fusedssl::col_norm_bwd, "closed-form backward of col_norm");
   m.def("cov_loss_epilogue_", &fusedssl::cov_loss_epilogue_, "covariance-loss epilogue: C -> G in place, returns L");
@@ -210,4 +258,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ema_", &fusedssl::ema_, "multi-tensor EMA update of a teacher (in place)");
   m.def("jacobi_eigh", &fusedssl::jacobi_eigh,
         "warm-started Jacobi eigendecomposition + DirectPred's spectral map: (s, v, p, info)");
+  m.def("photometric", &fusedssl::photometric,
+        "fused colour jitter, grayscale, blur, solarisation and normalisation of uint8 NHWC views (CPU)");
 }

@@ -59,4 +59,24 @@ cudaError_t sym_eig_jacobi(const float* a, float* v, float* s, float* p, int* in
 void sym_eig_jacobi_host(const float* a, float* v, float* s, float* p, int* info, float* scratch, float2* rots,
                          int64_t n, int max_sweeps, float tol, float eps, float convert);
 
+// photometric.cpp: colour jitter, grayscale, Gaussian blur, solarisation and normalisation of uint8 NHWC views (n, h, w,
+// 3, contiguous) into float NHWC, per sample k: v = min(bright x, 255); v = clamp(contrast v + (1 - contrast) m) with m
+// the mean luma of min(bright x, 255); v = clamp(matrix v) (3x3 row-major: saturation, hue, grayscale), all only where
+// colour[k]; blur with taps[k, 0..2 radius] (radius 0: none; reflect-101 border); v -> 255 - v above 127.5 where
+// solarize[k]; out = v scale + shift per channel. Host only: bindings.cpp splits samples [begin, end) over threads.
+struct PhotoArgs {
+  const float* bright;     // (n,)
+  const float* contrast;   // (n,)
+  const float* matrix;     // (n, 9)
+  const uint8_t* colour;   // (n,)
+  const float* taps;       // (n, taps_stride)
+  int64_t taps_stride;
+  const int32_t* radius;   // (n,)
+  const uint8_t* solarize; // (n,)
+  float scale[3];
+  float shift[3];
+};
+void photometric_host(const uint8_t* x, float* out, int64_t h, int64_t w, const PhotoArgs& a, int64_t begin,
+                      int64_t end);
+
 }  // namespace fusedssl

@@ -29,6 +29,7 @@ from .frobenius import frossl_loss, log_frobenius
 from .lars import ema_, lars_step_
 from .matrix_log import kernel_ssl_loss, matrix_ssl_loss
 from .normalize import COL_MODES, col_normalize, row_normalize
+from .photometric import photometric, photometric_ref, random_params, why_no_kernel
 
 # The one table of tolerance floors (relative, see above); tests/conftest.py imports it.
 FLOORS = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 1e-4}
@@ -209,6 +210,21 @@ def check_predictor(backend: str, d: int, rank: int, gen: torch.Generator, devic
     return rows
 
 
+PHOTO_SHAPES = [(6, 32, 32), (5, 17, 23), (3, 2, 9)]  # (views, height, width); odd widths, windows wider than 9
+PHOTO_FULL_SHAPES = [(64, 224, 224), (32, 96, 96), (16, 161, 131)]
+PHOTO_MEAN, PHOTO_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def check_photometric(n: int, h: int, w: int, gen: torch.Generator) -> Row:
+    """The data pipeline's fused photometric kernel (C++, CPU) on fresh random uint8 views and parameters."""
+    x = torch.randint(0, 256, (n, h, w, 3), generator=gen, dtype=torch.uint8)
+    p = random_params(gen, n, max_sigma=max(2.0, max(h, w) / 8))
+    ref = photometric_ref(x, p, PHOTO_MEAN, PHOTO_STD)
+    out = photometric(x, p, PHOTO_MEAN, PHOTO_STD, kernel=True)
+    return Row("photometric", "cpp-cpu", "float32", f"{n}x{h}x{w}", "NHWC", "value", _err(out, ref),
+               FLOORS[torch.float32])
+
+
 def _runnable(op: str, name: str, backend: str, device: torch.device, skipped: list[str]) -> bool:
     """Whether ``backend`` can run ``op`` here; if not, the reason goes to ``skipped``."""
     if backend not in _backend.available(op):
@@ -268,6 +284,12 @@ def run(*, device: torch.device, full: bool = False, cases: list[str] | None = N
             for d, rank in PREDICTOR_FULL_SHAPES if full else PREDICTOR_SHAPES:
                 for row in check_predictor(backend, d, rank, gen, device):
                     rows.append(_print(row, out))
+    if not cases or "photometric" in cases:
+        if why_no_kernel():
+            skipped.append(f"photometric: {why_no_kernel()}")
+        else:
+            for n, h, w in PHOTO_FULL_SHAPES if full else PHOTO_SHAPES:
+                rows.append(_print(check_photometric(n, h, w, gen), out))
     return rows, skipped
 
 
@@ -281,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    known = {c.name for c in CASES} | {c.op for c in CASES} | set(OPTIM_CASES) | {"predictor_weight"}
+    known = {c.name for c in CASES} | {c.op for c in CASES} | set(OPTIM_CASES) | {"predictor_weight", "photometric"}
     for name in args.ops or ():
         if name not in known:
             p.error(f"--op {name!r} is not one of {', '.join(sorted(known))}")
