@@ -9,7 +9,9 @@ about the size of an ImageNet JPEG).
 Timing: ``--warmup`` steps first (pipeline start, worker start, page cache), then ``--steps`` steps timed as one
 stretch of wall-clock time (the loaders prefetch, so single-step times mean little); ``--repeats`` such stretches,
 median reported with p20/p80. The CPU cores available to the process and each loader's threads/workers are recorded.
-On a GPU, DALI decodes with ``device="mixed"`` (and once with the CPU decoder for comparison).
+On a GPU, DALI decodes with ``device="mixed"`` (and once with the CPU decoder for comparison). DALI on the CPU runs
+twice: ``dali-cpu`` with the photometric steps and the normalisation in the fused C++ kernel after DALI's decode,
+crop and resize (the default, ``data.photometric=auto``), and ``dali-cpu-ops`` with every step in DALI operators.
 
 Rows go to bench/results/<device>/data.csv (long format, harness.FIELDS: op=data, provider=loader, mode=<views>-view,
 n=per-step images, d=view side, dtype=uint8 source).
@@ -31,6 +33,7 @@ from fusedssl.engine import config
 from fusedssl.engine import data as data_stage
 from fusedssl.engine.data import dali, files, folder
 from fusedssl.engine.data.params import Plan
+from fusedssl.kernels import photometric as photo
 
 
 def measure(stage: files.FileViews, steps: int, warmup: int, repeats: int, device: torch.device) -> list[float]:
@@ -94,19 +97,23 @@ def main(argv: list[str] | None = None) -> int:
                                   local_crops=args.local_crops)
         recipes = data_stage.recipes(cfg)
         plan = Plan(idx, recipes, args.batch, 0, 0, 1, str(index_path))
-        variants = []
+        variants = []  # (name, loader, DALI decode device, where the photometric steps run)
         if "dali" in loaders:
             if device.type == "cuda":
-                variants.append(("dali-mixed", "dali", "mixed"))
-            variants.append(("dali-cpu", "dali", "cpu"))
+                variants.append(("dali-mixed", "dali", "mixed", "dali"))
+            if photo.why_no_kernel() is None:
+                variants.append(("dali-cpu", "dali", "cpu", "kernel"))
+            else:
+                print(f"fusedssl bench data: no dali-cpu row with the fused kernel: {photo.why_no_kernel()}")
+            variants.append(("dali-cpu-ops", "dali", "cpu", "dali"))
         if "torch" in loaders:
-            variants.append(("pil-dataloader", "torch", "cpu"))
+            variants.append(("pil-dataloader", "torch", "cpu", "dali"))
         stamp = harness.env(device)
         rows, results = [], {}
-        for name, loader, dali_device in variants:
+        for name, loader, dali_device, photometric in variants:
             stage = files.FileViews(plan, loader, device, True, cfg.mean, cfg.std, workers=workers,
                                     prefetch=cfg.prefetch, dali_device=dali_device, roi_decode=True,
-                                    hw_decoder_load=cfg.hw_decoder_load, read_workers=0)
+                                    hw_decoder_load=cfg.hw_decoder_load, read_workers=0, photometric=photometric)
             rates = measure(stage, args.steps, args.warmup, args.repeats, device)
             q = torch.tensor(rates).quantile(torch.tensor([0.2, 0.5, 0.8])).tolist()
             results[name] = q

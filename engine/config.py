@@ -73,6 +73,8 @@ class DataConfig:
     loader: str = "auto"              # folder: auto (DALI if installed) | dali | torch (PIL in DataLoader workers)
     dali_device: str = "auto"         # auto (mixed = GPU decoding on a GPU run, else cpu) | mixed | cpu
     roi_decode: bool = True           # DALI: decode only the crop box of each view (else one full decode per image)
+    photometric: str = "auto"         # DALI: where colour/blur/solarise/normalise run: kernel (one fused C++ pass
+                                      # after CPU decoding) | dali (DALI operators) | auto (kernel on CPU, if built)
     hw_decoder_load: float = 0.65     # DALI mixed: share of images for the hardware JPEG decoder (logged explicitly)
     workers: int = 4                  # DALI CPU threads, or PIL DataLoader workers; also the data check's processes
     read_workers: int = 0             # DALI: processes reading files (parallel external source; 0 = in DALI's feed)
@@ -233,6 +235,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.check": ("auto", "require"),
     "data.loader": ("auto", "dali", "torch"),
     "data.dali_device": ("auto", "mixed", "cpu"),
+    "data.photometric": ("auto", "kernel", "dali"),
     "model.backbone": ("resnet18", "resnet50"),
     "model.stem": ("imagenet", "cifar"),
     "method.name": ("barlow", "barlow_hsic", "vicreg", "frossl", "matrix_ssl", "kernel_ssl", "simclr", "byol",

@@ -5,7 +5,6 @@ pipelines here (``device_id=None``); both of its graphs (the CPU one and the GPU
 """
 
 import dataclasses
-import functools
 import io
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from fusedssl.engine import cli, config, train
 from fusedssl.engine import data as data_stage
 from fusedssl.engine.data import dali, files, folder, params
 from fusedssl.engine.data.params import Plan
+from fusedssl.kernels import photometric
 from PIL import Image
 
 LOADERS = ["dali", "torch"] if dali.available() else ["torch"]
@@ -263,18 +263,40 @@ def test_grayscale_and_solarisation_do_what_they_say(tree, loader):
 
 
 @needs_dali
-@pytest.mark.parametrize("gpu_graph", [False, True])
-def test_dali_and_the_fallback_agree_sample_by_sample(tree, gpu_graph, monkeypatch):
+@pytest.mark.parametrize("graph", ["kernel", "cpu_ops", "gpu_ops"])  # not "gpu": that id is conftest's GPU marker
+def test_dali_and_the_fallback_agree_sample_by_sample(tree, graph, monkeypatch):
     """Same parameters, two implementations: crops, flips, jitter, hue, grayscale, blur and solarisation agree.
-    ``gpu_graph``: the GPU graph's colour and blur variants, run on the CPU."""
-    monkeypatch.setattr(dali, "pipeline", functools.partial(dali.pipeline, gpu_graph=gpu_graph))
-    a = _stage(tree, "dali", "data.batch_size=12").raw(1)
+    ``graph``: DALI's crop and resize then the fused photometric kernel (the CPU default), or every step in DALI
+    operators with the CPU graph's or the GPU graph's colour and blur variants (all run on the CPU here)."""
+    if graph == "kernel":
+        if photometric.why_no_kernel():
+            pytest.skip(photometric.why_no_kernel())
+        extra = "data.photometric=kernel"
+    else:
+        pipeline = dali.pipeline
+        monkeypatch.setattr(dali, "pipeline", lambda *a, **k: pipeline(*a, **{**k, "graph": graph[:3]}))
+        extra = "data.photometric=dali"
+    a = _stage(tree, "dali", "data.batch_size=12", extra).raw(1)
     b = _stage(tree, "torch", "data.batch_size=12").raw(1)
     for x, y in zip(a, b, strict=True):
         per_image = (x.float() - y.float()).abs().mean(dim=(1, 2, 3))
         assert per_image.max() < 6.0, per_image  # grey levels; measured mean 1.4, max 3.7 (decoders, filters, clamps)
     shifted = (a[0].float() - b[0].roll(1, 0).float()).abs().mean(dim=(1, 2, 3))
     assert shifted.min() > 10  # ...and a mismatched pairing is far apart
+
+
+@needs_dali
+def test_where_the_photometric_steps_run_is_chosen_and_checked(tree, monkeypatch):
+    built = photometric.why_no_kernel() is None
+    assert _stage(tree, "dali").photometric == ("kernel" if built else "dali")  # auto: the kernel on CPU decoding
+    assert _stage(tree, "dali", "data.photometric=dali").photometric == "dali"
+    with pytest.raises(folder.DatasetError, match="data.photometric=kernel runs on the CPU.*dali_device is mixed"):
+        files.choose_photometric(_cfg(tree, "data.photometric=kernel"), "mixed")
+    assert files.choose_photometric(_cfg(tree), "mixed") == "dali"
+    monkeypatch.setattr(photometric, "why_no_kernel", lambda: "the extension is not built (test)")
+    with pytest.raises(folder.DatasetError, match="data.photometric=kernel: the extension is not built"):
+        _stage(tree, "dali", "data.photometric=kernel")
+    assert _stage(tree, "dali").photometric == "dali"  # auto without the kernel: DALI's operators
 
 
 @needs_dali

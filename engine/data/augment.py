@@ -17,9 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights: grayscale in every pipeline
-TO_YIQ = (LUMA, (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))  # RGB -> YIQ: the hue is a rotation of (I, Q)
+from fusedssl.kernels.photometric import LUMA, TO_YIQ  # noqa: F401  (shared with the file pipelines)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ Graph per view, every random decision an argument input from params.py (so resum
   per-sample conditional; DALI has no solarise operator) -> uint8.
 On the CPU the colour step is two passes (``_colour_fused``) and the blur two 1-D filter passes with per-sample
 taps; on a GPU the colour step is float arithmetic and the blur DALI's gaussian_blur under a conditional.
+The "geometry" graph stops after the resize: on the CPU, files.py then runs every photometric step and the
+normalisation in one fused C++ kernel (kernels/photometric.py), several times cheaper than these DALI operators.
 The views leave DALI as uint8 NHWC; files.py moves them to the device and normalises them as channels-last NCHW.
 
 The source is a batch callback (``fn.external_source``): it reads this rank's files for step ``start + iteration``
@@ -25,7 +27,7 @@ from .augment import ViewRecipe
 from .folder import read_bytes
 from .params import Plan
 
-_PER_VIEW = 13  # inputs per view, in the order of _Source.__call__
+_PER_VIEW = {"cpu": 13, "gpu": 13, "geometry": 4}  # inputs per view, in the order of _Source.__call__
 
 
 def available() -> bool:
@@ -51,13 +53,14 @@ class _Source:
     """Batch callback: encoded bytes and per-view parameters of this rank's rows at step ``start + iteration``.
 
     Per view, in order: crop anchor and shape (x, y pixels), resize ROI start and end (relative, (y, x); a flip is a
-    reversed ROI), then brightness, contrast, saturation, hue (degrees), colour keep (0 = grayscale), whether the
-    colour step runs at all, then for the CPU graph the blur kernels (horizontal, vertical) and for the GPU graph
-    the blur flag and sigma, then the solarisation flag.
+    reversed ROI); then, unless the graph is "geometry" (the fused kernel does the rest after DALI), brightness,
+    contrast, saturation, hue (degrees), colour keep (0 = grayscale), whether the colour step runs at all, then for
+    the "cpu" graph the blur kernels (horizontal, vertical) and for the "gpu" graph the blur flag and sigma, then the
+    solarisation flag.
     """
 
-    def __init__(self, plan: Plan, start: int, gpu_graph: bool):
-        self.plan, self.start, self.gpu_graph = plan, start, gpu_graph
+    def __init__(self, plan: Plan, start: int, graph: str):
+        self.plan, self.start, self.graph = plan, start, graph
 
     def __call__(self, info) -> tuple[list[np.ndarray], ...]:
         step = self.start + info.iteration
@@ -70,15 +73,17 @@ class _Source:
             flip = p.flip.astype(np.float32)
             roi_start = np.stack([np.zeros(n, np.float32), flip], 1)
             roi_end = np.stack([np.ones(n, np.float32), 1 - flip], 1)
-            colour = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0) | p.gray
-            cols = [box[:, :2], box[:, 2:], roi_start, roi_end, p.brightness, p.contrast, p.saturation,
-                    (360.0 * p.hue).astype(np.float32), np.where(p.gray, 0.0, 1.0).astype(np.float32), colour]
-            if self.gpu_graph:
-                cols += [p.blur, p.sigma]
-            else:
-                kernels = [_gaussian_kernels(p, k) for k in range(n)]
-                cols += [[kh for kh, _ in kernels], [kv for _, kv in kernels]]
-            cols.append(p.solarize)
+            cols = [box[:, :2], box[:, 2:], roi_start, roi_end]
+            if self.graph != "geometry":
+                colour = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0) | p.gray
+                cols += [p.brightness, p.contrast, p.saturation, (360.0 * p.hue).astype(np.float32),
+                         np.where(p.gray, 0.0, 1.0).astype(np.float32), colour]
+                if self.graph == "gpu":
+                    cols += [p.blur, p.sigma]
+                else:
+                    kernels = [_gaussian_kernels(p, k) for k in range(n)]
+                    cols += [[kh for kh, _ in kernels], [kv for _, kv in kernels]]
+                cols.append(p.solarize)
             outs.extend([np.array(c[k]) for k in range(n)] for c in cols)  # 0-d per sample: scalars
         return tuple(outs)
 
@@ -125,12 +130,12 @@ def _colour_arithmetic(x, bright, contrast, sat, hue, keep_colour):
     return fn.cast(dmath.clamp(x, 0.0, 255.0), dtype=types.UINT8)
 
 
-def _view(x, args, recipe: ViewRecipe, crop_in_decoder: bool, decode: dict, gpu_graph: bool):
+def _view(x, args, recipe: ViewRecipe, crop_in_decoder: bool, decode: dict, graph: str):
     """The augmentation graph of one view; ``x`` is the encoded file (ROI decode) or the decoded image."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
-    anchor, shape, roi_start, roi_end, bright, contrast, sat, hue, keep_colour, colour, blur_a, blur_b, solarize = args
+    anchor, shape, roi_start, roi_end = args[:4]
     if crop_in_decoder:
         x = fn.decoders.image_slice(x, anchor, shape, axis_names="WH", normalized_anchor=False,
                                     normalized_shape=False, output_type=types.RGB, **decode)
@@ -139,9 +144,12 @@ def _view(x, args, recipe: ViewRecipe, crop_in_decoder: bool, decode: dict, gpu_
     # The flip rides on the resize (a reversed ROI flips), which saves a pass over every image.
     x = fn.resize(x, size=[recipe.size, recipe.size], interp_type=types.INTERP_LINEAR, antialias=True,
                   roi_start=roi_start, roi_end=roi_end, roi_relative=True)
+    if graph == "geometry":
+        return x
+    bright, contrast, sat, hue, keep_colour, colour, blur_a, blur_b, solarize = args[4:]
     if colour:  # identity jitter and no grayscale: skip the pass (16 % of samples with the default recipe)
-        x = (_colour_arithmetic if gpu_graph else _colour_fused)(x, bright, contrast, sat, hue, keep_colour)
-    if gpu_graph:
+        x = (_colour_arithmetic if graph == "gpu" else _colour_fused)(x, bright, contrast, sat, hue, keep_colour)
+    if graph == "gpu":
         if blur_a:
             x = fn.gaussian_blur(x, sigma=blur_b)
     else:
@@ -158,23 +166,28 @@ def _graph(source: _Source, recipes: list[ViewRecipe], roi_decode: bool, decode:
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
+    per_view = _PER_VIEW[source.graph]
     outs = fn.external_source(source=source, batch=True, batch_info=True, parallel=parallel,
-                              num_outputs=1 + _PER_VIEW * len(recipes))
+                              num_outputs=1 + per_view * len(recipes))
     enc, args = outs[0], outs[1:]
     full = None if roi_decode else fn.decoders.image(enc, output_type=types.RGB, **decode)
     views = []
     for v, r in enumerate(recipes):
-        view_args = args[v * _PER_VIEW:(v + 1) * _PER_VIEW]
-        views.append(_view(enc if roi_decode else full, view_args, r, roi_decode, decode, source.gpu_graph))
+        view_args = args[v * per_view:(v + 1) * per_view]
+        views.append(_view(enc if roi_decode else full, view_args, r, roi_decode, decode, source.graph))
     return tuple(views)
 
 
+GRAPHS = ("cpu", "gpu", "geometry")
+
+
 def pipeline(plan: Plan, start: int, *, device_id: int | None, threads: int, prefetch: int, roi_decode: bool,
-             hw_decoder_load: float, read_workers: int, seed: int, gpu_graph: bool | None = None):
+             hw_decoder_load: float, read_workers: int, seed: int, graph: str | None = None):
     """A built DALI pipeline whose i-th run returns the views of step ``start + i`` (uint8 NHWC TensorLists).
 
-    ``gpu_graph`` picks the GPU variants of the colour and blur steps (default: when decoding on the GPU); tests run
-    them on the CPU too.
+    ``graph``: "geometry" stops after the crop, resize and flip (the photometric steps then run in the fused kernel,
+    files.py); "cpu" and "gpu" do every step in DALI with the CPU or the GPU variants of the colour and blur steps
+    (default: "gpu" when decoding on the GPU, else "cpu"); tests run both on the CPU.
     """
     from nvidia.dali import pipeline_def
 
@@ -182,11 +195,13 @@ def pipeline(plan: Plan, start: int, *, device_id: int | None, threads: int, pre
         decode = {"device": "cpu"}
     else:
         decode = {"device": "mixed", "hw_decoder_load": hw_decoder_load}
-    if gpu_graph is None:
-        gpu_graph = device_id is not None
+    if graph is None:
+        graph = "cpu" if device_id is None else "gpu"
+    if graph not in GRAPHS:
+        raise ValueError(f"graph={graph!r} is not one of {GRAPHS}")
     build = pipeline_def(_graph, enable_conditionals=True)
     kw = {"py_num_workers": read_workers, "py_start_method": "spawn"} if read_workers else {}
-    pipe = build(_Source(plan, start, gpu_graph), plan.recipes, roi_decode, decode, read_workers > 0,
+    pipe = build(_Source(plan, start, graph), plan.recipes, roi_decode, decode, read_workers > 0,
                  batch_size=plan.per_rank, num_threads=threads, device_id=device_id, seed=seed,
                  prefetch_queue_depth=prefetch, **kw)
     pipe.build()

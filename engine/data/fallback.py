@@ -14,22 +14,19 @@ import io
 
 import numpy as np
 import torch
+from fusedssl.kernels.photometric import colour_matrix
 
-from .augment import TO_YIQ
 from .folder import read_bytes
 from .params import Plan, ViewParams
-
-_TO_YIQ = np.array(TO_YIQ)
 
 
 def _rotate_hue(im, turns: float):
     """Hue as a rotation of the chroma plane of YIQ by ``turns`` of a circle, as DALI's ``fn.hsv`` does it (same
-    sign: tested against it) and augment.py too. torchvision shifts the H of HSV instead: same idea, other details."""
+    sign: tested against it) and the fused kernel too. torchvision shifts the H of HSV instead: same idea, other
+    details."""
     from PIL import Image
 
-    a = -2 * np.pi * turns
-    rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    m = (np.linalg.inv(_TO_YIQ) @ rot @ _TO_YIQ).astype(np.float32)
+    m = colour_matrix(np.ones(1), np.array([turns]))[0].reshape(3, 3)
     y = np.asarray(im, dtype=np.float32) @ m.T
     return Image.fromarray(np.clip(y + 0.5, 0, 255).astype(np.uint8))
 
