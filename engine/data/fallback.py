@@ -84,6 +84,9 @@ class StepBatches(torch.utils.data.Dataset):
 
 def loader(plan: Plan, start: int, *, workers: int, prefetch: int, pin_memory: bool):
     """An iterator over the steps ``start, start + 1, ...`` (workers keep the order of the steps)."""
-    kw = {"prefetch_factor": prefetch, "persistent_workers": False} if workers else {}
+    # forkserver, not fork: a forked worker inherits any DALI pipeline the parent holds or has not yet collected, and
+    # a DALI pipeline finalised in the child waits forever on threads that do not exist there (seen as a hung test).
+    kw = {"prefetch_factor": prefetch, "persistent_workers": False,
+          "multiprocessing_context": "forkserver"} if workers else {}
     return iter(torch.utils.data.DataLoader(StepBatches(plan), batch_size=None, sampler=range(start, 2**62),
                                             num_workers=workers, pin_memory=pin_memory, **kw))

@@ -87,9 +87,8 @@ class FileViews:
         self.plan, self.loader, self.device, self.channels_last = plan, loader, device, channels_last
         self.steps_per_epoch = plan.steps_per_epoch
         self.mean, self.std = tuple(mean), tuple(std)
-        self._scale = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0)
-        self._shift = -torch.tensor(mean, device=device).view(1, 3, 1, 1) / torch.tensor(std, device=device).view(
-            1, 3, 1, 1)
+        mean_t, std_t = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (mean, std))
+        self._scale, self._shift = 1.0 / (255.0 * std_t), -mean_t / std_t  # (x / 255 - mean) / std on uint8 x
         self.photometric = photometric if loader == "dali" else "pil"
         self._opts = {"workers": workers, "prefetch": prefetch, "dali_device": dali_device, "roi_decode": roi_decode,
                       "hw_decoder_load": hw_decoder_load, "read_workers": read_workers}
@@ -139,6 +138,7 @@ class FileViews:
         if self.photometric == "kernel":  # the kernel's 0..255 output, rounded as an 8-bit image would be
             return [v.round_().to(torch.uint8) for v in self._fused(step, (0.0,) * 3, (1 / 255,) * 3)]
         return self._pipeline_out(step)
+
     @property
     def num_classes(self) -> int:
         return len(self.plan.index.classes)
