@@ -82,11 +82,20 @@ class StepBatches(torch.utils.data.Dataset):
         return [torch.from_numpy(o) for o in out]
 
 
+def _worker_context():
+    """forkserver, not fork: a forked worker inherits any DALI pipeline the parent holds or has not yet collected, and a
+    DALI pipeline finalised in the child waits forever on threads that do not exist there (seen as a hung test). The
+    server imports this module (and torch, PIL) once, so each worker starts by a cheap fork of it."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, "PIL.Image", "PIL.ImageEnhance", "PIL.ImageFilter", "PIL.ImageOps"])
+    return ctx
+
+
 def loader(plan: Plan, start: int, *, workers: int, prefetch: int, pin_memory: bool):
     """An iterator over the steps ``start, start + 1, ...`` (workers keep the order of the steps)."""
-    # forkserver, not fork: a forked worker inherits any DALI pipeline the parent holds or has not yet collected, and
-    # a DALI pipeline finalised in the child waits forever on threads that do not exist there (seen as a hung test).
     kw = {"prefetch_factor": prefetch, "persistent_workers": False,
-          "multiprocessing_context": "forkserver"} if workers else {}
+          "multiprocessing_context": _worker_context()} if workers else {}
     return iter(torch.utils.data.DataLoader(StepBatches(plan), batch_size=None, sampler=range(start, 2**62),
                                             num_workers=workers, pin_memory=pin_memory, **kw))
