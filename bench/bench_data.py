@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 
 import torch
+from fusedssl import kernels
 from fusedssl.bench import harness
 from fusedssl.engine import config
 from fusedssl.engine import data as data_stage
 from fusedssl.engine.data import dali, files, folder
 from fusedssl.engine.data.params import Plan
-from fusedssl.kernels import photometric as photo
 
 
 def measure(stage: files.FileViews, steps: int, warmup: int, repeats: int, device: torch.device) -> list[float]:
@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         if "dali" in loaders:
             if device.type == "cuda":
                 variants.append(("dali-mixed", "dali", "mixed", "dali"))
-            if photo.why_no_kernel() is None:
+            why = kernels.why_no_photometric_kernel()
+            if why is None:
                 variants.append(("dali-cpu", "dali", "cpu", "kernel"))
             else:
-                print(f"fusedssl bench data: no dali-cpu row with the fused kernel: {photo.why_no_kernel()}")
+                print(f"fusedssl bench data: no dali-cpu row with the fused kernel: {why}")
             variants.append(("dali-cpu-ops", "dali", "cpu", "dali"))
         if "torch" in loaders:
             variants.append(("pil-dataloader", "torch", "cpu", "dali"))

@@ -12,6 +12,7 @@ Objective per method (the spec is ../shared/docs/methods.md of the project):
   SimCLR                 nt_xent_loss
   BYOL, SimSiam          byol_loss, simsiam_loss
   DirectPred, DirectCopy correlation_ema + predictor_weight (mode "directpred" / "directcopy")
+and the CPU data pipeline's fused photometric augmentation: photometric_augment (photo_params, colour_matrix).
 """
 
 from ._backend import BACKENDS, BackendUnavailable, available
@@ -39,6 +40,16 @@ from .matrix_log import (
     trace_logm,
 )
 from .normalize import col_normalize, row_normalize
+from .photometric import (
+    LUMA,
+    TO_YIQ,
+    PhotoParams,
+    colour_matrix,
+    photo_params,
+    photometric_augment,
+    photometric_augment_ref,
+    why_no_photometric_kernel,
+)
 
 __all__ = [
     "BACKENDS", "BackendUnavailable", "available",
@@ -52,4 +63,6 @@ __all__ = [
     "correlation_ema", "predictor_weight",
     "col_normalize", "row_normalize",
     "lars_step_", "ema_",
+    "photometric_augment", "photometric_augment_ref", "PhotoParams", "photo_params", "colour_matrix",
+    "why_no_photometric_kernel", "LUMA", "TO_YIQ",
 ]

@@ -2,8 +2,8 @@
 
 The CPU data pipeline's fused op (csrc/photometric.cpp, one pass per image): DALI decodes, crops, resizes and flips on
 the CPU, and this op does every remaining step, writing the normalised float32 NHWC views (channels-last NCHW) the
-model reads. ``photometric_ref`` is the float64 reference of exactly the same function, which ``fusedssl verify`` and
-the tests compare the kernel against on fresh random data.
+model reads. ``photometric_augment_ref`` is the float64 reference of exactly the same function, which
+``fusedssl verify`` and the tests compare the kernel against on fresh random data.
 
 Per sample, on the 0..255 scale, in torchvision's order (methods.md §12.2):
   y = min(bright x, 255); y = clamp(contrast y + (1 - contrast) m) with m the mean ITU-R 601 luma of min(bright x, 255);
@@ -29,7 +29,7 @@ TO_YIQ = (LUMA, (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))  # RGB -> YIQ: 
 
 @dataclass
 class PhotoParams:
-    """Per-sample parameters of ``photometric`` (CPU tensors, the batch first)."""
+    """Per-sample parameters of ``photometric_augment`` (CPU tensors, the batch first)."""
 
     bright: torch.Tensor    # (n,) float32, > 0
     contrast: torch.Tensor  # (n,) float32
@@ -79,7 +79,7 @@ def _reflect101(i: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(i < n, i, period - i)
 
 
-def photometric_ref(x: torch.Tensor, p: PhotoParams, mean, std) -> torch.Tensor:
+def photometric_augment_ref(x: torch.Tensor, p: PhotoParams, mean, std) -> torch.Tensor:
     """The float64 reference: uint8 (n, h, w, 3) -> float64 (n, h, w, 3), see the module note."""
     n, h, w, _ = x.shape
     v = x.double()
@@ -107,7 +107,7 @@ def photometric_ref(x: torch.Tensor, p: PhotoParams, mean, std) -> torch.Tensor:
     return (v / 255.0 - mean_t) / std_t
 
 
-def why_no_kernel() -> str | None:
+def why_no_photometric_kernel() -> str | None:
     """None if the C++ kernel can run here, else why not and the fix."""
     ext = _cuda.ext()
     if ext is None:
@@ -117,7 +117,7 @@ def why_no_kernel() -> str | None:
     return None
 
 
-def photometric(x: torch.Tensor, p: PhotoParams, mean, std, *, kernel: bool | None = None) -> torch.Tensor:
+def photometric_augment(x: torch.Tensor, p: PhotoParams, mean, std, *, kernel: bool | None = None) -> torch.Tensor:
     """Normalised float32 (n, h, w, 3) views from uint8 (n, h, w, 3) ``x`` on the CPU (see the module note).
 
     ``kernel``: True runs the C++ kernel (an error saying why where it is not built), False the reference in float32,
@@ -127,16 +127,16 @@ def photometric(x: torch.Tensor, p: PhotoParams, mean, std, *, kernel: bool | No
         raise ValueError(f"x: expected uint8 (n, h, w, 3) on the CPU, got {x.dtype} {tuple(x.shape)} on {x.device}")
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"mean, std: expected 3 values each, got {len(mean)} and {len(std)}")
-    why = why_no_kernel()
+    why = why_no_photometric_kernel()
     if kernel and why:
-        raise RuntimeError(f"photometric(kernel=True): {why}")
+        raise RuntimeError(f"photometric_augment(kernel=True): {why}")
     if kernel is False or why:
-        return photometric_ref(x, p, mean, std).float()
+        return photometric_augment_ref(x, p, mean, std).float()
     return _cuda.ext().photometric(x.contiguous(), p.bright, p.contrast, p.matrix, p.colour, p.taps, p.radius,
                                    p.solarize, [float(v) for v in mean], [float(v) for v in std])
 
 
-def params(bright, contrast, saturation, hue, gray, blur, sigma, solarize) -> PhotoParams:
+def photo_params(bright, contrast, saturation, hue, gray, blur, sigma, solarize) -> PhotoParams:
     """``PhotoParams`` from per-sample jitter factors (identity: 1, 1, 1, 0), flags and blur sigmas (numpy arrays)."""
     bright, contrast = np.asarray(bright, np.float32), np.asarray(contrast, np.float32)
     saturation, hue, gray = np.asarray(saturation), np.asarray(hue), np.asarray(gray, bool)
@@ -149,7 +149,7 @@ def params(bright, contrast, saturation, hue, gray, blur, sigma, solarize) -> Ph
         radius=torch.from_numpy(radius), solarize=torch.from_numpy(np.asarray(solarize, np.uint8)))
 
 
-def random_params(gen: torch.Generator, n: int, max_sigma: float = 3.0, p: float = 0.5) -> PhotoParams:
+def random_photo_params(gen: torch.Generator, n: int, max_sigma: float = 3.0, p: float = 0.5) -> PhotoParams:
     """Random parameters over the whole domain (verify and the tests): jitter factors in [0.3, 1.9] (brightness past
     the clamp), any hue, grayscale, blur up to ``max_sigma`` (windows wider than the image where it is larger than a
     sixth of it) and solarisation each with probability ``p``."""
@@ -158,5 +158,5 @@ def random_params(gen: torch.Generator, n: int, max_sigma: float = 3.0, p: float
 
     jitter = u(0, 1) < 0.8
     f = [np.where(jitter, u(0.3, 1.9), 1.0) for _ in range(3)]
-    return params(f[0], f[1], f[2], np.where(jitter, u(-0.5, 0.5), 0.0), u(0, 1) < p, u(0, 1) < p,
+    return photo_params(f[0], f[1], f[2], np.where(jitter, u(-0.5, 0.5), 0.0), u(0, 1) < p, u(0, 1) < p,
                   u(0.1, max_sigma), u(0, 1) < p)

@@ -29,7 +29,7 @@ from .frobenius import frossl_loss, log_frobenius
 from .lars import ema_, lars_step_
 from .matrix_log import kernel_ssl_loss, matrix_ssl_loss
 from .normalize import COL_MODES, col_normalize, row_normalize
-from .photometric import photometric, photometric_ref, random_params, why_no_kernel
+from .photometric import photometric_augment, photometric_augment_ref, random_photo_params, why_no_photometric_kernel
 
 # The one table of tolerance floors (relative, see above); tests/conftest.py imports it.
 FLOORS = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 1e-4}
@@ -218,9 +218,9 @@ PHOTO_MEAN, PHOTO_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def check_photometric(n: int, h: int, w: int, gen: torch.Generator) -> Row:
     """The data pipeline's fused photometric kernel (C++, CPU) on fresh random uint8 views and parameters."""
     x = torch.randint(0, 256, (n, h, w, 3), generator=gen, dtype=torch.uint8)
-    p = random_params(gen, n, max_sigma=max(2.0, max(h, w) / 8))
-    ref = photometric_ref(x, p, PHOTO_MEAN, PHOTO_STD)
-    out = photometric(x, p, PHOTO_MEAN, PHOTO_STD, kernel=True)
+    p = random_photo_params(gen, n, max_sigma=max(2.0, max(h, w) / 8))
+    ref = photometric_augment_ref(x, p, PHOTO_MEAN, PHOTO_STD)
+    out = photometric_augment(x, p, PHOTO_MEAN, PHOTO_STD, kernel=True)
     return Row("photometric", "cpp-cpu", "float32", f"{n}x{h}x{w}", "NHWC", "value", _err(out, ref),
                FLOORS[torch.float32])
 
@@ -285,8 +285,8 @@ def run(*, device: torch.device, full: bool = False, cases: list[str] | None = N
                 for row in check_predictor(backend, d, rank, gen, device):
                     rows.append(_print(row, out))
     if not cases or "photometric" in cases:
-        if why_no_kernel():
-            skipped.append(f"photometric: {why_no_kernel()}")
+        if why_no_photometric_kernel():
+            skipped.append(f"photometric: {why_no_photometric_kernel()}")
         else:
             for n, h, w in PHOTO_FULL_SHAPES if full else PHOTO_SHAPES:
                 rows.append(_print(check_photometric(n, h, w, gen), out))

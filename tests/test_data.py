@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fusedssl import kernels
 from fusedssl.engine import cli, config, train
 from fusedssl.engine import data as data_stage
 from fusedssl.engine.data import dali, files, folder, params
 from fusedssl.engine.data.params import Plan
-from fusedssl.kernels import photometric
 from PIL import Image
 
 LOADERS = ["dali", "torch"] if dali.available() else ["torch"]
@@ -269,8 +269,8 @@ def test_dali_and_the_fallback_agree_sample_by_sample(tree, graph, monkeypatch):
     ``graph``: DALI's crop and resize then the fused photometric kernel (the CPU default), or every step in DALI
     operators with the CPU graph's or the GPU graph's colour and blur variants (all run on the CPU here)."""
     if graph == "kernel":
-        if photometric.why_no_kernel():
-            pytest.skip(photometric.why_no_kernel())
+        if kernels.why_no_photometric_kernel():
+            pytest.skip(kernels.why_no_photometric_kernel())
         extra = "data.photometric=kernel"
     else:
         pipeline = dali.pipeline
@@ -287,13 +287,13 @@ def test_dali_and_the_fallback_agree_sample_by_sample(tree, graph, monkeypatch):
 
 @needs_dali
 def test_where_the_photometric_steps_run_is_chosen_and_checked(tree, monkeypatch):
-    built = photometric.why_no_kernel() is None
+    built = kernels.why_no_photometric_kernel() is None
     assert _stage(tree, "dali").photometric == ("kernel" if built else "dali")  # auto: the kernel on CPU decoding
     assert _stage(tree, "dali", "data.photometric=dali").photometric == "dali"
     with pytest.raises(folder.DatasetError, match="data.photometric=kernel runs on the CPU.*dali_device is mixed"):
         files.choose_photometric(_cfg(tree, "data.photometric=kernel"), "mixed")
     assert files.choose_photometric(_cfg(tree), "mixed") == "dali"
-    monkeypatch.setattr(photometric, "why_no_kernel", lambda: "the extension is not built (test)")
+    monkeypatch.setattr(kernels, "why_no_photometric_kernel", lambda: "the extension is not built (test)")
     with pytest.raises(folder.DatasetError, match="data.photometric=kernel: the extension is not built"):
         _stage(tree, "dali", "data.photometric=kernel")
     assert _stage(tree, "dali").photometric == "dali"  # auto without the kernel: DALI's operators

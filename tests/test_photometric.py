@@ -13,7 +13,8 @@ from fusedssl.engine.data import fallback
 from fusedssl.kernels import photometric as photo
 from PIL import Image, ImageOps
 
-needs_kernel = pytest.mark.skipif(photo.why_no_kernel() is not None, reason=str(photo.why_no_kernel()))
+WHY = photo.why_no_photometric_kernel()
+needs_kernel = pytest.mark.skipif(WHY is not None, reason=str(WHY))
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IDENTITY = (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)  # out on the 0..255 scale
 
@@ -26,9 +27,9 @@ def test_kernel_matches_the_float64_reference(shape):
     n, h, w = shape
     x = torch.randint(0, 256, (n, h, w, 3), generator=gen, dtype=torch.uint8)
     x[0] = 255  # a saturated image: brightness clamps everywhere
-    p = photo.random_params(gen, n, max_sigma=max(h, w) / 2)  # windows up to several times the image
-    ref = photo.photometric_ref(x, p, MEAN, STD)
-    out = photo.photometric(x, p, MEAN, STD, kernel=True)
+    p = photo.random_photo_params(gen, n, max_sigma=max(h, w) / 2)  # windows up to several times the image
+    ref = photo.photometric_augment_ref(x, p, MEAN, STD)
+    out = photo.photometric_augment(x, p, MEAN, STD, kernel=True)
     assert out.dtype == torch.float32 and out.shape == x.shape
     err = (out.double() - ref).abs().max().item()
     assert err < 1e-4 * ref.abs().max().item(), (seed, err)
@@ -38,31 +39,32 @@ def test_kernel_matches_the_float64_reference(shape):
 def test_kernel_at_training_size_and_identity():
     gen = torch.Generator().manual_seed(7)
     x = torch.randint(0, 256, (4, 224, 224, 3), generator=gen, dtype=torch.uint8)
-    p = photo.random_params(gen, 4, max_sigma=2.0)
-    ref = photo.photometric_ref(x, p, MEAN, STD)
-    assert (photo.photometric(x, p, MEAN, STD).double() - ref).abs().max() < 1e-4
-    ident = photo.params(np.ones(4), np.ones(4), np.ones(4), np.zeros(4), np.zeros(4, bool), np.zeros(4, bool),
+    p = photo.random_photo_params(gen, 4, max_sigma=2.0)
+    ref = photo.photometric_augment_ref(x, p, MEAN, STD)
+    assert (photo.photometric_augment(x, p, MEAN, STD).double() - ref).abs().max() < 1e-4
+    ident = photo.photo_params(np.ones(4), np.ones(4), np.ones(4), np.zeros(4), np.zeros(4, bool), np.zeros(4, bool),
                          np.ones(4), np.zeros(4, bool))
     assert not ident.colour.any() and not ident.radius.any()
-    assert torch.equal(photo.photometric(x, ident, *IDENTITY), x.float())  # every step skipped: exact
+    assert torch.equal(photo.photometric_augment(x, ident, *IDENTITY), x.float())  # every step skipped: exact
 
 
 def test_reference_steps_mean_what_they_say():
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.integers(0, 256, (4, 12, 10, 3), dtype=np.uint8))
     ones, zeros, no = np.ones(4), np.zeros(4), np.zeros(4, bool)
-    gray = photo.photometric_ref(x, photo.params(ones, ones, ones, zeros, ~no, no, ones, no), *IDENTITY)
+    gray = photo.photometric_augment_ref(x, photo.photo_params(ones, ones, ones, zeros, ~no, no, ones, no), *IDENTITY)
     luma = (x.double() * torch.tensor(photo.LUMA, dtype=torch.float64)).sum(-1, keepdim=True)
     assert torch.allclose(gray, luma.expand_as(gray), atol=1e-9)  # grayscale = ITU-R 601 luma in every channel
-    flat = photo.photometric_ref(x, photo.params(ones, zeros, ones, zeros, no, no, ones, no), *IDENTITY)
+    flat = photo.photometric_augment_ref(x, photo.photo_params(ones, zeros, ones, zeros, no, no, ones, no), *IDENTITY)
     assert torch.allclose(flat, luma.mean(dim=(1, 2, 3), keepdim=True).expand_as(flat), atol=1e-9)  # contrast 0
-    sol = photo.photometric_ref(x, photo.params(ones, ones, ones, zeros, no, no, ones, ~no), *IDENTITY)
+    sol = photo.photometric_augment_ref(x, photo.photo_params(ones, ones, ones, zeros, no, no, ones, ~no), *IDENTITY)
     pil = np.stack([np.asarray(ImageOps.solarize(Image.fromarray(a), 128)) for a in x.numpy()])
     assert torch.equal(sol, torch.from_numpy(pil).double())
     const = torch.full((4, 12, 10, 3), 77, dtype=torch.uint8)
-    blurred = photo.photometric_ref(const, photo.params(ones, ones, ones, zeros, no, ~no, 4 * ones, no), *IDENTITY)
+    blur = photo.photo_params(ones, ones, ones, zeros, no, ~no, 4 * ones, no)
+    blurred = photo.photometric_augment_ref(const, blur, *IDENTITY)
     assert torch.allclose(blurred, const.double(), atol=1e-9)
-    normed = photo.photometric_ref(x, photo.params(ones, ones, ones, zeros, no, no, ones, no), MEAN, STD)
+    normed = photo.photometric_augment_ref(x, photo.photo_params(ones, ones, ones, zeros, no, no, ones, no), MEAN, STD)
     assert torch.allclose(normed, (x.double() / 255 - torch.tensor(MEAN)) / torch.tensor(STD), atol=1e-6)
 
 
@@ -88,21 +90,22 @@ def test_gaussian_taps():
 def test_reference_path_and_argument_errors():
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (3, 9, 7, 3), generator=gen, dtype=torch.uint8)
-    p = photo.random_params(gen, 3)
-    assert torch.equal(photo.photometric(x, p, MEAN, STD, kernel=False), photo.photometric_ref(x, p, MEAN, STD).float())
+    p = photo.random_photo_params(gen, 3)
+    ref = photo.photometric_augment_ref(x, p, MEAN, STD).float()
+    assert torch.equal(photo.photometric_augment(x, p, MEAN, STD, kernel=False), ref)
     with pytest.raises(ValueError, match="x: expected uint8"):
-        photo.photometric(x.float(), p, MEAN, STD)
+        photo.photometric_augment(x.float(), p, MEAN, STD)
     with pytest.raises(ValueError, match="x: expected uint8"):
-        photo.photometric(x[..., :2], p, MEAN, STD)
+        photo.photometric_augment(x[..., :2], p, MEAN, STD)
     with pytest.raises(ValueError, match="mean, std"):
-        photo.photometric(x, p, MEAN[:2], STD)
+        photo.photometric_augment(x, p, MEAN[:2], STD)
 
 
 @needs_kernel
 def test_kernel_argument_errors_name_the_argument():
     gen = torch.Generator().manual_seed(2)
     x = torch.randint(0, 256, (3, 9, 7, 3), generator=gen, dtype=torch.uint8)
-    p = photo.random_params(gen, 3, p=1.0)
+    p = photo.random_photo_params(gen, 3, p=1.0)
     ext = photo._cuda.ext()
     args = [p.bright, p.contrast, p.matrix, p.colour, p.taps, p.radius, p.solarize]
     with pytest.raises(RuntimeError, match="bright: expected 3 rows"):

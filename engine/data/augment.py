@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from fusedssl.kernels.photometric import LUMA, TO_YIQ  # noqa: F401  (shared with the file pipelines)
+from fusedssl.kernels import LUMA, TO_YIQ  # noqa: F401  (shared with the file pipelines)
 
 
 @dataclass(frozen=True)

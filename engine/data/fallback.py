@@ -14,7 +14,7 @@ import io
 
 import numpy as np
 import torch
-from fusedssl.kernels.photometric import colour_matrix
+from fusedssl import kernels
 
 from .folder import read_bytes
 from .params import Plan, ViewParams
@@ -26,7 +26,7 @@ def _rotate_hue(im, turns: float):
     details."""
     from PIL import Image
 
-    m = colour_matrix(np.ones(1), np.array([turns]))[0].reshape(3, 3)
+    m = kernels.colour_matrix(np.ones(1), np.array([turns]))[0].reshape(3, 3)
     y = np.asarray(im, dtype=np.float32) @ m.T
     return Image.fromarray(np.clip(y + 0.5, 0, 255).astype(np.uint8))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fusedssl.kernels import photometric as photo
+from fusedssl import kernels
 
 from . import dali, fallback, folder
 from .augment import ViewRecipe
@@ -63,7 +63,7 @@ def choose_loader(cfg) -> str:
 def choose_photometric(cfg, dali_device: str) -> str:
     """Where the photometric steps run: "kernel" (the fused C++ kernel, CPU decoding) or "dali" (DALI operators)."""
     if cfg.photometric == "kernel":
-        why = photo.why_no_kernel()
+        why = kernels.why_no_photometric_kernel()
         if why:
             raise folder.DatasetError(f"data.photometric=kernel: {why}; or set data.photometric=dali")
         if dali_device == "mixed":
@@ -71,7 +71,7 @@ def choose_photometric(cfg, dali_device: str) -> str:
                                       "data.dali_device is mixed (GPU decoding): set data.photometric=dali (or auto)")
         return "kernel"
     if cfg.photometric == "auto":
-        return "kernel" if dali_device == "cpu" and photo.why_no_kernel() is None else "dali"
+        return "kernel" if dali_device == "cpu" and kernels.why_no_photometric_kernel() is None else "dali"
     return "dali"
 
 
@@ -130,7 +130,7 @@ class FileViews:
     def _fused(self, step: int, mean, std) -> list[torch.Tensor]:
         """The geometric views of ``step`` from DALI through the fused photometric kernel: float NHWC."""
         geometry = self._pipeline_out(step)
-        return [photo.photometric(x, photo_params(p), mean, std)
+        return [kernels.photometric_augment(x, _kernel_params(p), mean, std)
                 for x, p in zip(geometry, self.plan.params(step), strict=True)]
 
     def raw(self, step: int) -> list[torch.Tensor]:
@@ -194,6 +194,6 @@ def build(cfg, recipes: list[ViewRecipe], *, seed: int, rank: int, world: int, d
     return stage
 
 
-def photo_params(p: ViewParams) -> photo.PhotoParams:
+def _kernel_params(p: ViewParams) -> kernels.PhotoParams:
     """The fused kernel's per-sample arguments from a view's drawn parameters."""
-    return photo.params(p.brightness, p.contrast, p.saturation, p.hue, p.gray, p.blur, p.sigma, p.solarize)
+    return kernels.photo_params(p.brightness, p.contrast, p.saturation, p.hue, p.gray, p.blur, p.sigma, p.solarize)
