@@ -45,6 +45,7 @@ from .photometric import (
     TO_YIQ,
     PhotoParams,
     colour_matrix,
+    gaussian_taps,
     photo_params,
     photometric_augment,
     photometric_augment_ref,
@@ -63,6 +64,6 @@ __all__ = [
     "correlation_ema", "predictor_weight",
     "col_normalize", "row_normalize",
     "lars_step_", "ema_",
-    "photometric_augment", "photometric_augment_ref", "PhotoParams", "photo_params", "colour_matrix",
+    "photometric_augment", "photometric_augment_ref", "PhotoParams", "photo_params", "colour_matrix", "gaussian_taps",
     "why_no_photometric_kernel", "LUMA", "TO_YIQ",
 ]

@@ -21,6 +21,7 @@ source), so file reads never block the training loop.
 from __future__ import annotations
 
 import numpy as np
+from fusedssl import kernels
 
 from .augment import LUMA as _LUMA
 from .augment import ViewRecipe
@@ -39,13 +40,10 @@ def available() -> bool:
 
 
 def _gaussian_kernels(p, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Separable Gaussian taps of sample k, (1, n) and (n, 1), radius ceil(3 sigma); [[1]] where not blurred."""
-    if not p.blur[k]:
-        one = np.ones((1, 1), np.float32)
-        return one, one
-    r = int(np.ceil(3 * p.sigma[k]))
-    g = np.exp(-np.arange(-r, r + 1, dtype=np.float64) ** 2 / (2 * float(p.sigma[k]) ** 2))
-    g = (g / g.sum()).astype(np.float32)
+    """Separable Gaussian taps of sample k, (1, n) and (n, 1), radius ceil(3 sigma) (the fused kernel's taps); [[1]]
+    where not blurred."""
+    taps, radius = kernels.gaussian_taps(p.sigma[k:k + 1], p.blur[k:k + 1])
+    g = taps[0, :2 * int(radius[0]) + 1]
     return g[None, :], np.ascontiguousarray(g[:, None])
 
 
