@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <string>
 #include <tuple>
 
 #include "checks.h"
@@ -131,7 +132,8 @@ at::Tensor photometric(const at::Tensor& x, const at::Tensor& bright, const at::
     TORCH_CHECK(t.is_cpu() && t.scalar_type() == type && t.is_contiguous(), name, ": expected a contiguous CPU ",
                 type, " tensor, got ", t.scalar_type(), " on ", t.device());
     TORCH_CHECK(t.dim() == (width ? 2 : 1) && t.size(0) == n && (!width || t.size(1) >= width), name,
-                ": expected ", n, " rows", width ? " of at least 1 column" : "", ", got shape ", shape_of(t));
+                ": expected ", n, " rows", width ? " of at least " + std::to_string(width) + " columns" : "",
+                ", got shape ", shape_of(t));
   };
   per_sample(bright, "bright", at::kFloat, 0);
   per_sample(contrast, "contrast", at::kFloat, 0);

@@ -19,12 +19,24 @@
 #include <vector>
 
 #include "kernels.h"
-#include "photometric.h"
 
 namespace fusedssl {
 namespace {
 
-using photo::reflect101;
+// ITU-R 601 luma: the grayscale of every pipeline (kernels/photometric.py LUMA).
+constexpr float kLumaR = 0.299f, kLumaG = 0.587f, kLumaB = 0.114f;
+
+// The continuous form of ImageOps.solarize(threshold=128): identical on integers (127 -> 127, 128 -> 127), and no
+// jump at the threshold, so float implementations agree near it.
+inline float solarize(float v) { return v > 127.5f ? 255.f - v : v; }
+
+// Index of tap position i in a line of n pixels, mirrored without repeating the edge (DALI's and OpenCV's
+// reflect-101 border), for any i (repeated reflection where the window is wider than the line).
+inline int64_t reflect101(int64_t i, int64_t n) {
+  if (n == 1) return 0;
+  while (i < 0 || i >= n) i = i < 0 ? -i : 2 * (n - 1) - i;  // one reflection unless the window is wider than n
+  return i;
+}
 
 // On x86-64 with GCC the hot loops are compiled twice, for AVX2 and the baseline, and picked at load time,
 // so one binary runs everywhere and uses 8-wide vectors where it can.
@@ -62,7 +74,7 @@ struct Patterns {
   float mix[5][kPeriod];  // mix[d + 2][u] = matrix[c][c + d] (c = u mod 3), 0 where c + d is not a channel
 
   Patterns(const float* matrix, const float* sc, const float* sh) {
-    const float l[3] = {photo::kLumaR, photo::kLumaG, photo::kLumaB};
+    const float l[3] = {kLumaR, kLumaG, kLumaB};
     for (int u = 0; u < kPeriod; ++u) {
       const int c = u % 3;
       luma[u] = l[c];
@@ -151,7 +163,7 @@ FSSL_CLONES void store_row(const float* v, int64_t n, bool sol, const Patterns& 
     }
   }
   for (int u = 0; q < n; ++q, ++u) {
-    const float x = sol ? photo::solarize(v[q]) : v[q];
+    const float x = sol ? solarize(v[q]) : v[q];
     out[q] = x * pat.scale[u] + pat.shift[u];
   }
 }
@@ -167,7 +179,10 @@ void one_sample(const uint8_t* x, float* out, int64_t h, int64_t w, const PhotoA
   const float m = colour ? mean_luma(x, h * n, b, pat) : 0.f;
   const int64_t images = r == 0 ? 0 : h;  // blurred: the colour-mixed, horizontally blurred image, kept for the
   const int64_t padded = np + 6 * r + kLanes;  // vertical pass, and the reflected row of the horizontal pass
-  work.assign(static_cast<size_t>(stride) * (3 + images) + (r ? padded : 0), 0.f);
+  // Grown, never cleared: the guards around y, mixed and acc are never written (zero since allocation), and every
+  // other value read is written first for this sample, or only reaches the padding lanes past n, which are not stored.
+  const size_t need = static_cast<size_t>(stride) * (3 + images) + (r ? padded : 0);
+  if (work.size() < need) work.resize(need, 0.f);
   float* y = work.data() + kGuard;
   float* mixed = y + stride;
   float* acc = mixed + stride;

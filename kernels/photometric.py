@@ -159,4 +159,4 @@ def random_photo_params(gen: torch.Generator, n: int, max_sigma: float = 3.0, p:
     jitter = u(0, 1) < 0.8
     f = [np.where(jitter, u(0.3, 1.9), 1.0) for _ in range(3)]
     return photo_params(f[0], f[1], f[2], np.where(jitter, u(-0.5, 0.5), 0.0), u(0, 1) < p, u(0, 1) < p,
-                  u(0.1, max_sigma), u(0, 1) < p)
+                        u(0.1, max_sigma), u(0, 1) < p)
