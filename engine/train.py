@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fusedssl import kernels
 from fusedssl.kernels import _backend as kernels_backend
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -299,6 +300,8 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     log.info("fusedssl %s | torch %s | device %s x%d | method %s | %d steps (%d/epoch) | batch %d | %s%s",
              _version(), torch.__version__, device, info.world, cfg.method.name, total, data.steps_per_epoch,
              cfg.data.batch_size, prec.name, " | compiled" if cfg.run.compile else "")
+    built, ext_line = kernels.extension_status()
+    (log.info if built else log.warning)("extension: %s", ext_line)
     log.info("data: %s source, %s", cfg.data.source, data.describe())
     log.info("kernel backends (kernels.backend=%s): %s", cfg.kernels.backend,
              ", ".join(f"{op}={b}" for op, b in method.backends().items()))

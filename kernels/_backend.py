@@ -27,10 +27,10 @@ _PREFERENCE: dict[str, tuple[str, ...]] = {}
 
 # Why a backend may be missing for an op, keyed by backend: shown in BackendUnavailable messages.
 _WHY_MISSING = {
-    "triton": "this op has no Triton kernel in this version of fusedssl (issue #3 adds them family by family)",
+    "triton": "this op has no Triton kernel",
     "cuda": (
-        "the CUDA C++ extension fusedssl.kernels._C has no kernel for this op in this version (csrc/ has the "
-        "normalisations, the covariance/Frobenius objectives, DirectPred's eigensolver, LARS and EMA; issue #4)"
+        "the C++/CUDA extension fusedssl.kernels._C has no kernel for this op (csrc/ serves the normalisations, the "
+        "covariance/Frobenius objectives, DirectPred's eigensolver, LARS and EMA)"
     ),
 }
 

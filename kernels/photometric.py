@@ -111,7 +111,7 @@ def why_no_photometric_kernel() -> str | None:
     """None if the C++ kernel can run here, else why not and the fix."""
     ext = _cuda.ext()
     if ext is None:
-        return f"the C++ extension fusedssl.kernels._C is not built ({_cuda._IMPORT_ERROR}); build it: {_cuda.BUILD}"
+        return f"the C++ extension fusedssl.kernels._C is unavailable ({_cuda._IMPORT_ERROR}); build it: {_cuda.BUILD}"
     if not hasattr(ext, "photometric"):
         return f"the built fusedssl.kernels._C predates the photometric kernel; rebuild it: {_cuda.BUILD}"
     return None

@@ -88,9 +88,9 @@ def test_argument_named_in_message():
 def test_backend_errors():
     with pytest.raises(ValueError, match=r"backend='tpu'"):
         kernels.barlow_twins_loss(_z(), _z(), backend="tpu")
-    with pytest.raises(kernels.BackendUnavailable, match=r"no Triton kernel.*issue #3"):
+    with pytest.raises(kernels.BackendUnavailable, match=r"has no Triton kernel"):
         kernels.nt_xent_loss(_z(), _z(), backend="triton")
-    with pytest.raises(kernels.BackendUnavailable, match=r"has no kernel for this op.*issue #4"):
+    with pytest.raises(kernels.BackendUnavailable, match=r"has no kernel for this op"):
         kernels.vicreg_loss(_z(), _z(), backend="cuda")
     # an op the extension has, on CPU tensors (or without the build): the reason and, unbuilt, how to build
     with pytest.raises(kernels.BackendUnavailable, match=r"need CUDA tensors|FUSEDSSL_BUILD_CUDA=1"):

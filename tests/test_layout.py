@@ -1,6 +1,7 @@
 """Package layout rules (style.md §1-§2): fusedssl.kernels / fusedssl.engine only, imports flow engine -> kernels."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,27 @@ def test_import_rules():
                 f"{path.name} imports a top-level {mod}"
             assert not mod.startswith("fusedssl.kernels."), \
                 f"{path.name} imports {mod}: engine uses only the public list `from fusedssl import kernels`"
+
+
+def _readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [line for b in blocks for line in b.splitlines() if line.startswith("pip install")]
+
+
+def test_ci_runs_exactly_the_readme_test_command_in_a_fresh_venv():
+    """CI must prove what a new user runs: the README's install-and-test line, verbatim, inside a new venv."""
+    test_cmd = next(c for c in _readme_commands() if "pytest" in c)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_cmd in ci.splitlines(), "the README's test command and .ci/run differ"
+    assert "-m venv" in ci and "system-site-packages" not in ci
+    assert ci.index("-m venv") < ci.index(test_cmd)
+
+
+def test_readme_installs_the_build_requirements_first():
+    """Without torch in place before the --no-build-isolation install, the extension is silently skipped."""
+    main, tests = (c for c in _readme_commands() if "FUSEDSSL_BUILD_CUDA" not in c)
+    for cmd in (main, tests):
+        first, second = cmd.split(" && ")[:2]
+        assert first == "pip install -r build-requirements.txt" and "--no-build-isolation" in second, cmd
+    reqs = (ROOT / "build-requirements.txt").read_text()
+    assert re.search(r"^torch>=", reqs, re.M) and re.search(r"^setuptools>=70", reqs, re.M)
