@@ -65,10 +65,13 @@ class Method:
     def after_step(self, model, step: int) -> None:
         """Hook after the optimiser step (DirectPred sets the predictor here)."""
 
+    def drop_step(self) -> None:
+        """The step was dropped (non-finite values, skip policy): forget any state its forward computed."""
+
     def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
         pass
 
 
@@ -169,7 +172,12 @@ class SimSiam(Method):
 
 
 class DirectPred(BYOL):
-    """BYOL loss with the linear predictor set from the EMA correlation of its inputs (methods.md §6)."""
+    """BYOL loss with the linear predictor set from the EMA correlation of its inputs (methods.md §6).
+
+    The step's F^ update is held as pending until ``after_step``: a step that the skip policy drops (non-finite
+    values) must not leave its F^ behind, or one bad batch would poison the predictor for the rest of the run. With
+    gradient accumulation each micro-batch advances the pending F^ (one EMA step per micro-batch, as it sees one SSL
+    batch each)."""
 
     name = "directpred"
     mode = "directpred"
@@ -179,14 +187,21 @@ class DirectPred(BYOL):
         super().__init__(params, backend)
         self.corr: torch.Tensor | None = None
         self.basis: torch.Tensor | None = None  # F^'s eigenvectors at the last reset: the cuda kernel's warm start
+        self._pending: torch.Tensor | None = None
 
     def __call__(self, out):
         f = torch.cat([z.detach() for z in out.z])
-        corr = kernels.correlation_ema(f, self.corr, rho=self.params.rho, check_finite=False)
-        self.corr = dist.all_reduce_mean(corr)  # identical F^ on every rank, as DDP's replicas require
+        prev = self._pending if self._pending is not None else self.corr
+        corr = kernels.correlation_ema(f, prev, rho=self.params.rho, check_finite=False)
+        self._pending = dist.all_reduce_mean(corr)  # identical F^ on every rank, as DDP's replicas require
         return super().__call__(out)
 
+    def drop_step(self) -> None:
+        self._pending = None
+
     def after_step(self, model, step):
+        if self._pending is not None:
+            self.corr, self._pending = self._pending, None
         if self.corr is None or step % self.params.freq:
             return
         weight, self.basis = kernels.predictor_weight(
@@ -199,10 +214,12 @@ class DirectPred(BYOL):
     def state_dict(self):
         return {"corr": self.corr, "basis": self.basis}
 
-    def load_state_dict(self, state):
-        self.corr = state["corr"]
-        # checkpoints written before the warm start have no basis: the next reset starts cold (same W_p to ~1e-5)
-        self.basis = state.get("basis")
+    def load_state_dict(self, state, device: torch.device | None = None):
+        """Checkpoints are read onto the CPU; ``device`` is the run's, where the next step computes with F^."""
+        self.corr, self.basis, self._pending = state["corr"], state["basis"], None
+        if device is not None:
+            self.corr = None if self.corr is None else self.corr.to(device)
+            self.basis = None if self.basis is None else self.basis.to(device)
 
 
 class DirectCopy(DirectPred):

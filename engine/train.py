@@ -113,6 +113,7 @@ def train_step(step, views, net, model, teacher, method, opt, sched, prec: Preci
         finite = finite & guard.grads_finite(model.parameters())
     if skip_nonfinite and guard.nonfinite_anywhere(~finite):
         opt.zero_grad(set_to_none=True)
+        method.drop_step()
         return total, terms, None
     prec.step(opt, model.parameters(), grad_clip)
     for h, y in zip(probe_in, labels.chunk(accumulate) if probe_in else [], strict=True):
@@ -276,7 +277,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
         model.load_state_dict(state["model"])
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
-        method.load_state_dict(state["method"])
+        method.load_state_dict(state["method"], device)
         opt.load_state_dict(state["optimizer"])
         if prec.scaler is not None and state.get("scaler"):
             prec.scaler.load_state_dict(state["scaler"])

@@ -8,7 +8,9 @@ fp32 dots use "ieee" unless torch allows TF32 for matmuls on that GPU, so result
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -23,22 +25,56 @@ except ImportError:  # pragma: no cover - triton ships with Linux CUDA builds of
     HAS_TRITON = False
 
 
+# Set only by gpu_paths(): the wrappers then pick the launch configurations they would pick on a GPU although the
+# tensors are on the CPU, so bench/aot.py can record every launch and compile it for a real target without a GPU.
+_GPU_PATHS = False
+
+
+@contextlib.contextmanager
+def gpu_paths() -> Iterator[None]:
+    """Make the Triton wrappers take their GPU branches on CPU tensors (launches must be intercepted: bench/aot.py)."""
+    global _GPU_PATHS
+    saved, _GPU_PATHS = _GPU_PATHS, True
+    try:
+        yield
+    finally:
+        _GPU_PATHS = saved
+
+
+def _on_gpu(device: torch.device) -> bool:
+    return device.type == "cuda" or _GPU_PATHS
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return os.environ.get("TRITON_INTERPRET") == "1" and not _GPU_PATHS
 
 
 def why_unavailable(device: torch.device) -> str | None:
     """None if Triton kernels can run on ``device``, else the reason and the fix."""
     if not HAS_TRITON:
         return "triton is not installed (pip install triton; it ships with Linux CUDA builds of torch)"
-    if device.type == "cuda" or (device.type == "cpu" and interpreting()):
+    if _on_gpu(device) or (device.type == "cpu" and interpreting()):
         return None
     return (f"Triton kernels need a CUDA device; the inputs are on {device.type} (on CPU, set TRITON_INTERPRET=1 "
             "before importing fusedssl to run them in Triton's interpreter, slowly)")
 
 
+def tf32_enabled() -> bool:
+    """Whether torch lets fp32 matmuls on CUDA use TF32. Read through the per-backend ``fp32_precision`` switch:
+    ``allow_tf32`` and ``get_float32_matmul_precision()`` raise once a user has set the newer API, and the newer
+    switch reports the legacy settings too ("none" inherits the global ``torch.backends.fp32_precision``)."""
+    matmul = torch.backends.cuda.matmul
+    prec = getattr(matmul, "fp32_precision", None)
+    if prec is None:  # a torch without the per-backend switch
+        return bool(matmul.allow_tf32)
+    if prec == "none":
+        prec = getattr(torch.backends, "fp32_precision", "none")
+    return prec == "tf32"
+
+
 def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
-    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+    """``input_precision`` of an fp32 ``tl.dot``: "tf32" only where torch allows TF32 for matmuls, else "ieee"."""
+    if dtype == torch.float32 and _on_gpu(device) and tf32_enabled():
         return "tf32"
     return "ieee"
 

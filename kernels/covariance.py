@@ -107,6 +107,8 @@ if HAS_TRITON:
 def cov_loss_fwd(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, t_diag: float, w_off: float,
                  t_off: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward: (loss as a 0-d fp32 tensor, G as a D x D fp32 tensor). Inputs (N, D), any strides."""
+    if a.dtype != b.dtype:
+        raise TypeError(f"cov_loss_fwd: a is {a.dtype} but b is {b.dtype}; the GEMM operands must share a dtype")
     n, d = a.shape
     bi, bk = tile(d), tile(n)
     grid = (triton.cdiv(d, bi), triton.cdiv(d, bi))
@@ -160,7 +162,8 @@ def _cov_loss_bwd_op(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gout: to
 
 @_cov_loss_bwd_op.register_fake
 def _cov_loss_bwd_fake(a, b, g, gout, scale):
-    return torch.empty_like(a), torch.empty_like(b)
+    # contiguous, as both real ops allocate (empty_like would copy the strides of a transposed input)
+    return a.new_empty(a.shape), b.new_empty(b.shape)
 
 
 def _cov_setup(ctx, inputs, output):
@@ -207,7 +210,7 @@ def _cov_loss_bwd_cuda_op(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gou
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     s = gout.to(torch.float32) * scale
     if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():  # auto-covariance: both GEMM outputs summed
-        return (a.float() @ (g + g.T) * s).to(a.dtype), torch.zeros_like(b)
+        return (a.float() @ (g + g.T) * s).to(a.dtype), b.new_zeros(b.shape)
     return (b.float() @ g.T * s).to(a.dtype), (a.float() @ g * s).to(b.dtype)
 
 
@@ -223,9 +226,17 @@ def _cov_cuda_backward(ctx, gloss, _g_unused):
 _cov_loss_cuda_op.register_autograd(_cov_cuda_backward, setup_context=_cov_setup)
 
 
-def _kernel_operand(z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Normalised fp32 tensors go to the tensor cores in the caller's half precision; fp64 runs in fp32."""
-    return z.to(like.dtype) if like.dtype in (torch.float16, torch.bfloat16) else z.to(torch.float32)
+def _operand_dtype(*inputs: torch.Tensor) -> torch.dtype:
+    """The dtype the GEMM operands take: the inputs' half precision when they all share it (tensor cores), else
+    fp32 (fp64 inputs run in fp32; views of different dtypes meet in fp32, since tl.dot needs equal operand dtypes)."""
+    dts = {x.dtype for x in inputs}
+    half = dts.pop() if len(dts) == 1 else None
+    return half if half in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def _kernel_operand(z: torch.Tensor, *like: torch.Tensor) -> torch.Tensor:
+    """``z`` (a normalised view) in the operand dtype of the inputs ``like``."""
+    return z.to(_operand_dtype(*like))
 
 BT_NORMALIZE = ("bn", "tsai", "none")
 
@@ -308,8 +319,8 @@ def barlow_twins_loss_triton(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.
     """Triton provider: the Triton column normalisation (fp32 statistics, output in the input's half precision),
     then the fused covariance loss (G written in the forward)."""
     with full_precision(za):
-        a = _kernel_operand(_bt_normalize(za, normalize, col_normalize_triton), za)
-        b = _kernel_operand(_bt_normalize(zb, normalize, col_normalize_triton), zb)
+        a = _kernel_operand(_bt_normalize(za, normalize, col_normalize_triton), za, zb)
+        b = _kernel_operand(_bt_normalize(zb, normalize, col_normalize_triton), za, zb)
         return cov_loss(a, b, scale=1.0 / a.shape[0], w_diag=1.0, t_diag=1.0, w_off=lam,
                         t_off=float(off_diagonal_target))
 

@@ -103,8 +103,10 @@ def predictor_weight_ref(corr: torch.Tensor, mode: str = "directpred", eps: floa
 def _orthonormalize(u: torch.Tensor) -> torch.Tensor:
     """One Newton-Schulz step towards the nearest orthogonal matrix: U (3I - U'U) / 2. Each Jacobi solve leaves
     ||U'U - I|| ~ 1e-4 in fp32 (thousands of rotations per entry), which a warm start would otherwise accumulate;
-    the step squares that error, for two D x D GEMMs, once per solve (on the output, which is the next basis)."""
-    return 1.5 * u - 0.5 * (u @ (u.T @ u))
+    the step squares that error, for two D x D GEMMs, once per solve (on the output, which is the next basis).
+    In fp64: an fp32 GEMM follows torch's TF32 switch, and TF32's 10-bit products would add ~1e-3 instead."""
+    u = u.double()
+    return (1.5 * u - 0.5 * (u @ (u.T @ u))).float()
 
 
 @_backend.register("predictor_weight", "cuda")
@@ -118,7 +120,8 @@ def predictor_weight_cuda(corr: torch.Tensor, mode: str = "directpred", eps: flo
     if mode == "directcopy":  # no eigendecomposition: one elementwise op, the reference is already that
         return predictor_weight_ref(corr, mode, eps, convert)
     _s, u, p, _info = jacobi_solve(corr, basis, eps, convert)
-    return (u * p) @ u.T, u
+    u64 = u.double()  # D <= 512: fp64 costs nothing here and, unlike fp32, never runs as TF32
+    return ((u64 * p.double()) @ u64.T).float(), u
 
 
 def jacobi_solve(corr: torch.Tensor, basis: torch.Tensor | None, eps: float = 0.01, convert: float = 2.0
@@ -130,10 +133,11 @@ def jacobi_solve(corr: torch.Tensor, basis: torch.Tensor | None, eps: float = 0.
         n = d + d % 2
         f = corr.float()
         # basis is the previous call's output, orthonormalised there; the kernel symmetrises a as it loads it
-        u0 = basis.float() if basis is not None else torch.eye(d, device=f.device)
-        a = torch.zeros(n, n, device=f.device)
-        a[:d, :d] = u0.T @ f @ u0
-        v0 = torch.eye(n, device=f.device)
+        u0 = basis.float() if basis is not None else torch.eye(d, dtype=torch.float32, device=f.device)
+        a = torch.zeros(n, n, dtype=torch.float32, device=f.device)
+        u064 = u0.double()
+        a[:d, :d] = u064.T @ f.double() @ u064  # fp64: see _orthonormalize
+        v0 = torch.eye(n, dtype=torch.float32, device=f.device)
         v0[:d, :d] = u0
         s, v, p, info = _cuda.ext().jacobi_eigh(a, v0, JACOBI_MAX_SWEEPS, JACOBI_TOL, float(eps), float(convert))
         return s[:d], _orthonormalize(v[:d, :d]), p[:d], info

@@ -77,6 +77,8 @@ def mm_shift(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, shift: float 
 
 @torch.library.custom_op("fusedssl::mm_shift", mutates_args=())
 def _mm_shift_op(a: torch.Tensor, b: torch.Tensor, alpha: float, shift: float) -> torch.Tensor:
+    if a.dtype != torch.float32 or b.dtype != torch.float32:
+        raise TypeError(f"mm_shift: the operands must be float32, got {a.dtype} and {b.dtype}")
     m, k = a.shape
     n = b.shape[1]
     c = torch.empty(m, n, dtype=torch.float32, device=a.device)
@@ -108,7 +110,7 @@ class _UniformityTriton(torch.autograd.Function):
         pw = _powers(x, max((order + 1) // 2, order - 1), mm_shift)  # what the value and G need
         traces = _traces_from_powers(pw, order)
         val = -lam * sum(_series_coeff(k + 1) * traces[k] for k in range(order))
-        eye = torch.eye(x.shape[0], device=x.device)
+        eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device)  # not the global default dtype
         cx = x - (mu - 1.0) * eye
         if h:
             val = val + h * cx.pow(2).sum()

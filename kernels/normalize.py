@@ -231,7 +231,7 @@ def _col_norm_bwd_op(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, r: to
 
 @_col_norm_bwd_op.register_fake
 def _col_norm_bwd_fake(g, z, mean, r, beta, center, rows):
-    return torch.empty_like(z)
+    return z.new_empty(z.shape)  # contiguous, as both real ops allocate
 
 
 def _col_norm_setup(ctx, inputs, output):

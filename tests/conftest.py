@@ -72,3 +72,50 @@ def check_triton_case(case, dtype, device, layouts=("contiguous", "strided")):
         for layout in layouts:
             for row in verify.check(case, "triton", n, d, dtype, layout, gen, device):
                 assert row.ok, row
+
+
+class EmulatedExtension:
+    """What each GPU function of fusedssl.kernels._C computes, written with torch ops (fp32, like the kernels), with
+    the same output layouts (contiguous): the CPU stand-in for the extension in tests of the "cuda" providers' Python
+    side (monkeypatch ``fusedssl.kernels._cuda.ext`` to return it)."""
+
+    @staticmethod
+    def col_norm(z, mode, eps, rows):
+        x = (z.T if rows else z).float()
+        n, d = x.shape
+        if mode == 3:
+            mean, ss = torch.zeros(d), x.pow(2).sum(0)
+        else:
+            mean = x.mean(0)
+            ss = (x - mean).pow(2).sum(0)
+        beta = torch.zeros(d)
+        r = torch.ones(d)
+        if mode == 1:
+            r, beta = torch.rsqrt(ss / n + eps), torch.full((d,), 1.0 / n)
+        elif mode == 2:
+            r, beta = torch.rsqrt(ss / (n - 1)), torch.full((d,), 1.0 / (n - 1))
+        elif mode >= 3:
+            norm = ss.sqrt()
+            r = 1.0 / norm.clamp_min(eps)
+            beta = torch.where(norm <= eps, 0.0, 1.0)
+            if mode == 4:
+                r, beta = r * d**0.5, beta / d
+        y = ((x - mean) * r).to(z.dtype)
+        return (y.T if rows else y).contiguous(), mean, r, beta
+
+    @staticmethod
+    def col_norm_bwd(g, z, mean, r, beta, center, rows):
+        gx, x = ((t.T if rows else t).float() for t in (g, z))
+        y = (x - mean) * r
+        m = gx.mean(0) if center else 0.0
+        dz = (r * (gx - m - beta * y * (gx * y).sum(0))).to(z.dtype)
+        return (dz.T if rows else dz).contiguous()
+
+    @staticmethod
+    def cov_loss_epilogue_(c, w_diag, t_diag, w_off, t_off):
+        eye = torch.eye(len(c), dtype=torch.bool)
+        w = torch.where(eye, w_diag, w_off)
+        e = c - torch.where(eye, t_diag, t_off)
+        loss = (w * e * e).sum()
+        c.copy_(2 * w * e)
+        return loss

@@ -1,5 +1,8 @@
 """Bad input gets a clear TypeError/ValueError naming the argument, never a silent wrong number."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from fusedssl import kernels
@@ -116,3 +119,16 @@ def test_check_finite_off_skips_the_scan():
     a = _z()
     a[0, 0] = float("nan")
     assert torch.isnan(kernels.barlow_twins_loss(a, _z(), check_finite=False))
+
+
+def test_triton_precision_follows_both_tf32_apis_without_raising():
+    """torch raises on the legacy ``allow_tf32`` read once the newer ``fp32_precision`` API is used; the Triton
+    wrappers' precision choice must read either API (fresh processes: the switches are global)."""
+    code = ("import torch; from fusedssl.kernels import _triton as t; d = torch.device('cuda'); "
+            "a = t.dot_precision(torch.float32, d); {set}; "
+            "print(a, t.dot_precision(torch.float32, d), t.dot_precision(torch.bfloat16, d))")
+    for setting in ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", "torch.backends.fp32_precision = 'tf32'",
+                    "torch.set_float32_matmul_precision('high')", "torch.backends.cuda.matmul.allow_tf32 = True"):
+        out = subprocess.run([sys.executable, "-c", code.format(set=setting)], capture_output=True, text=True)
+        assert out.returncode == 0, (setting, out.stderr[-2000:])
+        assert out.stdout.split() == ["ieee", "tf32", "ieee"], (setting, out.stdout)

@@ -186,3 +186,19 @@ def test_verify_catches_a_wrong_kernel(monkeypatch, kernel_device):
     rows = verify.check(case, "triton", 64, 16, torch.float32, "contiguous", torch.Generator().manual_seed(0),
                         kernel_device)
     assert [r.ok for r in rows] == [True, False]
+
+
+def test_triton_views_of_different_dtypes_meet_in_fp32(kernel_device):
+    """tl.dot needs one operand dtype: mixed views are computed in fp32 (value and gradients), and the kernel op
+    itself refuses mixed operands with a message naming both dtypes (the interpreter would silently upcast)."""
+    za = torch.randn(20, 12, device=kernel_device, dtype=torch.bfloat16, requires_grad=True)
+    zb = torch.randn(20, 12, device=kernel_device, dtype=torch.float32, requires_grad=True)
+    got = kernels.barlow_twins_loss(za, zb, backend="triton")
+    gga, ggb = torch.autograd.grad(got, (za, zb))
+    ra, rb = za.detach().double().requires_grad_(), zb.detach().double().requires_grad_()
+    ref = kernels.barlow_twins_loss(ra, rb, backend="torch")
+    assert_close(got.cpu(), ref.detach().cpu(), tol=FLOORS[torch.bfloat16], what="mixed value")  # za normalised in bf16
+    for g, r in zip((gga, ggb), torch.autograd.grad(ref, (ra, rb)), strict=True):
+        assert_close(g.cpu(), r.cpu(), tol=FLOORS[torch.bfloat16], what="mixed grad")
+    with pytest.raises(TypeError, match=r"a is torch.bfloat16 but b is torch.float32"):
+        cov_loss(za.detach(), zb.detach(), scale=1.0, w_diag=1.0, t_diag=1.0, w_off=0.1, t_off=0.0)

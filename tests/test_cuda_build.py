@@ -49,64 +49,19 @@ def test_extension_was_built_and_checks_its_arguments():
         c.ema_([torch.zeros(3)], [], 0.99)
 
 
-# ---- the Python side of the "cuda" providers, on CPU: the extension replaced by a torch emulation of its contract
-# (csrc/kernels.h). What this checks: the custom ops, their autograd wiring, the (y, mean, r, beta) contract of the
-# closed-form backward, the in-place C -> G epilogue and the dual-GEMM backward, against the float64 reference. What it
-# cannot check: the CUDA code itself (verify and tests/test_lars.py do on a GPU).
-
-
-class _Emulated:
-    """What each function of fusedssl.kernels._C computes, written with torch ops (fp32, like the kernels)."""
-
-    @staticmethod
-    def col_norm(z, mode, eps, rows):
-        x = (z.T if rows else z).float()
-        n, d = x.shape
-        if mode == 3:
-            mean, ss = torch.zeros(d), x.pow(2).sum(0)
-        else:
-            mean = x.mean(0)
-            ss = (x - mean).pow(2).sum(0)
-        beta = torch.zeros(d)
-        r = torch.ones(d)
-        if mode == 1:
-            r, beta = torch.rsqrt(ss / n + eps), torch.full((d,), 1.0 / n)
-        elif mode == 2:
-            r, beta = torch.rsqrt(ss / (n - 1)), torch.full((d,), 1.0 / (n - 1))
-        elif mode >= 3:
-            norm = ss.sqrt()
-            r = 1.0 / norm.clamp_min(eps)
-            beta = torch.where(norm <= eps, 0.0, 1.0)
-            if mode == 4:
-                r, beta = r * d**0.5, beta / d
-        y = ((x - mean) * r).to(z.dtype)
-        return (y.T.contiguous() if rows else y), mean, r, beta
-
-    @staticmethod
-    def col_norm_bwd(g, z, mean, r, beta, center, rows):
-        gx, x = ((t.T if rows else t).float() for t in (g, z))
-        y = (x - mean) * r
-        m = gx.mean(0) if center else 0.0
-        dz = (r * (gx - m - beta * y * (gx * y).sum(0))).to(z.dtype)
-        return dz.T.contiguous() if rows else dz
-
-    @staticmethod
-    def cov_loss_epilogue_(c, w_diag, t_diag, w_off, t_off):
-        eye = torch.eye(len(c), dtype=torch.bool)
-        w = torch.where(eye, w_diag, w_off)
-        e = c - torch.where(eye, t_diag, t_off)
-        loss = (w * e * e).sum()
-        c.copy_(2 * w * e)
-        return loss
+# ---- the Python side of the "cuda" providers, on CPU: the extension replaced by conftest.EmulatedExtension, a torch
+# emulation of its contract (csrc/kernels.h). What this checks: the custom ops, their autograd wiring, the (y, mean, r,
+# beta) contract of the closed-form backward, the in-place C -> G epilogue and the dual-GEMM backward, against the
+# float64 reference. What it cannot check: the CUDA code itself (verify and tests/test_lars.py do on a GPU).
 
 
 @pytest.mark.parametrize("name", ["barlow", "hsic", "vicreg_cov", "row_l2", "col_std_l2", "frossl", "frossl_legacy",
                                   "log_frobenius"])
 def test_cuda_providers_python_side_against_the_reference(monkeypatch, name):
-    from conftest import assert_close
+    from conftest import EmulatedExtension, assert_close
     from fusedssl.kernels import _cuda, covariance, frobenius, normalize
 
-    monkeypatch.setattr(_cuda, "ext", lambda: _Emulated)
+    monkeypatch.setattr(_cuda, "ext", lambda: EmulatedExtension)
     calls = {
         "barlow": (lambda a, b: covariance.barlow_twins_loss_cuda(a, b, 0.02),
                    lambda a, b: covariance.barlow_twins_loss_ref(a, b, 0.02)),

@@ -175,3 +175,45 @@ def test_cuda_predictor_on_gpu_matches_reference_and_never_syncs():
         kernels.predictor_weight(corr, basis=u, return_basis=True, backend="cuda", check_finite=False)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def _directpred_method():
+    from types import SimpleNamespace
+
+    from fusedssl.engine import methods
+
+    params = SimpleNamespace(rho=0.3, freq=1, eps=0.01, convert=2.0)
+    model = SimpleNamespace(predictor=[torch.nn.Linear(6, 6, bias=False)])
+    return methods.METHODS["directpred"](params, "torch"), model
+
+
+def _outputs(scale=1.0):
+    from fusedssl.engine.methods import Outputs
+
+    z = [scale * torch.randn(8, 6) for _ in range(2)]
+    return Outputs(z=z, p=[torch.randn(8, 6) for _ in range(2)], t=[torch.randn(8, 6) for _ in range(2)])
+
+
+def test_directpred_state_of_a_dropped_step_is_forgotten():
+    """The skip policy drops a non-finite step after its forward ran: its F^ update must not survive."""
+    method, model = _directpred_method()
+    method(_outputs())
+    method.after_step(model, 0)
+    good = method.corr.clone()
+    method(_outputs(float("nan")))
+    method.drop_step()
+    method(_outputs())
+    method.after_step(model, 1)
+    assert torch.isfinite(method.corr).all() and torch.isfinite(model.predictor[0].weight).all()
+    assert not torch.equal(method.corr, good)
+
+
+def test_directpred_state_is_restored_onto_the_run_device():
+    """Checkpoints load onto the CPU; F^ and the basis must land on the run's device (meta stands in for a GPU)."""
+    method, model = _directpred_method()
+    method(_outputs())
+    method.after_step(model, 0)
+    state = method.state_dict()
+    restored, _ = _directpred_method()
+    restored.load_state_dict(state, torch.device("meta"))
+    assert restored.corr.device.type == "meta" and restored.basis.device.type == "meta"

@@ -199,3 +199,23 @@ def test_torch_compile_traces_the_triton_chain(kernel_device):
     assert_close(v, r, 1e-4, what="compiled value")
     for i in range(2):
         assert_close(got[i].grad, ref[i].grad, 1e-4, what=f"compiled grad[{i}]")
+
+
+def test_triton_chain_ignores_the_global_default_dtype(kernel_device):
+    """A user's torch.set_default_dtype(torch.float64) must not leak into the fp32 chain (an fp64 identity made the
+    backward's GEMM operands disagree, which fails to compile on a GPU)."""
+    xs = [torch.randn(24, 16, device=kernel_device) for _ in range(4)]
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        o1, o2 = (x.clone().requires_grad_() for x in xs[:2])
+        loss = kernels.matrix_ssl_loss(o1, o2, xs[2], xs[3], backend="triton")
+        g1, g2 = torch.autograd.grad(loss, (o1, o2))
+    finally:
+        torch.set_default_dtype(before)
+    assert loss.dtype == g1.dtype == g2.dtype == torch.float32
+    r = [x.double().requires_grad_(i < 2) for i, x in enumerate(xs)]
+    ref = kernels.matrix_ssl_loss(*r, backend="torch")
+    assert_close(loss, ref.detach(), verify.FLOORS[torch.float32], what="value")
+    for g, rg in zip((g1, g2), torch.autograd.grad(ref, r[:2]), strict=True):
+        assert_close(g, rg, verify.FLOORS[torch.float32], what="grad")
