@@ -176,15 +176,19 @@ Table make_table(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>
                  const std::vector<at::Tensor>* c, const std::vector<bool>* adapt) {
   const int64_t t = static_cast<int64_t>(a.size());
   std::vector<int32_t> chunk_tensor;
-  std::vector<int64_t> chunk_start;
-  for (int64_t i = 0; i < t; ++i)
+  std::vector<int64_t> chunk_start, first_chunk;
+  for (int64_t i = 0; i < t; ++i) {
+    first_chunk.push_back(static_cast<int64_t>(chunk_tensor.size()));
     for (int64_t s = 0; s < a[i].numel(); s += kChunk) {
       chunk_tensor.push_back(static_cast<int32_t>(i));
       chunk_start.push_back(s);
     }
+  }
   const int64_t chunks = static_cast<int64_t>(chunk_tensor.size());
-  // layout (8-byte slots): param[t] grad[t] buf[t] numel[t] chunk_start[chunks] | chunk_tensor (4 B) | adapt (1 B)
-  const int64_t slots = 4 * t + chunks;
+  first_chunk.push_back(chunks);
+  // layout (8-byte slots): param[t] grad[t] buf[t] numel[t] first_chunk[t + 1] chunk_start[chunks] |
+  // chunk_tensor (4 B each) | adapt (1 B each)
+  const int64_t slots = 5 * t + 1 + chunks;
   const int64_t bytes = slots * 8 + chunks * 4 + t + 8;
   auto host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   auto* p64 = reinterpret_cast<int64_t*>(host.data_ptr<uint8_t>());
@@ -194,7 +198,8 @@ Table make_table(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>
     p64[2 * t + i] = c ? reinterpret_cast<int64_t>((*c)[i].data_ptr()) : 0;
     p64[3 * t + i] = a[i].numel();
   }
-  for (int64_t k = 0; k < chunks; ++k) p64[4 * t + k] = chunk_start[k];
+  for (int64_t i = 0; i <= t; ++i) p64[4 * t + i] = first_chunk[i];
+  for (int64_t k = 0; k < chunks; ++k) p64[5 * t + 1 + k] = chunk_start[k];
   auto* p32 = reinterpret_cast<int32_t*>(p64 + slots);
   for (int64_t k = 0; k < chunks; ++k) p32[k] = chunk_tensor[k];
   auto* p8 = reinterpret_cast<uint8_t*>(p32 + chunks);
@@ -206,7 +211,8 @@ Table make_table(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>
   v.grad = reinterpret_cast<float**>(d64 + t);
   v.buf = reinterpret_cast<float**>(d64 + 2 * t);
   v.numel = d64 + 3 * t;
-  v.chunk_start = d64 + 4 * t;
+  v.first_chunk = d64 + 4 * t;
+  v.chunk_start = d64 + 5 * t + 1;
   v.chunk_tensor = reinterpret_cast<const int32_t*>(d64 + slots);
   v.adapt = reinterpret_cast<const uint8_t*>(reinterpret_cast<const int32_t*>(d64 + slots) + chunks);
   v.chunks = chunks;
@@ -220,17 +226,17 @@ void lars_step_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, s
               "lars_step_: params, grads, bufs and adapt must have the same length, got ", params.size(), ", ",
               grads.size(), ", ", bufs.size(), ", ", adapt.size());
   if (params.empty()) return;
-  check_fp32_list(params, "params");
-  check_fp32_list(grads, "grads");
-  check_fp32_list(bufs, "bufs");
+  check_fp32_list(params, "params", params[0]);
+  check_fp32_list(grads, "grads", params[0]);
+  check_fp32_list(bufs, "bufs", params[0]);
   for (size_t i = 0; i < params.size(); ++i) {
-    check_same(grads[i], params[i], "grads[i]", "params[i]");
-    check_same(bufs[i], params[i], "bufs[i]", "params[i]");
+    check_same_layout(grads[i], params[i], "grads", "params", i);
+    check_same_layout(bufs[i], params[i], "bufs", "params", i);
   }
   const c10::cuda::CUDAGuard guard(params[0].device());
   Table table = make_table(params, grads, &bufs, &adapt);
-  auto norms = at::empty({2 * static_cast<int64_t>(params.size())}, params[0].options());
-  check_cuda_error(lars_step(table.view, norms.data_ptr<float>(), static_cast<float>(lr), nullptr,
+  auto scratch = at::empty({lars_scratch_floats(table.view)}, params[0].options());
+  check_cuda_error(lars_step(table.view, scratch.data_ptr<float>(), static_cast<float>(lr), nullptr,
                              static_cast<float>(momentum), static_cast<float>(weight_decay), static_cast<float>(eta),
                              stream_of(params[0])),
                    "lars_step_");
@@ -240,12 +246,13 @@ void ema_(std::vector<at::Tensor> teacher, std::vector<at::Tensor> online, doubl
   TORCH_CHECK(teacher.size() == online.size(), "ema_: teacher and online must have the same length, got ",
               teacher.size(), " and ", online.size());
   if (teacher.empty()) return;
-  check_fp32_list(teacher, "teacher");
-  check_fp32_list(online, "online");
-  for (size_t i = 0; i < teacher.size(); ++i) check_same(online[i], teacher[i], "online[i]", "teacher[i]");
+  check_fp32_list(teacher, "teacher", teacher[0]);
+  check_fp32_list(online, "online", teacher[0]);
+  for (size_t i = 0; i < teacher.size(); ++i) check_same_layout(online[i], teacher[i], "online", "teacher", i);
   const c10::cuda::CUDAGuard guard(teacher[0].device());
   Table table = make_table(teacher, online, nullptr, nullptr);
-  check_cuda_error(ema_update(table.view, static_cast<float>(tau), stream_of(teacher[0])), "ema_");
+  const double weight = 1.0 - tau;  // in double: see ema_update
+  check_cuda_error(ema_update(table.view, static_cast<float>(weight), stream_of(teacher[0])), "ema_");
 }
 
 }  // namespace

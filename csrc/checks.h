@@ -50,12 +50,26 @@ inline DType dtype_of(const at::Tensor& t, const char* name) {
   return DType::f32;
 }
 
-inline void check_fp32_list(const std::vector<at::Tensor>& ts, const char* name) {
+// A tensor of a multi-tensor list: fp32 on the list's device (``first``: the list's first tensor), non-overlapping
+// and dense (contiguous or channels-last: the kernels walk storage order).
+inline void check_fp32_list(const std::vector<at::Tensor>& ts, const char* name, const at::Tensor& first) {
   for (size_t i = 0; i < ts.size(); ++i) {
-    TORCH_CHECK(ts[i].is_cuda() && ts[i].scalar_type() == at::kFloat && ts[i].is_contiguous(), name, "[", i,
-                "]: expected a contiguous float32 CUDA tensor, got ", ts[i].scalar_type(), " on ", ts[i].device(),
-                ts[i].is_contiguous() ? "" : " (not contiguous)");
+    TORCH_CHECK(ts[i].is_cuda() && ts[i].scalar_type() == at::kFloat, name, "[", i,
+                "]: expected a float32 CUDA tensor, got ", ts[i].scalar_type(), " on ", ts[i].device());
+    TORCH_CHECK(ts[i].device() == first.device(), name, "[", i, "]: expected every tensor on ", first.device(),
+                " (one launch serves the whole list), got ", ts[i].device());
+    TORCH_CHECK(ts[i].is_non_overlapping_and_dense(), name, "[", i,
+                "]: expected a dense tensor (contiguous or channels-last), got strides ", ts[i].strides(), " for shape ",
+                shape_of(ts[i]));
   }
+}
+
+// t must match ref in shape, dtype, device and strides (element k of storage is the same index in both).
+inline void check_same_layout(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name,
+                              size_t i) {
+  TORCH_CHECK(t.sizes() == ref.sizes() && t.strides() == ref.strides(), name, "[", i, "]: expected the shape ",
+              shape_of(ref), " and strides ", ref.strides(), " of ", ref_name, "[", i, "], got ", shape_of(t),
+              " with strides ", t.strides());
 }
 
 inline void check_cuda_error(cudaError_t err, const char* what) {

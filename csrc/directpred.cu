@@ -12,7 +12,8 @@
 // phase 1 computes every pair's rotation from the current A; phase 2 rotates every 2x2 block of A by its row pair and
 // its column pair; the blocks are disjoint, so phase 2 needs no atomics, and blocks whose two rotations are both the
 // identity (most of them once A is nearly diagonal) are skipped. A is kept as its packed upper triangle: in shared
-// memory where it fits (n <= 256 on A100 and H100: 129 KB), else in a global scratch that stays in L2.
+// memory where it fits (n <= 336 on H100/H200 with their 227 KiB opt-in, n <= 284 on A100), else in a global scratch
+// that stays in L2.
 //
 // The eigenvectors V = U0 J_1 J_2 ... are not carried by the serial kernel: it records every round's rotations, and a
 // second kernel replays them on the rows of V, one warp per row (rows evolve independently), across the whole GPU.
@@ -95,7 +96,9 @@ __host__ __device__ inline float spectral(float s, float smax, float eps, float 
   return fmaxf(r + eps, 1e-4f);
 }
 
-__global__ void __launch_bounds__(kThreads)
+// (kThreads, 1): one block is ever launched, so ptxas may use the whole register file (at the default of two
+// blocks per SM it capped the kernel at 32 registers and spilled inside the sweep loops)
+__global__ void __launch_bounds__(kThreads, 1)
     jacobi_kernel(const float* __restrict__ in, float* scratch_a, float2* __restrict__ rots, float* __restrict__ s_out,
                   float* __restrict__ p_out, int* __restrict__ info, int n, int max_sweeps, float tol, float eps,
                   float inv_c, int use_smem) {
@@ -221,13 +224,17 @@ cudaError_t sym_eig_jacobi(const float* a, float* v, float* s, float* p, int* in
   if (err != cudaSuccess) return err;
   err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (err != cudaSuccess) return err;
-  // the static shared memory of jacobi_kernel (rot, pidx, qidx, red, bcast) comes on top of the packed matrix
-  // (plus a margin for alignment padding)
-  const size_t static_bytes = kMaxPairs * (sizeof(float2) + 2 * sizeof(int)) + (kThreads / 32 + 1) * sizeof(float) + 256;
+  // the kernel's static shared memory (rot, pidx, qidx, red, bcast) comes on top of the packed matrix: read it from
+  // the compiled kernel rather than estimating it
+  cudaFuncAttributes attr;
+  err = cudaFuncGetAttributes(&attr, jacobi_kernel);
+  if (err != cudaSuccess) return err;
   const size_t bytes = static_cast<size_t>(jacobi_scratch_floats(n)) * sizeof(float);
-  const bool use_smem = bytes + static_bytes <= static_cast<size_t>(optin);
+  const bool use_smem = bytes + attr.sharedSizeBytes <= static_cast<size_t>(optin);
   const size_t dyn = use_smem ? bytes : 0;
-  if (dyn > 48 * 1024) {
+  // The default dynamic limit is 48 KiB minus the static shared memory, so the opt-in is set for every launch that
+  // uses shared memory (setting it once for a large n and not for a slightly smaller one made n = 150..156 fail)
+  if (use_smem) {
     err = cudaFuncSetAttribute(jacobi_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn));
     if (err != cudaSuccess) return err;
   }

@@ -34,16 +34,21 @@ struct TensorTable {
   const uint8_t* adapt;  // (T,) LARS: 1 = trust ratio and weight decay, 0 = plain momentum SGD (biases, norms)
   const int32_t* chunk_tensor;  // (C,) tensor of each chunk
   const int64_t* chunk_start;   // (C,) first element of each chunk
+  const int64_t* first_chunk;   // (T + 1,) tensor i owns chunks first_chunk[i] .. first_chunk[i + 1] - 1
   int64_t chunks;
   int64_t tensors;
 };
 constexpr int64_t kChunk = 16384;
 // LARS: g' = g + wd p (adapt only); trust = eta |p| / |g'| where both > 0 (adapt only), else 1; buf = m buf + trust g';
-// p -= lr buf. norms is fp32 (2 T,) scratch. lr may be read from device memory (lr_ptr) so a schedule needs no sync.
-cudaError_t lars_step(const TensorTable& t, float* norms, float lr, const float* lr_ptr, float momentum,
+// p -= lr buf. scratch is fp32, lars_scratch_floats(t) values (per-chunk partial norms, per-tensor trust ratios). lr
+// may be read from device memory (lr_ptr) so a schedule needs no sync. Deterministic (no atomics).
+int64_t lars_scratch_floats(const TensorTable& t);
+cudaError_t lars_step(const TensorTable& t, float* scratch, float lr, const float* lr_ptr, float momentum,
                       float weight_decay, float eta, cudaStream_t stream);
-// EMA: teacher += (1 - tau) (online - teacher), all tensors in one launch (param = teacher, grad = online).
-cudaError_t ema_update(const TensorTable& t, float tau, cudaStream_t stream);
+// EMA: teacher += weight (online - teacher), weight = 1 - tau computed by the caller in double (fp32 rounding of tau
+// near 1 would move the step weight by 0.14% at tau = 0.99999), all tensors in one launch (param = teacher, grad =
+// online).
+cudaError_t ema_update(const TensorTable& t, float weight, cudaStream_t stream);
 
 // directpred.cu: symmetric eigendecomposition of a (n x n, fp32, n even, n <= kMaxEighN) by one-block cyclic Jacobi,
 // for DirectPred's predictor. v holds the warm-start basis U0 on entry (a is then U0' F U0) and U0 V on exit; s gets the

@@ -19,6 +19,9 @@ namespace {
 
 constexpr int kCols = 32;
 constexpr int kRows = 8;
+// The l2 mode needs sum z^2, not a variance: shifting by z0 and adding the shift back (s2 + 2 z0 s1 + n z0^2)
+// cancels catastrophically when the first row is atypical, so that mode accumulates unshifted sums.
+constexpr int kShiftless = 3;
 
 template <typename T> __device__ __forceinline__ float load(const T* p) { return static_cast<float>(*p); }
 template <> __device__ __forceinline__ float load<__half>(const __half* p) { return __half2float(*p); }
@@ -56,16 +59,16 @@ template <typename T> __device__ __forceinline__ void store_vec(T* p, const floa
   *reinterpret_cast<uint4*>(p) = raw;
 }
 
-// The column's (mean, r, beta) of kernels/normalize.py from its shifted sums s1 = sum (z - z0), s2 = sum (z - z0)^2.
+// The column's (mean, r, beta) of kernels/normalize.py from its sums s1 = sum (z - z0), s2 = sum (z - z0)^2.
 struct Stats {
   float mean, r, beta;
 };
 __device__ __forceinline__ Stats column_stats(int mode, float nf, float z0, float s1, float s2, float eps,
                                               float sqrt_d) {
   float mean, ss;
-  if (mode == 3) {  // l2: no centring, ||z||^2 = sum (x + z0)^2
+  if (mode == 3) {  // l2: no centring and no shift (z0 = 0: see kShiftless), so s2 is sum z^2 itself
     mean = 0.f;
-    ss = s2 + 2.f * z0 * s1 + nf * z0 * z0;
+    ss = s2;
   } else {
     mean = z0 + s1 / nf;
     ss = fmaxf(s2 - s1 * s1 / nf, 0.f);
@@ -97,7 +100,7 @@ __global__ void __launch_bounds__(kCols * kRows) col_stats_kernel(const T* __res
   __shared__ float scratch[kRows][kCols + 1];
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kCols + threadIdx.x;
   const bool col = j < d;
-  const float z0 = col ? load(z + j * s_zd) : 0.f;
+  const float z0 = col && mode != kShiftless ? load(z + j * s_zd) : 0.f;
   float s1 = 0.f, s2 = 0.f;
   if (col) {
     for (int64_t i = threadIdx.y; i < n; i += kRows) {
@@ -133,6 +136,10 @@ __global__ void __launch_bounds__(kCols * kRows) col_stats_vec_kernel(const T* _
   for (int k = 0; k < V; ++k) z0[k] = s1[k] = s2[k] = 0.f;
   if (col) {
     load_vec(z + j, z0);
+    if (mode == kShiftless) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) z0[k] = 0.f;
+    }
     for (int64_t i = threadIdx.y; i < n; i += kRows) {
       load_vec(z + i * s_zn + j, x);
 #pragma unroll

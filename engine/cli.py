@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     sub.add_parser("bench", add_help=False, help="benchmarks: fusedssl bench "
-                   "all|render|kernels|matrix_log|directpred|step|data|quality|lars")
+                   "all|render|aot|kernels|matrix_log|directpred|step|data|quality|lars")
     sub.add_parser("data", help="datasets: fusedssl data check ROOT | fusedssl data sample OUT [--help]",
                    add_help=False)
     sub.add_parser("eval", help="evaluate a checkpoint: fusedssl eval knn|linear CHECKPOINT | fusedssl eval plot RUNS "
@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         from fusedssl.bench import bench_step
 
         return bench_step.main(argv[2:])
+    if argv[:2] == ["bench", "aot"]:
+        from fusedssl.bench import aot
+
+        return aot.main(argv[2:])
     if argv[:2] == ["bench", "matrix_log"]:
         from fusedssl.bench import bench_matrix_log
 

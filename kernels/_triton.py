@@ -59,6 +59,11 @@ def why_unavailable(device: torch.device) -> str | None:
             "before importing fusedssl to run them in Triton's interpreter, slowly)")
 
 
+def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it ``t``'s (a library caller's tensors may live elsewhere)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def tf32_enabled() -> bool:
     """Whether torch lets fp32 matmuls on CUDA use TF32. Read through the per-backend ``fp32_precision`` switch:
     ``allow_tf32`` and ``get_float32_matmul_precision()`` raise once a user has set the newer API, and the newer
@@ -82,3 +87,11 @@ def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
 def tile(size: int, cap: int = 64) -> int:
     """A power-of-two tile <= cap covering small sizes without waste (tl.dot needs >= 16)."""
     return min(cap, max(16, triton.next_power_of_2(size)))
+
+
+def k_tile(size: int, dtype: torch.dtype, precision: str) -> int:
+    """The K tile of a ``tl.dot``: fp32 operands multiplied as IEEE FMAs keep their operand tiles in registers, and a
+    64-deep tile then spills on sm_80 (32 does not: bench/aot.py); the tensor-core paths take 64."""
+    if interpreting():  # no registers there, and its cost is per K step
+        return tile(size)
+    return tile(size, 32 if dtype == torch.float32 and precision == "ieee" else 64)

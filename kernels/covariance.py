@@ -14,11 +14,12 @@ variant and VICReg's covariance term, all of the form
     L = sum_i w_d (c_ii - t_d)^2 + sum_{i!=j} w_o (c_ij - t_o)^2,     c = s * A'B  (auto mode: A = B)
   * forward ``_cov_loss_fwd_kernel``: each program owns a D x D tile, accumulates A'B over K = N in fp32, and in the
     epilogue writes the tile's loss partial sum and G = dL/dC = 2 w (c - t) directly: C itself is never stored.
-  * backward ``_cov_loss_bwd_kernel``: one dual-output GEMM per (rows, columns) tile, dA = s B G' and dB = s A G, scaled
-    by the incoming gradient read on the device (no host sync).
+    G is stored in the operands' half precision for bf16/fp16 inputs (fp32 otherwise).
+  * backward ``_cov_loss_bwd_kernel``: a single-accumulator GEMM per (rows, columns) tile, launched once for
+    dA = s B G' and once for dB = s A G (auto mode: once, 2 s A G), scaled by the incoming gradient read on the
+    device (no host sync); bf16/fp16 operands with fp32 accumulation run on the tensor cores.
 The column normalisation (BN / Tsai's rowL2 + std) runs in normalize.py's Triton kernels before the GEMM (fp32
-statistics, closed-form backward); fusing it into the GEMM prologue and the dual backward is still open.
-Measured speedups: none yet (no GPU measurement so far); ``auto`` therefore keeps choosing "torch" on GPUs.
+statistics, closed-form backward).
 
 Distributed semantics (how engine/methods.py calls these; methods.md §13):
   * Barlow Twins / HSIC: computed on the all-gathered batch of both views, redundantly on every rank (equivalent to
@@ -32,9 +33,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _backend, _cuda
+from . import _backend, _cuda, _triton
 from ._checks import check_choice, check_embeddings, check_number, check_pair, full_precision
-from ._triton import HAS_TRITON, dot_precision, interpreting, tile, tl, triton
+from ._triton import HAS_TRITON, dot_precision, interpreting, k_tile, tile, tl, triton
 from .normalize import col_normalize_cuda, col_normalize_ref, col_normalize_triton, row_normalize_ref
 
 # --------------------------------------------------------------------------------------------- Triton kernels
@@ -69,74 +70,101 @@ if HAS_TRITON:
         diff = tl.where(diag, c - t_diag, c - t_off)
         w = tl.where(diag, w_diag, w_off)
         loss = tl.where(valid, w * diff * diff, 0.0)
-        tl.store(g_ptr + offs_i[:, None] * D + offs_j[None, :], 2.0 * w * diff, mask=valid)
+        g = (2.0 * w * diff).to(g_ptr.dtype.element_ty)
+        tl.store(g_ptr + offs_i[:, None].to(tl.int64) * D + offs_j[None, :], g, mask=valid)
         tl.store(part_ptr + pid_i * tl.num_programs(1) + pid_j, tl.sum(tl.sum(loss, axis=1), axis=0))
 
     @triton.jit
-    def _cov_loss_bwd_kernel(a_ptr, b_ptr, g_ptr, gout_ptr, da_ptr, db_ptr, N, D, stride_an, stride_ad,
-                             stride_bn, stride_bd, scale,
+    def _cov_loss_bwd_kernel(x_ptr, g_ptr, gout_ptr, out_ptr, N, D, stride_xn, stride_xd, scale,
                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-                             PRECISION: tl.constexpr, AUTO: tl.constexpr):
-        # AUTO: A is B and G is symmetric, so dA + dB = 2 s A G: one GEMM, written to da_ptr only.
+                             TRANS_G: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        # out = scale * gout * X G (TRANS_G: X G'), one (rows, columns) tile per program and ONE accumulator: the
+        # backward of c = s A'B is dA = s B G' and dB = s A G, launched as two such GEMMs (one dual-output loop held
+        # two accumulators and spilled heavily on sm_90). G is stored in the operands' dtype, so half-precision
+        # inputs multiply on the tensor cores (fp32 accumulation).
         pid_m = tl.program_id(0)
         pid_c = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        acc_a = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-        acc_b = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            rows = (offs_m[:, None] < N) & (offs_k[None, :] < D)
-            a = tl.load(a_ptr + offs_m[:, None] * stride_an + offs_k[None, :] * stride_ad, mask=rows, other=0.0)
-            b = tl.load(b_ptr + offs_m[:, None] * stride_bn + offs_k[None, :] * stride_bd, mask=rows, other=0.0)
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xn + offs_k[None, :] * stride_xd,
+                        mask=(offs_m[:, None] < N) & (offs_k[None, :] < D), other=0.0)
             gmask = (offs_k[:, None] < D) & (offs_c[None, :] < D)
-            g = tl.load(g_ptr + offs_k[:, None] * D + offs_c[None, :], mask=gmask, other=0.0)    # G[k, c] tile
-            acc_b = tl.dot(a.to(tl.float32), g, acc_b, input_precision=PRECISION)
-            if not AUTO:
-                g_t = tl.load(g_ptr + offs_c[None, :] * D + offs_k[:, None], mask=gmask, other=0.0)  # G[c, k]'
-                acc_a = tl.dot(b.to(tl.float32), g_t, acc_a, input_precision=PRECISION)
+            if TRANS_G:  # G'[k, c] = G[c, k]; int64 row offsets: D x D passes 2^31 elements at D >= 46,341
+                g = tl.load(g_ptr + offs_c[None, :].to(tl.int64) * D + offs_k[:, None], mask=gmask, other=0.0)
+            else:
+                g = tl.load(g_ptr + offs_k[:, None].to(tl.int64) * D + offs_c[None, :], mask=gmask, other=0.0)
+            if UPCAST:  # the interpreter mis-computes half-precision arithmetic
+                x = x.to(tl.float32)
+                g = g.to(tl.float32)
+            acc = tl.dot(x, g, acc, input_precision=PRECISION)
         s = scale * tl.load(gout_ptr)  # the upstream gradient, read on the device: no host sync
         out = (offs_m[:, None] < N) & (offs_c[None, :] < D)
-        if AUTO:
-            tl.store(da_ptr + offs_m[:, None] * D + offs_c[None, :], acc_b * (2.0 * s), mask=out)
-        else:
-            tl.store(da_ptr + offs_m[:, None] * D + offs_c[None, :], acc_a * s, mask=out)
-            tl.store(db_ptr + offs_m[:, None] * D + offs_c[None, :], acc_b * s, mask=out)
+        tl.store(out_ptr + offs_m[:, None] * D + offs_c[None, :], (acc * s).to(out_ptr.dtype.element_ty), mask=out)
+
+
+def _g_dtype(dtype: torch.dtype) -> torch.dtype:
+    """G = dL/dC is stored in the operands' half precision (the backward GEMMs then run on tensor cores; the
+    subtraction c - t happened in fp32 before that rounding), else in fp32."""
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def _check_extent(n: int, d: int) -> None:
+    if n * d >= 2**31:  # the operand offsets are int32 (G's are int64)
+        raise ValueError(f"cov_loss: an (N, D) = ({n}, {d}) operand has 2^31 elements or more; split the batch")
 
 
 def cov_loss_fwd(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, t_diag: float, w_off: float,
                  t_off: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward: (loss as a 0-d fp32 tensor, G as a D x D fp32 tensor). Inputs (N, D), any strides."""
+    """Launch the forward: (loss as a 0-d fp32 tensor, G as a D x D tensor in ``_g_dtype``). Inputs (N, D), any
+    strides, one dtype."""
     if a.dtype != b.dtype:
         raise TypeError(f"cov_loss_fwd: a is {a.dtype} but b is {b.dtype}; the GEMM operands must share a dtype")
     n, d = a.shape
-    bi, bk = tile(d), tile(n)
+    _check_extent(n, d)
+    precision = dot_precision(a.dtype, a.device)
+    bi, bk = tile(d), k_tile(n, a.dtype, precision)
     grid = (triton.cdiv(d, bi), triton.cdiv(d, bi))
-    g = torch.empty(d, d, dtype=torch.float32, device=a.device)
+    g = torch.empty(d, d, dtype=_g_dtype(a.dtype), device=a.device)
     part = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=a.device)
-    _cov_loss_fwd_kernel[grid](a, b, g, part, n, d, a.stride(0), a.stride(1), b.stride(0), b.stride(1), scale,
-                               w_diag, t_diag, w_off, t_off, BLOCK_I=bi, BLOCK_J=bi, BLOCK_K=bk,
-                               PRECISION=dot_precision(a.dtype, a.device), UPCAST=interpreting())
+    with _triton.on_device(a):
+        _cov_loss_fwd_kernel[grid](a, b, g, part, n, d, a.stride(0), a.stride(1), b.stride(0), b.stride(1), scale,
+                                   w_diag, t_diag, w_off, t_off, BLOCK_I=bi, BLOCK_J=bi, BLOCK_K=bk,
+                                   PRECISION=precision, UPCAST=interpreting())
     return part.sum(), g
+
+
+def _bwd_gemm(x: torch.Tensor, g: torch.Tensor, gout: torch.Tensor, scale: float, trans_g: bool) -> torch.Tensor:
+    """scale * gout * x @ (g' if trans_g else g), (N, D) in x's dtype."""
+    n, d = x.shape
+    precision = dot_precision(x.dtype, x.device)
+    bm, bc, bk = tile(n), tile(d), k_tile(d, x.dtype, precision)
+    out = torch.empty(n, d, dtype=x.dtype, device=x.device)
+    if g.dtype != x.dtype:  # fp32 G with half operands (a caller's own G): one operand dtype for tl.dot
+        g = g.to(x.dtype) if x.dtype in (torch.float16, torch.bfloat16) else g.float()
+    with _triton.on_device(x):
+        _cov_loss_bwd_kernel[(triton.cdiv(n, bm), triton.cdiv(d, bc))](
+            x, g, gout, out, n, d, x.stride(0), x.stride(1), scale, BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bk,
+            TRANS_G=trans_g, PRECISION=precision, UPCAST=interpreting())
+    return out
 
 
 def cov_loss_bwd(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gout: torch.Tensor, scale: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the dual-output backward: dA = s*gout*B G', dB = s*gout*A G, in the inputs' dtypes.
+    """Launch the backward GEMMs: dA = s*gout*B G', dB = s*gout*A G, in the inputs' dtypes.
 
     When ``a`` and ``b`` are the same tensor (an auto-covariance, G symmetric) the total 2 s gout A G is computed once
     and returned as dA with dB = 0 (autograd sums the two for the shared input).
     """
     n, d = a.shape
-    bm, bc = tile(n), tile(d)
-    auto = a.data_ptr() == b.data_ptr() and a.stride() == b.stride()
-    da = torch.empty(n, d, dtype=torch.float32, device=a.device)
-    db = torch.zeros(n, d, dtype=torch.float32, device=a.device) if auto else torch.empty_like(da)
-    gout = gout.to(torch.float32).reshape(1)
-    _cov_loss_bwd_kernel[(triton.cdiv(n, bm), triton.cdiv(d, bc))](
-        a, b, g, gout, da, db, n, d, a.stride(0), a.stride(1), b.stride(0), b.stride(1), scale,
-        BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bc, PRECISION=dot_precision(torch.float32, a.device), AUTO=auto)
-    return da.to(a.dtype), db.to(b.dtype)
+    _check_extent(n, d)
+    g = g.contiguous()  # the kernel addresses G as a dense row-major D x D matrix
+    gout = gout.to(device=a.device, dtype=torch.float32).reshape(1)
+    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
+        return _bwd_gemm(a, g, gout, 2.0 * scale, False), torch.zeros(n, d, dtype=b.dtype, device=b.device)
+    return _bwd_gemm(b, g, gout, scale, True), _bwd_gemm(a, g, gout, scale, False)
 
 
 # torch.library registration: custom ops with fakes (so torch.compile traces them) and the hand-written backward.
@@ -151,7 +179,7 @@ def _cov_loss_op(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, 
 @_cov_loss_op.register_fake
 def _cov_loss_fake(a, b, scale, w_diag, t_diag, w_off, t_off):
     d = a.shape[1]
-    return a.new_empty((), dtype=torch.float32), a.new_empty((d, d), dtype=torch.float32)
+    return a.new_empty((), dtype=torch.float32), a.new_empty((d, d), dtype=_g_dtype(a.dtype))
 
 
 @torch.library.custom_op("fusedssl::cov_loss_bwd", mutates_args=())
@@ -202,7 +230,10 @@ def _cov_loss_cuda_op(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: fl
     return loss, cg  # cg now holds G = dL/dC
 
 
-_cov_loss_cuda_op.register_fake(_cov_loss_fake)
+@_cov_loss_cuda_op.register_fake
+def _cov_loss_cuda_fake(a, b, scale, w_diag, t_diag, w_off, t_off):
+    d = a.shape[1]  # G is the fp32 C from the GEMM, overwritten in place
+    return a.new_empty((), dtype=torch.float32), a.new_empty((d, d), dtype=torch.float32)
 
 
 @torch.library.custom_op("fusedssl::cov_loss_bwd_cuda", mutates_args=())

@@ -8,7 +8,7 @@ with ``adapt=False`` (biases and norm parameters) meaning no weight decay and tr
 Backends: "torch" is the foreach reference (a few multi-tensor launches, no per-parameter host sync: the trust ratios
 are computed on the device for all tensors at once); "cuda" (csrc/optim.cu) does all tensors of a group in one norm
 pass and one update pass (LARS) or one pass (EMA), chunk-parallel. ``auto`` keeps the reference until
-bench/results/ shows the CUDA kernel faster on a GPU (issue #4 asks for >= 5x a per-parameter loop; unmeasured).
+bench/results/ shows the CUDA kernel faster on a GPU.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ def _check_lists(**lists: list[torch.Tensor]) -> None:
             if t.shape != ref.shape or t.dtype != ref.dtype or t.device != ref.device:
                 raise ValueError(f"{name}[{i}] is {t.dtype} {tuple(t.shape)} on {t.device}; {names[0]}[{i}] is "
                                  f"{ref.dtype} {tuple(ref.shape)} on {ref.device}")
+            if t.device != first[0].device:  # one multi-tensor launch serves the list: one device
+                raise ValueError(f"{name}[{i}] is on {t.device} but {names[0]}[0] is on {first[0].device}; a "
+                                 "multi-tensor update needs all tensors on one device")
 
 
 def lars_step_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], *, lr: float,
@@ -65,7 +68,8 @@ def lars_step_ref(params, grads, bufs, lr, momentum, weight_decay, eta, adapt):
 @_backend.register("lars_step_", "cuda")
 @torch.no_grad()
 def lars_step_cuda(params, grads, bufs, lr, momentum, weight_decay, eta, adapt):
-    """CUDA C++ provider of ``lars_step_`` (csrc/optim.cu): fp32 contiguous tensors."""
+    """CUDA C++ provider of ``lars_step_`` (csrc/optim.cu): fp32 dense tensors (contiguous or channels-last), the
+    gradient and buffer with their parameter's strides; deterministic (no atomics)."""
     from . import _cuda
 
     _cuda.ext().lars_step_(list(params), list(grads), list(bufs), [adapt] * len(params), float(lr), float(momentum),
@@ -89,7 +93,7 @@ def ema_ref(teacher, online, tau):
 @_backend.register("ema_", "cuda")
 @torch.no_grad()
 def ema_cuda(teacher, online, tau):
-    """CUDA C++ provider of ``ema_`` (csrc/optim.cu): fp32 contiguous tensors."""
+    """CUDA C++ provider of ``ema_`` (csrc/optim.cu): fp32 dense tensors (contiguous or channels-last)."""
     from . import _cuda
 
     _cuda.ext().ema_(list(teacher), list(online), float(tau))

@@ -38,9 +38,9 @@ import math
 
 import torch
 
-from . import _backend
+from . import _backend, _triton
 from ._checks import check_embeddings, check_number, check_pair, full_precision
-from ._triton import HAS_TRITON, dot_precision, tile, tl, triton
+from ._triton import HAS_TRITON, dot_precision, k_tile, tile, tl, triton
 from .covariance import frob2_cross
 from .normalize import col_normalize_triton, row_normalize_ref, row_normalize_triton
 
@@ -82,10 +82,12 @@ def _mm_shift_op(a: torch.Tensor, b: torch.Tensor, alpha: float, shift: float) -
     m, k = a.shape
     n = b.shape[1]
     c = torch.empty(m, n, dtype=torch.float32, device=a.device)
-    bm, bn, bk = tile(m), tile(n), tile(k)
-    _mm_shift_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
-        a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), alpha, shift,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=dot_precision(torch.float32, a.device))
+    precision = dot_precision(torch.float32, a.device)
+    bm, bn, bk = tile(m), tile(n), k_tile(k, torch.float32, precision)
+    with _triton.on_device(a):
+        _mm_shift_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+            a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), alpha, shift,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision)
     return c
 
 

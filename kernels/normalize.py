@@ -101,8 +101,12 @@ if HAS_TRITON:
                           MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
         dmask = offs_d < D
-        # shift by the first row: sums of (z - z_0) keep var = E[x^2] - E[x]^2 well conditioned
-        z0 = tl.load(z_ptr + offs_d * s_zd, mask=dmask, other=0.0).to(tl.float32)
+        # shift by the first row: sums of (z - z_0) keep var = E[x^2] - E[x]^2 well conditioned. The l2 mode needs
+        # sum z^2 itself, which adding the shift back would cancel catastrophically: no shift there
+        if MODE == 3:
+            z0 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        else:
+            z0 = tl.load(z_ptr + offs_d * s_zd, mask=dmask, other=0.0).to(tl.float32)
         s1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
         s2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for n0 in range(0, N, BLOCK_N):
@@ -112,8 +116,8 @@ if HAS_TRITON:
             x = tl.where(mask, z.to(tl.float32) - z0[None, :], 0.0)
             s1 += tl.sum(x, axis=0)
             s2 += tl.sum(x * x, axis=0)
-        if MODE == 3:  # l2: no centring, ||z||^2 = sum (x + z0)^2
-            ss = s2 + 2.0 * z0 * s1 + N * z0 * z0
+        if MODE == 3:  # l2: no centring, z0 = 0, so s2 = ||z||^2
+            ss = s2
             mean = tl.zeros((BLOCK_D,), dtype=tl.float32)
         else:
             mean = z0 + s1 / N
