@@ -102,7 +102,7 @@ setup(
     packages=["fusedssl.kernels", "fusedssl.engine", "fusedssl.engine.data", "fusedssl.bench"],
     package_dir={"fusedssl.kernels": "kernels", "fusedssl.engine": "engine", "fusedssl.engine.data": "engine/data",
                  "fusedssl.bench": "bench"},
-    package_data={"fusedssl.kernels": ["_build.json"]},
+    package_data={"fusedssl.kernels": ["_build.json", "preferences.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[

@@ -44,19 +44,16 @@ class Method:
     predictor = False    # needs a predictor head
     ops: tuple[str, ...] = ()  # the fusedssl.kernels ops the objective calls
 
-    def __init__(self, params, backend: str):
-        self.params, self.requested = params, backend
+    def __init__(self, params, backends: dict[str, str]):
+        """``backends``: the backend of each op in ``ops``, resolved once by the caller (``kernels.resolve_all``)."""
+        self.params = params
+        missing = set(self.ops) - set(backends)
+        if missing:
+            raise ValueError(f"method {self.name}: no backend given for {sorted(missing)}")
+        self._backends = dict(backends)
 
     def backend(self, op: str) -> str:
-        """The backend for one op: the configured one where the op has it, else the torch reference. A config asks
-        for kernels globally (``kernels.backend: triton``); ops without a kernel in that backend (the O(ND) terms,
-        families still to come) run the reference, and ``backends()`` lists which ran where for the run header."""
-        if self.requested in ("auto", "torch") or self.requested in kernels.available(op):
-            return self.requested
-        return "torch"
-
-    def backends(self) -> dict[str, str]:
-        return {op: self.backend(op) for op in self.ops}
+        return self._backends[op]
 
     def __call__(self, out: Outputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return (loss, detached terms for logging)."""
@@ -183,8 +180,8 @@ class DirectPred(BYOL):
     mode = "directpred"
     ops = ("byol_loss", "correlation_ema", "predictor_weight")
 
-    def __init__(self, params, backend):
-        super().__init__(params, backend)
+    def __init__(self, params, backends):
+        super().__init__(params, backends)
         self.corr: torch.Tensor | None = None
         self.basis: torch.Tensor | None = None  # F^'s eigenvectors at the last reset: the cuda kernel's warm start
         self._pending: torch.Tensor | None = None
@@ -231,11 +228,14 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (Barlow, BarlowHSIC, VICR
                                                        SimCLR, BYOL, SimSiam, DirectPred, DirectCopy)}
 
 
-def build(cfg, *, backend: str) -> Method:
-    """The objective of ``method.name`` with its parameter section (``method.<name>``)."""
+def build(cfg, *, backends: dict[str, str] | str) -> Method:
+    """The objective of ``method.name`` with its parameter section (``method.<name>``); ``backends`` maps each of
+    its ops to the backend that serves it (a single name: every op on that backend, as tests and scripts use it)."""
     cls = METHODS[cfg.name]
     params = getattr(cfg, cfg.name, None)
-    return cls(params, backend)
+    if isinstance(backends, str):
+        backends = {op: backends for op in cls.ops}
+    return cls(params, backends)
 
 
 def check_model(method: Method, model_cfg) -> None:

@@ -84,10 +84,12 @@ def build(cfg, *, predictor_required: bool) -> SSLModel:
 class EMATeacher(nn.Module):
     """Frozen EMA copy of backbone + projector: teacher <- tau * teacher + (1 - tau) * online."""
 
-    def __init__(self, online: SSLModel):
+    def __init__(self, online: SSLModel, backend: str = "torch"):
+        """``backend``: the resolved backend of ``kernels.ema_`` (train.build_stages)."""
         super().__init__()
         self.backbone = copy.deepcopy(online.backbone)
         self.projector = copy.deepcopy(online.projector)
+        self.backend = backend
         for p in self.parameters():
             p.requires_grad_(False)
 
@@ -98,11 +100,10 @@ class EMATeacher(nn.Module):
     def update(self, online: SSLModel, tau: float) -> None:
         mine = list(self.backbone.parameters()) + list(self.projector.parameters())
         theirs = list(online.backbone.parameters()) + list(online.projector.parameters())
-        kernels.ema_(mine, theirs, tau)  # one multi-tensor update (foreach, or csrc/optim.cu on "cuda")
-        # BN running statistics follow the online network (they are not trained parameters).
-        for b_mine, b_theirs in zip(list(self.backbone.buffers()) + list(self.projector.buffers()),
-                                    list(online.backbone.buffers()) + list(online.projector.buffers())):
-            b_mine.copy_(b_theirs)
+        kernels.ema_(mine, theirs, tau, backend=self.backend)  # one multi-tensor update (foreach or csrc/optim.cu)
+        # BN running statistics follow the online network (they are not trained parameters): one foreach copy
+        torch._foreach_copy_(list(self.backbone.buffers()) + list(self.projector.buffers()),
+                             list(online.backbone.buffers()) + list(online.projector.buffers()))
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):

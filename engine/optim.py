@@ -77,14 +77,15 @@ def schedules(cfg, *, peak_lr: float, total_steps: int, steps_per_epoch: int, em
 
 
 def build(cfg, model: torch.nn.Module, *, batch_size: int, total_steps: int, steps_per_epoch: int, ema_base: float,
-          ema_schedule: str) -> tuple[torch.optim.Optimizer, Schedules]:
-    """Optimiser and schedules from the ``optim`` section; lr = base_lr * batch_size / 256 under linear scaling."""
+          ema_schedule: str, lars_backend: str = "torch") -> tuple[torch.optim.Optimizer, Schedules]:
+    """Optimiser and schedules from the ``optim`` section; lr = base_lr * batch_size / 256 under linear scaling.
+    ``lars_backend``: the resolved backend of ``kernels.lars_step_`` (train.build_stages)."""
     peak = cfg.base_lr * (batch_size / 256 if cfg.lr_scaling == "linear" else 1.0)
     groups = param_groups(model, cfg.weight_decay, cfg.bias_lr_ratio)
     if cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=peak, momentum=cfg.momentum, foreach=True)
     elif cfg.name == "lars":
-        opt = LARS(groups, lr=peak, momentum=cfg.momentum, eta=cfg.lars_eta)
+        opt = LARS(groups, lr=peak, momentum=cfg.momentum, eta=cfg.lars_eta, backend=lars_backend)
     else:
         opt = torch.optim.AdamW(groups, lr=peak, foreach=True)
     sched = schedules(cfg, peak_lr=peak, total_steps=total_steps, steps_per_epoch=steps_per_epoch,

@@ -8,7 +8,6 @@ only at the log interval (loss values and the non-finite flag are read there); f
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import random
@@ -23,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from fusedssl import kernels
-from fusedssl.kernels import _backend as kernels_backend
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint, config, dist, evaluate, guard, methods, optim
@@ -196,6 +194,7 @@ class Stages:
     net: torch.nn.Module       # what the step calls: the model, wrapped by DDP and/or torch.compile
     prec: Precision
     total: int                 # optimiser steps in the run
+    backends: dict[str, str]   # the backend serving each kernels op the run calls (kernels.resolve_all)
 
 
 def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
@@ -205,32 +204,29 @@ def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
     if (cfg.data.batch_size // info.world) % cfg.optim.accumulate_steps:
         raise config.ConfigError(f"the per-rank batch {cfg.data.batch_size // info.world} is not divisible by "
                                  f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
-    method = methods.build(cfg.method, backend=cfg.kernels.backend)
+    cls = methods.METHODS[cfg.method.name]
+    ops = (*cls.ops, *(("lars_step_",) if cfg.optim.name == "lars" else ()), *(("ema_",) if cls.teacher else ()))
+    try:  # every op's backend, decided once (and so failing now, not at the first step)
+        backends = kernels.resolve_all(ops, cfg.kernels.backend, device)
+    except kernels.BackendUnavailable as e:
+        raise config.ConfigError(f"kernels.backend={cfg.kernels.backend}: {e}") from None
+    method = methods.build(cfg.method, backends=backends)
     methods.check_model(method, cfg.model)
-    if cfg.kernels.backend == "cuda" and (device.type != "cuda" or importlib.util.find_spec("fusedssl.kernels._C")
-                                          is None):
-        raise config.ConfigError("kernels.backend=cuda needs a GPU and the CUDA C++ extension fusedssl.kernels._C, "
-                                 "which the csrc/ kernels of issue #4 provide (build: FUSEDSSL_BUILD_CUDA=1 pip install "
-                                 "--no-build-isolation -e .); use kernels.backend=auto")
-    for op, backend in method.backends().items():  # fail now, not at the first step
-        try:
-            kernels_backend.resolve(op, backend, device)
-        except kernels_backend.BackendUnavailable as e:
-            raise config.ConfigError(f"kernels.backend={cfg.kernels.backend}: {e}") from None
     model = model_stage.build(cfg.model, predictor_required=method.predictor).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if info.world > 1 and cfg.model.sync_bn:
         model = model_stage.sync_batchnorm(model, device)  # global-batch statistics: W ranks == one process
-    teacher = model_stage.EMATeacher(model) if method.teacher else None
+    teacher = model_stage.EMATeacher(model, backend=backends["ema_"]) if method.teacher else None
     total = cfg.run.steps or cfg.run.epochs * data.steps_per_epoch
     opt, sched = optim.build(cfg.optim, model, batch_size=cfg.data.batch_size, total_steps=total,
                              steps_per_epoch=data.steps_per_epoch, ema_base=cfg.method.ema_base,
-                             ema_schedule=cfg.method.ema_schedule)
+                             ema_schedule=cfg.method.ema_schedule, lars_backend=backends.get("lars_step_", "torch"))
     net = _wrap_ddp(model, cfg, device) if info.world > 1 else model
     if cfg.run.compile:
         net = torch.compile(net)
-    return Stages(data, method, model, teacher, opt, sched, net, Precision(cfg.run.precision, device), total)
+    return Stages(data, method, model, teacher, opt, sched, net, Precision(cfg.run.precision, device), total,
+                  backends)
 
 
 def main(cfg: config.Config, pending_signal: int = 0) -> dict:
@@ -305,7 +301,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     (log.info if built else log.warning)("extension: %s", ext_line)
     log.info("data: %s source, %s", cfg.data.source, data.describe())
     log.info("kernel backends (kernels.backend=%s): %s", cfg.kernels.backend,
-             ", ".join(f"{op}={b}" for op, b in method.backends().items()))
+             ", ".join(f"{op}={b}" for op, b in st.backends.items()))
     tb = None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ Objective per method (the spec is ../shared/docs/methods.md of the project):
 and the CPU data pipeline's fused photometric augmentation: photometric_augment (photo_params, colour_matrix).
 """
 
-from ._backend import BACKENDS, BackendUnavailable, available
+from ._backend import BACKENDS, BackendUnavailable, available, resolve_all
 from ._cuda import status as extension_status
 from .contrastive import nt_xent_loss, nt_xent_loss_ref
 from .cosine import byol_loss, byol_loss_ref, simsiam_loss, simsiam_loss_ref
@@ -54,7 +54,7 @@ from .photometric import (
 )
 
 __all__ = [
-    "BACKENDS", "BackendUnavailable", "available", "extension_status",
+    "BACKENDS", "BackendUnavailable", "available", "resolve_all", "extension_status",
     "barlow_twins_loss", "barlow_twins_loss_ref", "vicreg_loss", "vicreg_loss_ref", "vicreg_invariance",
     "vicreg_variance", "vicreg_covariance",
     "frossl_loss", "frossl_loss_ref", "log_frobenius",

@@ -3,15 +3,21 @@
 Every public op in ``fusedssl.kernels`` takes ``backend="auto" | "torch" | "triton" | "cuda"``. Family files register
 their implementations here by (op, backend) at import time; the public function validates its inputs once and then
 calls ``dispatch``. ``"torch"`` is always the plain-PyTorch reference ``<op>_ref``, so "kernels off" is simply
-``backend="torch"``. ``"auto"`` picks ``"torch"`` for CPU tensors and, for CUDA tensors, the first registered entry of
-the op's measured preference list (``prefer``; "torch" while no benchmark has shown a kernel to be faster). Asking for
-a backend that cannot run the op raises ``BackendUnavailable`` with the reason and the fix; nothing falls back
-silently.
+``backend="torch"``. ``"auto"`` picks ``"torch"`` for CPU tensors and, for CUDA tensors, the backend that the
+committed GPU record measured fastest on that GPU model (``preferences.json``, written by ``fusedssl bench render``
+from a record under bench/results/; "torch" for every op and GPU that has no measurement). Asking for a backend that
+cannot run the op raises ``BackendUnavailable`` with the reason and the fix; nothing falls back silently.
+
+``resolve_all`` is what a training run calls, once: it maps every op the run uses to the backend that will serve it,
+with the one fallback rule (a run that asks for "triton" or "cuda" runs the ops that backend has no kernel for on
+"torch", and says so), and the engine logs the result.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -21,9 +27,17 @@ from ._triton import why_unavailable
 BACKENDS: tuple[str, ...] = ("torch", "triton", "cuda")
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
-# Per-op order tried by backend="auto" on CUDA devices, declared by the family file from the measurements in
-# bench/results/. An op without a measured win stays on "torch": an unmeasured kernel is never chosen automatically.
-_PREFERENCE: dict[str, tuple[str, ...]] = {}
+
+
+def _load_preferences() -> dict[str, dict[str, str]]:
+    """{GPU model: {op: fastest backend}} from the committed GPU record (an unmeasured kernel is never chosen)."""
+    try:
+        return json.loads((Path(__file__).with_name("preferences.json")).read_text()).get("fastest", {})
+    except (OSError, ValueError):
+        return {}
+
+
+_PREFERENCE: dict[str, dict[str, str]] = _load_preferences()
 
 # Why a backend may be missing for an op, keyed by backend: shown in BackendUnavailable messages.
 _WHY_MISSING = {
@@ -51,9 +65,9 @@ def register(op: str, backend: str) -> Callable[[Callable], Callable]:
     return wrap
 
 
-def prefer(op: str, order: tuple[str, ...]) -> None:
-    """Declare the backends ``auto`` tries for ``op`` on CUDA, fastest first (from bench/results/)."""
-    _PREFERENCE[op] = tuple(order)
+def gpu_model(device: torch.device) -> str:
+    """The key of ``device`` in preferences.json: its marketing name, lower case ("nvidia h200")."""
+    return torch.cuda.get_device_name(device).lower()
 
 
 def available(op: str) -> list[str]:
@@ -71,18 +85,36 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     if backend == "auto":
         if device.type != "cuda":
             return "torch"  # the interpreter is for verification, never an automatic choice
-        return next((b for b in _PREFERENCE.get(op, ()) if b in impls), "torch")
+        if not _PREFERENCE:
+            return "torch"
+        best = _PREFERENCE.get(gpu_model(device), {}).get(op, "torch")
+        return best if best in impls and _why_not(best, device) is None else "torch"
     if backend not in impls:
         raise BackendUnavailable(f"backend={backend!r} cannot run {op}: {_WHY_MISSING[backend]}. Use backend='torch'.")
-    if backend == "cuda":
-        reason = _cuda.why_unavailable(device)
-        if reason:
-            raise BackendUnavailable(f"backend='cuda' cannot run {op}: {reason}")
-    if backend == "triton":
-        reason = why_unavailable(device)
-        if reason:
-            raise BackendUnavailable(f"backend='triton' cannot run {op}: {reason}")
+    reason = _why_not(backend, device)
+    if reason:
+        raise BackendUnavailable(f"backend={backend!r} cannot run {op}: {reason}")
     return backend
+
+
+def _why_not(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on ``device`` at all (None if it can)."""
+    return {"torch": lambda d: None, "triton": why_unavailable, "cuda": _cuda.why_unavailable}[backend](device)
+
+
+def resolve_all(ops: list[str] | tuple[str, ...], requested: str, device: torch.device) -> dict[str, str]:
+    """The backend that serves each of ``ops`` for a run configured with ``requested`` on ``device``.
+
+    "auto" and "torch" resolve per op as ``resolve`` does. "triton" and "cuda" give every op that backend where it has
+    a kernel (raising BackendUnavailable when the backend cannot run here, e.g. no GPU or no built extension) and
+    "torch" to the ops it has no kernel for: the O(N D) terms (invariance, variance, cosine) and families without a
+    kernel. The caller logs the mapping, so what ran where is never a guess.
+    """
+    out = {}
+    for op in ops:
+        has = requested in ("auto", "torch") or requested in _REGISTRY.get(op, {})
+        out[op] = resolve(op, requested if has else "torch", device)
+    return out
 
 
 def dispatch(op: str, backend: str, device: torch.device) -> Callable:

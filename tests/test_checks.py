@@ -108,11 +108,33 @@ def test_triton_without_gpu_or_interpreter_says_how(monkeypatch):
         kernels.barlow_twins_loss(_z(), _z(), backend="triton")
 
 
-def test_auto_never_picks_an_unmeasured_kernel():
+def test_auto_picks_only_what_the_gpu_record_measured_faster(monkeypatch):
+    """auto on a GPU reads the committed preferences (kernels/preferences.json), per GPU model; an op or a GPU model
+    without a measurement stays on torch, and so does every CPU tensor."""
     from fusedssl.kernels import _backend
 
+    cuda = torch.device("cuda")
     assert _backend.resolve("barlow_twins_loss", "auto", torch.device("cpu")) == "torch"
-    assert _backend.resolve("barlow_twins_loss", "auto", torch.device("cuda")) == "torch"  # no GPU benchmark yet
+    monkeypatch.setattr(_backend, "_PREFERENCE", {})
+    assert _backend.resolve("barlow_twins_loss", "auto", cuda) == "torch"
+    monkeypatch.setattr(_backend, "_PREFERENCE", {"nvidia h200": {"barlow_twins_loss": "triton"}})
+    monkeypatch.setattr(_backend, "why_unavailable", lambda device: None)  # as if the GPU were here
+    monkeypatch.setattr(_backend, "gpu_model", lambda device: "nvidia h200")
+    assert _backend.resolve("barlow_twins_loss", "auto", cuda) == "triton"
+    assert _backend.resolve("vicreg_covariance", "auto", cuda) == "torch"
+    monkeypatch.setattr(_backend, "gpu_model", lambda device: "nvidia a100-sxm4-80gb")
+    assert _backend.resolve("barlow_twins_loss", "auto", cuda) == "torch"
+
+
+def test_resolve_all_gives_every_op_one_backend_and_names_what_cannot_run():
+    ops = ("vicreg_invariance", "vicreg_variance", "vicreg_covariance", "lars_step_", "ema_")
+    cpu = torch.device("cpu")
+    assert set(kernels.resolve_all(ops, "torch", cpu).values()) == {"torch"}
+    got = kernels.resolve_all(ops, "triton", cpu)  # the interpreter runs Triton on CPU tensors in the tests
+    assert got == {"vicreg_invariance": "torch", "vicreg_variance": "torch", "vicreg_covariance": "triton",
+                   "lars_step_": "torch", "ema_": "torch"}
+    with pytest.raises(kernels.BackendUnavailable, match=r"backend='cuda' cannot run vicreg_covariance"):
+        kernels.resolve_all(ops, "cuda", cpu)
 
 
 def test_check_finite_off_skips_the_scan():

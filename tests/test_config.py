@@ -15,7 +15,7 @@ def test_every_recipe_loads(path):
 
     cfg = config.load(path)
     assert cfg.method.name in config.CHOICES["method.name"]
-    methods.check_model(methods.build(cfg.method, backend="torch"), cfg.model)
+    methods.check_model(methods.build(cfg.method, backends="torch"), cfg.model)
 
 
 def test_published_recipes_cover_the_reference_settings():

@@ -29,7 +29,7 @@ def _method(case: str):
         cfg = dataclasses.replace(cfg, frossl=dataclasses.replace(cfg.frossl, gather=True))
     if case.startswith("matrix") or case.startswith("kernel"):
         cfg = dataclasses.replace(cfg, **{cfg.name: dataclasses.replace(getattr(cfg, cfg.name), mu=0.8)})
-    return methods.build(cfg, backend="torch")
+    return methods.build(cfg, backends="torch")
 
 
 class Tiny(torch.nn.Module):

@@ -126,12 +126,12 @@ def test_checkpoint_integrity(tmp_path):
 
 def test_method_model_combinations():
     with pytest.raises(config.ConfigError, match=r"needs a predictor: set model.predictor"):
-        methods.check_model(methods.build(config.MethodConfig(name="byol"), backend="torch"), config.ModelConfig())
+        methods.check_model(methods.build(config.MethodConfig(name="byol"), backends="torch"), config.ModelConfig())
     with pytest.raises(config.ConfigError, match=r"has no predictor"):
-        methods.check_model(methods.build(config.MethodConfig(name="barlow"), backend="torch"),
+        methods.check_model(methods.build(config.MethodConfig(name="barlow"), backends="torch"),
                             config.ModelConfig(predictor="64"))
     with pytest.raises(config.ConfigError, match=r"predictor='1024'"):
-        methods.check_model(methods.build(config.MethodConfig(name="directpred"), backend="torch"),
+        methods.check_model(methods.build(config.MethodConfig(name="directpred"), backends="torch"),
                             config.ModelConfig(predictor="512-1024"))
 
 

@@ -9,14 +9,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _imports(path: Path):
+def _imports(path: Path, names: bool = False):
+    """(module, level) of every import; with ``names``, (module, level, imported names)."""
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
-                yield a.name, 0
+                yield (a.name, 0, ()) if names else (a.name, 0)
         elif isinstance(node, ast.ImportFrom):
-            yield node.module or "", node.level
+            got = tuple(a.name for a in node.names)
+            yield (node.module or "", node.level, got) if names else (node.module or "", node.level)
 
 
 def test_installation_exposes_no_top_level_kernels_or_engine(tmp_path):
@@ -46,6 +48,10 @@ def test_import_rules():
                 f"{path.name} imports a top-level {mod}"
             assert not mod.startswith("fusedssl.kernels."), \
                 f"{path.name} imports {mod}: engine uses only the public list `from fusedssl import kernels`"
+        for mod, _level, names in _imports(path, names=True):
+            private = [n for n in names if n.startswith("_")]
+            assert not (mod == "fusedssl.kernels" and private), \
+                f"{path.name} imports {private} from fusedssl.kernels: engine uses only its public names"
 
 
 def _readme_commands() -> list[str]:

@@ -168,7 +168,7 @@ class _Poisoned:
 def nan_at(monkeypatch):
     state = {"calls": 0, "at": None}
     real = methods.build
-    monkeypatch.setattr(methods, "build", lambda cfg, *, backend: _Poisoned(real(cfg, backend=backend), state))
+    monkeypatch.setattr(methods, "build", lambda cfg, *, backends: _Poisoned(real(cfg, backends=backends), state))
     return lambda n: state.update(at=n)
 
 
@@ -262,7 +262,8 @@ def test_a_dead_or_hung_rank_stops_the_others_with_its_name(tmp_path, mode):
 @pytest.mark.parametrize("over,message", [
     (["dist.backend=nccl"], r"dist.backend=nccl needs CUDA"),
     (["run.device=cuda"], r"run.device=cuda but no CUDA device"),
-    (["kernels.backend=cuda"], r"kernels.backend=cuda needs a GPU and the CUDA C\+\+ extension"),
+    (["kernels.backend=cuda"], r"kernels.backend=cuda: backend='cuda' cannot run ema_: the (C\+\+/CUDA extension|CUDA "
+                               r"C\+\+ kernels)"),
     (["data.source=folder", "data.root=/nonexistent/imagenet"], r"data.root='/nonexistent/imagenet' is not a folder"),
     (["method.name=byol", "model.predictor="], r"needs a predictor"),
     (["optim.accumulate_steps=3"], r"optim.accumulate_steps"),
