@@ -10,6 +10,7 @@ factor W that DDP's 1/W average cancels exactly. A plain all_gather/all_reduce o
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import os
 import time
@@ -17,8 +18,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .config import ConfigError
+
+log = logging.getLogger("fusedssl")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,36 @@ def build(cfg, device: str = "auto") -> DistInfo:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout_s),
                                 device_id=dev if dev.type == "cuda" else None)
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=dev, owns_group=owns)
+
+
+def wrap_ddp(net: torch.nn.Module, cfg, device: torch.device, *, accumulate_steps: int = 1) -> DDP:
+    """The online network under DDP with the ``dist`` section's options: gradient buckets as views of the gradients,
+    no buffer broadcast (BatchNorm statistics are global already), optional bf16/fp16 compression of the all-reduce.
+
+    ``static_graph`` is used only without gradient accumulation: DDP's reducer with static_graph and ``no_sync``
+    fails on the first backward (torch 2.11 to 2.14: pytorch#143580; its open fix, pytorch#187732, notes that once
+    the assert is bypassed the gradients silently stop being all-reduced), so an accumulating run drops it and says so.
+    """
+    static = cfg.static_graph and accumulate_steps == 1
+    if cfg.static_graph and not static:
+        log.warning("dist.static_graph=true is not used with optim.accumulate_steps=%d (DDP's static graph and no_sync "
+                    "do not work together in this torch)", accumulate_steps)
+    # buffers are not synchronised per forward: BatchNorm statistics are global already (model.sync_batchnorm).
+    # Newer torch names the switch forward_sync_buffers (and deprecates broadcast_buffers)
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+               else {"broadcast_buffers": False})
+    ddp = DDP(net, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
+              bucket_cap_mb=cfg.bucket_cap_mb, static_graph=static, **no_sync)
+    if cfg.comm_hook != "none":
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        hook = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}[cfg.comm_hook]
+        ddp.register_comm_hook(None, hook)
+    return ddp
+
+
+def is_ddp(net: torch.nn.Module) -> bool:
+    return isinstance(net, DDP)
 
 
 def world_size() -> int:

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from fusedssl import kernels
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint, config, dist, evaluate, guard, methods, optim
 from . import data as data_stage
@@ -97,7 +96,7 @@ def train_step(step, views, net, model, teacher, method, opt, sched, prec: Preci
     chunks = list(zip(*(v.chunk(accumulate) for v in views), strict=True))
     total, terms, probe_in = 0.0, {}, []
     for i, micro in enumerate(chunks):
-        sync = i + 1 == len(chunks) or not isinstance(net, DDP)
+        sync = i + 1 == len(chunks) or not dist.is_ddp(net)
         with nullcontext() if sync else net.no_sync():
             out = forward_views(net, teacher, list(micro), prec)
             loss, parts = method(out)  # the objective ops run in fp32 outside autocast by design
@@ -170,17 +169,6 @@ def _tensorboard(cfg, run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _wrap_ddp(model, cfg, device):
-    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
-              broadcast_buffers=False, bucket_cap_mb=cfg.dist.bucket_cap_mb, static_graph=cfg.dist.static_graph)
-    if cfg.dist.comm_hook != "none":
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-        hook = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}[cfg.dist.comm_hook]
-        net.register_comm_hook(None, hook)
-    return net
-
-
 @dataclass
 class Stages:
     """Everything a step needs, built from the config in data-flow order (train.main and bench step share it)."""
@@ -222,9 +210,11 @@ def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
     opt, sched = optim.build(cfg.optim, model, batch_size=cfg.data.batch_size, total_steps=total,
                              steps_per_epoch=data.steps_per_epoch, ema_base=cfg.method.ema_base,
                              ema_schedule=cfg.method.ema_schedule, lars_backend=backends.get("lars_step_", "torch"))
-    net = _wrap_ddp(model, cfg, device) if info.world > 1 else model
-    if cfg.run.compile:
-        net = torch.compile(net)
+    # compiled before the DDP wrap: DDP then sees the compiled module, so no_sync and its bucketing still apply
+    # (torch.compile(DDP(...)) is not a DDP instance, and accumulation then all-reduced every micro-batch)
+    net = torch.compile(model) if cfg.run.compile else model
+    if info.world > 1:
+        net = dist.wrap_ddp(net, cfg.dist, device, accumulate_steps=cfg.optim.accumulate_steps)
     return Stages(data, method, model, teacher, opt, sched, net, Precision(cfg.run.precision, device), total,
                   backends)
 

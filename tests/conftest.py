@@ -1,17 +1,19 @@
 """Shared test setup: fresh seeds, markers, float64 helpers.
 
-TRITON_INTERPRET must be set before any @triton.jit runs, so the Triton kernels (issue #3) can run on CPU here.
-Tolerance floors live only here (style.md §5); the reference tests below compare float64 against float64 and use the
-float64 tolerance.
+Without a GPU, TRITON_INTERPRET=1 is set before any @triton.jit runs (before fusedssl.kernels is imported), so the
+Triton kernels run on CPU in Triton's interpreter; with a GPU the kernels compile and run for real (the interpreter
+would hide every GPU-only defect). Tolerance floors live only here (style.md §5); the reference tests below compare
+float64 against float64 and use the float64 tolerance.
 """
 
 import os
 import zlib
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from fusedssl.kernels.verify import FLOORS  # noqa: E402, F401 - the one floor table, shared with `fusedssl verify`
 
 # FLOAT64 is the tolerance of float64-vs-float64 identity tests (different but exact formulations agree to rounding).
