@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     for m, d in grid:
         inputs = [[torch.randn(m, d, device=device, requires_grad=(i < 2)) for i in range(4)] for _ in range(3)]
         for name, fn in provs.items():
-            def run(i, fn=fn):
+            def run(i, fn=fn, inputs=inputs):
                 o1, o2, t1, t2 = inputs[i % 3]
                 return torch.autograd.grad(fn(o1, o2, t1, t2), (o1, o2))
             (p20, p50, p80) = harness.time_fn(run, device=device, warmup=2, reps=5)

@@ -85,19 +85,32 @@ def kernel_table(rows: list[dict]) -> tuple[str, dict]:
 
 def step_table(rows: list[dict]) -> str:
     by: dict = defaultdict(dict)
+    batch: dict = {}
     for r in rows:
         if r["op"] == "train_step":
-            by[(r["provider"], r["n"], r["d"], r["dtype"])][(r["mode"], r["metric"])] = _num(r["value"])
+            key = (r["provider"], r["d"], r["dtype"])
+            by[key][(r["mode"], r["metric"])] = _num(r["value"])
+            if r["mode"] == "objective_gathered":
+                by[key]["gathered_n"] = r["n"]
+            else:
+                batch[key] = r["n"]
     if not by:
         return ""
-    lines = ["| variant | batch | px | precision | images/s | step ms | objective ms | objective share |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | batch | px | precision | model alone, images/s | real step, images/s | step ms "
+             "| objective ms | objective share | objective at the gathered N | its share |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     phases = ("data", "forward", "objective", "backward", "optimizer")
-    for (prov, n, d, dt), m in by.items():
-        total = sum(m.get((p, "p50"), 0.0) for p in phases) or float("nan")
-        obj = m.get(("objective", "p50"), float("nan"))
-        lines.append(f"| {prov} | {n} | {d} | {dt} | {m.get(('step', 'images_per_s'), float('nan')):.1f} | "
-                     f"{m.get(('step', 'p50'), float('nan')):.1f} | {obj:.2f} | {100 * obj / total:.1f} % |")
+    nan = float("nan")
+    for (prov, d, dt), m in by.items():
+        total = sum(m.get((p, "p50"), 0.0) for p in phases) or nan
+        obj = m.get(("objective", "p50"), nan)
+        step_ms = m.get(("model", "p50"), nan)
+        g = m.get(("objective_gathered", "p50"))
+        gathered = (f"{g:.2f} ms (N = {m['gathered_n']}) | {100 * g / (step_ms - obj + g):.1f} %" if g is not None
+                    else "- | -")
+        lines.append(f"| {prov} | {batch.get((prov, d, dt), '')} | {d} | {dt} | "
+                     f"{m.get(('model', 'images_per_s'), nan):.1f} | {m.get(('step', 'images_per_s'), nan):.1f} | "
+                     f"{step_ms:.1f} | {obj:.2f} | {100 * obj / total:.1f} % | {gathered} |")
     return "\n".join(lines)
 
 

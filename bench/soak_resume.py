@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 terms += 1
                 if proc.returncode not in (guard.EXIT_PREEMPTED, 0):
                     print(proc.stderr.read()[-2000:], file=sys.stderr)
-                    raise SystemExit(f"SIGTERM gave exit status {proc.returncode}, expected {guard.EXIT_PREEMPTED}")
+                    raise SystemExit(f"SIGTERM gave exit status {proc.returncode}, expected "
+                                     f"{guard.EXIT_PREEMPTED}") from None
             else:
                 kills += 1
             continue

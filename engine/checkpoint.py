@@ -1,4 +1,4 @@
-"""Checkpoint stage: one dict with the complete state, written atomically, newest valid one found on resume.
+"""Checkpoint stage: one dict with the complete run state, written atomically, newest valid one found on resume.
 
 A checkpoint holds model, teacher, method state (DirectPred's F^), optimiser, step, RNG states, the resolved config,
 metrics and the code version. The write goes to a temporary file in the same folder, is flushed and fsynced, then
@@ -12,8 +12,10 @@ import hashlib
 import io
 import logging
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 log = logging.getLogger("fusedssl")
@@ -77,3 +79,62 @@ def latest(folder: str | Path) -> tuple[Path, dict] | None:
         except ValueError as e:
             log.warning("skipping %s", e)
     return None
+
+
+# ---- the run state of a training run (train.py): what a checkpoint holds and how it is put back
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def check_compatible(saved: dict, cfg, path: str | Path, error=ValueError) -> None:
+    """Refuse a checkpoint whose architecture keys differ from ``cfg``'s, naming the key and both values."""
+    from .config import ARCH_KEYS, from_dict, get
+
+    old = from_dict(saved)
+    for key in ARCH_KEYS:
+        if get(old, key) != get(cfg, key):
+            raise error(f"checkpoint {path} was trained with {key}={get(old, key)!r}, this run has {get(cfg, key)!r}")
+
+
+def run_state(st, step: int, *, metrics: dict, config: dict, version: str) -> dict:
+    """Everything an exact resume needs, for the built stages ``st`` (train.Stages) after ``step`` steps."""
+    return {"step": step, "model": st.model.state_dict(), "method": st.method.state_dict(),
+            "teacher": st.teacher.state_dict() if st.teacher is not None else None,
+            "optimizer": st.opt.state_dict(), "scaler": st.prec.scaler.state_dict() if st.prec.scaler else None,
+            "probe": st.probe.state() if st.probe is not None else None, "metrics": metrics, "config": config,
+            "rng": rng_state(st.device), "version": version}
+
+
+def restore(st, state: dict, *, cfg, path: str | Path) -> tuple[int, dict]:
+    """Put ``state`` (as ``load`` read it: on the CPU) back into the stages, every tensor onto the run's device;
+    returns (step, metrics). Raises ConfigError for a checkpoint of another architecture or without the probe."""
+    from .config import ConfigError
+
+    check_compatible(state["config"], cfg, path, error=ConfigError)
+    st.model.load_state_dict(state["model"])
+    if st.teacher is not None:
+        st.teacher.load_state_dict(state["teacher"])
+    st.method.load_state_dict(state["method"], st.device)
+    st.opt.load_state_dict(state["optimizer"])  # moves the momentum buffers to each parameter's device
+    if st.prec.scaler is not None and state.get("scaler"):
+        st.prec.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"], st.device)
+    if st.probe is not None:
+        if state.get("probe") is None:
+            raise ConfigError(f"evaluate.online_probe=true, but checkpoint {path} was written without the online "
+                              "probe: resume with evaluate.online_probe=false")
+        st.probe.load(state["probe"])
+    return state["step"], state["metrics"]

@@ -43,6 +43,8 @@ class RunConfig:
     precision: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 (with a grad scaler) | fp32
     channels_last: bool = True        # channels-last memory format for model and data
     compile: bool = False             # torch.compile the model (the objective's kernels are custom ops already)
+    matmul_tf32: bool = False         # GPU fp32 matmuls (the objectives' GEMMs too) in TF32: ~3 fewer digits, faster
+    cudnn_benchmark: bool = True      # GPU: let cuDNN time its convolution algorithms once per shape
     threads: int = 0                  # torch CPU threads; 0 keeps torch's default
     progress: bool = True             # progress bar with images/s and ETA on a terminal (rank 0)
     tensorboard: bool = False         # also write the log records as TensorBoard scalars (needs tensorboard)
@@ -108,7 +110,9 @@ class ModelConfig:
     projector_last_bn: bool = False   # BatchNorm(affine=False) after the last projector layer
     predictor: Widths = Widths("")    # predictor widths ("" = none); hidden layers Linear-BN-ReLU
     predictor_bias: bool = True       # bias on the predictor's last Linear
-    sync_bn: bool = True              # SyncBatchNorm when training on several GPUs
+    sync_bn: bool = True              # global-batch BatchNorm statistics when training on several ranks
+    sync_bn_impl: str = "torch"       # torch (SyncBatchNorm on GPUs: a small host read per layer and forward) |
+                                      # global (GlobalBatchNorm: one autograd all-reduce per layer, no host sync)
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.photometric": ("auto", "kernel", "dali"),
     "model.backbone": ("resnet18", "resnet50"),
     "model.stem": ("imagenet", "cifar"),
+    "model.sync_bn_impl": ("torch", "global"),
     "method.name": ("barlow", "barlow_hsic", "vicreg", "frossl", "matrix_ssl", "kernel_ssl", "simclr", "byol",
                     "simsiam", "directpred", "directcopy"),
     "method.ema_schedule": ("cosine", "constant"),
@@ -313,7 +318,7 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(_coerce(f"{key}[{i}]", v, t) for i, (v, t) in enumerate(zip(value, args)))
+        return tuple(_coerce(f"{key}[{i}]", v, t) for i, (v, t) in enumerate(zip(value, args, strict=True)))
     raise ConfigError(f"{key}: unsupported field type {typ!r}")
 
 

@@ -209,6 +209,23 @@ def linear_probe(train_copies: list[torch.Tensor], train_y: torch.Tensor, val_f:
     return res, out
 
 
+def held_out(backbone: nn.Module, probe, data, cfg, device: torch.device) -> dict[str, float]:
+    """The training run's monitor: kNN accuracy and the online probe's accuracy on the held-out split of an
+    in-memory source (empty for other sources, or when neither is on)."""
+    if data.test is None or not (cfg.evaluate.knn or probe is not None):
+        return {}
+    c = cfg.data
+    tr, te = (features(backbone, s.images, size=c.image_size, mean=c.mean, std=c.std, device=device,
+                       channels_last=cfg.run.channels_last) for s in (data.train, data.test))
+    out = {}
+    if cfg.evaluate.knn:
+        out["knn"] = knn_accuracy(F.normalize(tr, dim=1), data.train.labels, F.normalize(te, dim=1), data.test.labels,
+                                  k=cfg.evaluate.knn_k, temperature=cfg.evaluate.knn_temperature)
+    if probe is not None:
+        out["probe"] = probe.accuracy(te, data.test.labels)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ online probe
 
 

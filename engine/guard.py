@@ -93,3 +93,42 @@ def grads_finite(params) -> torch.Tensor:
     if not grads:
         return torch.ones((), dtype=torch.bool)
     return torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+
+
+class NonFinitePolicy:
+    """``run.nonfinite`` at a check point where the device flag says a loss or gradient was non-finite: ``rollback``
+    reloads the newest valid checkpoint (at most ``run.max_rollbacks`` times), anything else raises with the step, rank
+    and last values. The learning-rate factor is derived from the rollback count (``rollback_lr_factor`` to that
+    power), which the checkpoint's metrics carry, so nothing is written into the schedule."""
+
+    def __init__(self, cfg_run, *, rank: int, method: str):
+        self.mode, self.max, self.factor = cfg_run.nonfinite, cfg_run.max_rollbacks, cfg_run.rollback_lr_factor
+        self.rank, self.method = rank, method
+
+    def lr_factor(self, metrics: dict) -> float:
+        return self.factor ** metrics.get("rollbacks", 0)
+
+    def handle(self, step: int, loss, terms: dict, metrics: dict, rollback) -> tuple[int, dict]:
+        """Returns (the step to continue from, the restored metrics) after a rollback, or raises.
+
+        ``rollback()`` restores the newest valid checkpoint and returns (its path, step, metrics), or None if there
+        is none."""
+        rolled = metrics.get("rollbacks", 0)
+        if self.mode == "rollback" and rolled < self.max:
+            found = rollback()
+            if found is not None:
+                path, back, metrics = found
+                metrics["rollbacks"] = rolled + 1
+                log.warning("non-finite values at or before step %d: rolled back to %s (step %d), learning rate x %g "
+                            "(rollback %d of at most %d)", step + 1, path, back, self.lr_factor(metrics), rolled + 1,
+                            self.max)
+                return back, metrics
+        values = ", ".join(f"{k} {float(v):.4g}" for k, v in {"loss": loss, **terms}.items())
+        if self.mode == "stop":
+            why = "run.nonfinite=stop"
+        elif rolled >= self.max:
+            why = f"run.nonfinite=rollback: {rolled} rollbacks used (run.max_rollbacks={self.max})"
+        else:
+            why = "run.nonfinite=rollback: no checkpoint to roll back to"
+        raise FloatingPointError(f"non-finite loss or gradients at or before step {step + 1} on rank {self.rank} "
+                                 f"(method {self.method}; last values: {values}); {why}")

@@ -42,6 +42,7 @@ class Method:
     name = ""
     teacher = False      # needs an EMA teacher
     predictor = False    # needs a predictor head
+    gathered = False     # the objective's main cost runs on the all-gathered batch (on every rank under DDP)
     ops: tuple[str, ...] = ()  # the fusedssl.kernels ops the objective calls
 
     def __init__(self, params, backends: dict[str, str]):
@@ -77,6 +78,7 @@ _KW = {"check_finite": False}  # the engine detects non-finite values itself; no
 
 class Barlow(Method):
     name = "barlow"
+    gathered = True
     ops = ("barlow_twins_loss",)
 
     def __call__(self, out):
@@ -93,6 +95,7 @@ class BarlowHSIC(Barlow):
 
 class VICReg(Method):
     name = "vicreg"
+    gathered = True
     ops = ("vicreg_invariance", "vicreg_variance", "vicreg_covariance")
 
     def __call__(self, out):
@@ -120,6 +123,7 @@ class FroSSL(Method):
 
 class MatrixSSL(Method):
     name = "matrix_ssl"
+    gathered = True
     teacher = predictor = True
     ops = ("matrix_ssl_loss",)
 

@@ -6,9 +6,11 @@ is a Linear. A predictor spec with a single width is one Linear layer (DirectPre
 The EMA teacher is a frozen copy of backbone + projector updated with ``kernels.ema_`` (one multi-tensor update for all
 tensors, no per-parameter Python loop).
 
-Under DDP every BatchNorm normalises with global-batch statistics (``sync_batchnorm``): torch's SyncBatchNorm on GPUs,
-and on CPU (gloo), where SyncBatchNorm does not run, ``GlobalBatchNorm``, which all-reduces the per-channel sums with an
-autograd-aware all-reduce. So W ranks train exactly the model one process trains on the global batch.
+Under DDP every BatchNorm normalises with global-batch statistics (``sync_batchnorm``): torch's SyncBatchNorm on GPUs
+(``model.sync_bn_impl=torch``), or ``GlobalBatchNorm``, which all-reduces the per-channel sums with an autograd-aware
+all-reduce (on CPU, where SyncBatchNorm does not run, and on GPUs with ``sync_bn_impl=global``: SyncBatchNorm reads a
+count mask on the host in every layer's forward, GlobalBatchNorm never syncs). So W ranks train exactly the model one
+process trains on the global batch.
 """
 
 from __future__ import annotations
@@ -146,9 +148,10 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(x.dtype)
 
 
-def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Global-batch BatchNorm for a distributed run: torch SyncBatchNorm on CUDA, GlobalBatchNorm elsewhere."""
-    if device.type == "cuda":
+def sync_batchnorm(module: nn.Module, device: torch.device, impl: str = "torch") -> nn.Module:
+    """Global-batch BatchNorm for a distributed run: torch's SyncBatchNorm on CUDA with ``impl="torch"``, else
+    GlobalBatchNorm (on CPU SyncBatchNorm does not run; on a GPU it avoids SyncBatchNorm's host read per layer)."""
+    if device.type == "cuda" and impl == "torch":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -163,5 +166,5 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
                 out.running_var.copy_(module.running_var)
                 out.num_batches_tracked.copy_(module.num_batches_tracked)
     for name, child in module.named_children():
-        out.add_module(name, sync_batchnorm(child, device))
+        out.add_module(name, sync_batchnorm(child, device, impl))
     return out

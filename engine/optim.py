@@ -11,11 +11,56 @@ Schedules are arrays indexed by the global step (DINO style): linear warm-up fro
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from fusedssl import kernels
+
+
+class Precision:
+    """Autocast context and (fp16 only) the gradient scaler for ``run.precision``, and the GPU's numeric switches:
+    TF32 for fp32 matmuls only when ``run.matmul_tf32`` asks for it (the objectives' GEMMs follow it; torch's default
+    is IEEE), cuDNN's per-shape algorithm search (``run.cudnn_benchmark``: SSL shapes are static, so it is timed once).
+    cuDNN's own TF32 default for fp32 convolutions is left as torch sets it."""
+
+    def __init__(self, name: str, device: torch.device, *, matmul_tf32: bool = False, cudnn_benchmark: bool = True):
+        self.name = name if name != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+        self.device_type = device.type
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler(device.type) if self.name == "fp16" else None
+        if device.type == "cuda":
+            if matmul_tf32:  # only set when asked: a set newer API makes legacy allow_tf32 reads raise elsewhere
+                torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+
+    def describe(self) -> str:
+        """The run header's line: autocast dtype, scaler, and on GPUs the matmul/cuDNN switches in force."""
+        text = f"{self.name}{' autocast' if self.dtype else ''}{' with a grad scaler' if self.scaler else ''}"
+        if self.device_type == "cuda":
+            conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", "tf32")
+            text += (f"; fp32 matmuls {'tf32' if kernels.tf32_enabled() else 'ieee'} (run.matmul_tf32); cuDNN fp32 "
+                     f"convolutions {conv}, cudnn.benchmark {'on' if torch.backends.cudnn.benchmark else 'off'}")
+        return text
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, opt: torch.optim.Optimizer, params, grad_clip: float) -> None:
+        if self.scaler:
+            self.scaler.unscale_(opt)
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if self.scaler:
+            self.scaler.step(opt)  # reads the device (its skip decision): one sync per step, fp16 only
+            self.scaler.update()
+        else:
+            opt.step()
 
 
 class LARS(torch.optim.Optimizer):

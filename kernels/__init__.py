@@ -17,6 +17,7 @@ and the CPU data pipeline's fused photometric augmentation: photometric_augment 
 
 from ._backend import BACKENDS, BackendUnavailable, available, resolve_all
 from ._cuda import status as extension_status
+from ._triton import tf32_enabled
 from .contrastive import nt_xent_loss, nt_xent_loss_ref
 from .cosine import byol_loss, byol_loss_ref, simsiam_loss, simsiam_loss_ref
 from .covariance import (
@@ -54,7 +55,7 @@ from .photometric import (
 )
 
 __all__ = [
-    "BACKENDS", "BackendUnavailable", "available", "resolve_all", "extension_status",
+    "BACKENDS", "BackendUnavailable", "available", "resolve_all", "extension_status", "tf32_enabled",
     "barlow_twins_loss", "barlow_twins_loss_ref", "vicreg_loss", "vicreg_loss_ref", "vicreg_invariance",
     "vicreg_variance", "vicreg_covariance",
     "frossl_loss", "frossl_loss_ref", "log_frobenius",

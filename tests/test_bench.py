@@ -44,9 +44,11 @@ def test_bench_step_writes_phases_and_throughput(tmp_path, capsys):
     assert variants == {"reference", "no_channels_last", "bf16"}  # fused is GPU-only, compile needs --compile
     for v in variants:
         got = {(r["mode"], r["metric"]) for r in rows if r["provider"] == v}
-        assert {("step", "images_per_s"), ("step", "p50"), ("data", "p50"), ("objective", "p50"),
-                ("backward", "p50"), ("optimizer", "p50")} <= got
+        assert {("model", "images_per_s"), ("model", "p50"), ("step", "images_per_s"), ("step", "p50"),
+                ("data", "p50"), ("objective", "p50"), ("backward", "p50"), ("optimizer", "p50")} <= got
         assert all(float(r["value"]) > 0 for r in rows if r["provider"] == v and r["metric"] != "peak_mem")
+        # Barlow Twins runs on the all-gathered batch: its objective is timed at 8 GPUs x the per-GPU batch too
+        assert [r["n"] for r in rows if r["provider"] == v and r["mode"] == "objective_gathered"] == ["64"]
     out = capsys.readouterr().out
     assert "fused: skipped" in out and "objective %" in out
 

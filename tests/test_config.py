@@ -25,7 +25,8 @@ def test_published_recipes_cover_the_reference_settings():
     assert (bt.model.projector, bt.data.batch_size, bt.run.epochs, bt.optim.bias_lr_ratio) == \
         ("8192-8192-8192", 2048, 1000, 0.024)
     mssl = pub["matrix_ssl_imagenet_r50_100ep"]
-    assert (mssl.model.backbone, mssl.data.batch_size, mssl.run.epochs, mssl.optim.base_lr) == ("resnet50", 1024, 100, 0.5)
+    assert (mssl.model.backbone, mssl.data.batch_size, mssl.run.epochs, mssl.optim.base_lr) == \
+        ("resnet50", 1024, 100, 0.5)
     assert pub["kernel_ssl_imagenet_r50_100ep"].method.kernel_ssl.hsic_weight == 0.003
     assert {k for k in pub if k.startswith("frossl")} == {"frossl_cifar10_r18_1000ep", "frossl_stl10_r18_500ep",
                                                           "frossl_imagenet100_r18_400ep"}

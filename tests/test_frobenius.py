@@ -40,7 +40,7 @@ def test_multiview_gradient_closed_form():
     grads = torch.autograd.grad(kernels.frossl_loss(views, invariance_weight=w), views)
     zh = [torch.nn.functional.normalize(x.detach(), dim=0) for x in views]
     mean = torch.stack(zh).mean(0)
-    for x, z, g in zip(views, zh, grads):
+    for x, z, g in zip(views, zh, grads, strict=True):
         k = z.T @ z
         gz = 4 * z @ k / k.pow(2).sum() + 2 * v * w / n * (z - mean)
         norm = x.detach().norm(dim=0)

@@ -178,7 +178,7 @@ def test_triton_closed_form_backward_every_order(mu, order, kernel_device):
                                        hsic_weight=0.01, backend=backend)
         return [loss, *torch.autograd.grad(loss, (o1, o2))]
 
-    for got, ref in zip(run("triton"), run("torch")):
+    for got, ref in zip(run("triton"), run("torch"), strict=True):
         assert_close(got.cpu(), ref.cpu(), tol=verify.FLOORS[torch.float32])
 
 

@@ -224,12 +224,12 @@ def _fault_worker(rank, world, port, out, mode):
                       MASTER_PORT=str(port))
     real = train.train_step
 
-    def step_fn(step, *a, **k):
+    def step_fn(st, step, *a, **k):
         if rank == 1 and step == 3:
             if mode == "die":
                 os._exit(1)
             time.sleep(25)  # hang
-        return real(step, *a, **k)
+        return real(st, step, *a, **k)
 
     train.train_step = step_fn
     t0 = time.time()

@@ -21,8 +21,7 @@ def main() -> int:
     st = train.build_stages(cfg, info)
     st.model.train()
     for step in range(steps):
-        loss, _, finite = train.train_step(step, st.data.views(step), st.net, st.model, st.teacher, st.method, st.opt,
-                                           st.sched, st.prec, cfg.optim.grad_clip, cfg.optim.accumulate_steps)
+        loss, _, finite = train.train_step(st, step, st.data.views(step))
         assert bool(finite), f"step {step}: non-finite loss {float(loss)}"
     h = hashlib.sha256()
     for t in [*st.model.state_dict().values()]:
