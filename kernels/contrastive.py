@@ -60,5 +60,6 @@ def nt_xent_loss_ref(za: torch.Tensor, zb: torch.Tensor, temperature: float = 0.
         rows = torch.arange(2 * n, device=a.device)
         self_col = torch.cat([idx, idx + m])
         pos_col = torch.cat([idx + m, idx])
-        logits = logits.index_put((rows, self_col), torch.tensor(float("-inf"), dtype=dt, device=a.device))
+        # the -inf is made on the device (torch.tensor(..., device=cuda) would be a blocking host-to-device copy)
+        logits = logits.index_put((rows, self_col), logits.new_full((), float("-inf")))
         return F.cross_entropy(logits, pos_col)

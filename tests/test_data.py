@@ -291,8 +291,10 @@ def test_where_the_photometric_steps_run_is_chosen_and_checked(tree, monkeypatch
     assert _stage(tree, "dali").photometric == ("kernel" if built else "dali")  # auto: the kernel on CPU decoding
     assert _stage(tree, "dali", "data.photometric=dali").photometric == "dali"
     with pytest.raises(folder.DatasetError, match="data.photometric=kernel runs on the CPU.*dali_device is mixed"):
-        files.choose_photometric(_cfg(tree, "data.photometric=kernel"), "mixed")
-    assert files.choose_photometric(_cfg(tree), "mixed") == "dali"
+        files.choose_photometric(_cfg(tree, "data.photometric=kernel"), "mixed", torch.device("cuda"))
+    assert files.choose_photometric(_cfg(tree), "mixed", torch.device("cuda")) == "dali"
+    # a GPU run decoding on the CPU: uint8 views from DALI go over PCIe, not the kernel's float32 ones
+    assert files.choose_photometric(_cfg(tree), "cpu", torch.device("cuda")) == "dali"
     monkeypatch.setattr(kernels, "why_no_photometric_kernel", lambda: "the extension is not built (test)")
     with pytest.raises(folder.DatasetError, match="data.photometric=kernel: the extension is not built"):
         _stage(tree, "dali", "data.photometric=kernel")
@@ -373,3 +375,36 @@ def test_training_reads_a_folder_and_resumes_exactly(tree, tmp_path, loader):
     pa = checkpoint.load(tmp_path / "a" / "checkpoints" / "step_00000004.pt")["probe"]["head"]
     pb = checkpoint.load(tmp_path / "b" / "checkpoints" / "step_00000004.pt")["probe"]["head"]
     assert pa["weight"].shape == (3, 512) and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_a_gpu_run_without_dali_is_not_silently_fed_by_pil(tree, monkeypatch):
+    """data.loader=auto without DALI: a warning and the PIL loader on a CPU run; on a GPU run (a few hundred images/s
+    against thousands needed) an error that names the key."""
+    monkeypatch.setattr(files.dali, "available", lambda: False)
+    assert files.choose_loader(_cfg(tree), torch.device("cpu")) == "torch"
+    with pytest.raises(folder.DatasetError, match=r"data.loader=auto on a GPU run .* set data.loader=torch"):
+        files.choose_loader(_cfg(tree), torch.device("cuda"))
+    assert files.choose_loader(_cfg(tree, "data.loader=torch"), torch.device("cuda")) == "torch"
+
+
+def test_loader_workers_survive_a_group_signal_but_not_their_trainer(tree):
+    """torchrun and SLURM send SIGTERM to every process of the group or step: the PIL loader's workers must live on
+    until the trainer has written its checkpoint, yet still end when the trainer itself terminates them."""
+    import subprocess
+    import time
+
+    stage = _stage(tree, "torch", "data.workers=2")
+    first = stage.views(0)
+    workers = stage._it._workers
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    subprocess.run(["kill", "-TERM", *(str(w.pid) for w in workers)], check=True)  # sent by another process
+    time.sleep(1.0)
+    assert all(w.is_alive() for w in workers), "a data worker died of a SIGTERM meant for the trainer"
+    again = stage.views(1)
+    assert [v.shape for v in again] == [v.shape for v in first]
+    for w in workers:
+        w.terminate()  # from the trainer: multiprocessing's shutdown of daemonic workers
+    for w in workers:
+        w.join(timeout=10)
+    assert not any(w.is_alive() for w in workers), "the trainer could not terminate its data workers"
+    stage.close()

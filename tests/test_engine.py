@@ -198,3 +198,21 @@ def test_every_demo_recipe_trains(tmp_path, recipe):
     metrics = train.main(cfg)
     assert torch.isfinite(torch.tensor(metrics["last_loss"]))
     assert len(DEMOS) == 11
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["barlow", "vicreg", "frossl", "simclr", "byol", "simsiam", "matrix_ssl"])
+def test_training_step_never_syncs_the_host_on_a_gpu(tmp_path, method):
+    """The data stage (in-memory source) and one optimiser step under torch.cuda.set_sync_debug_mode("error"): any
+    blocking copy or device read between log steps raises. (DirectPred's eigh reference reads cuSOLVER's info flag:
+    its backend "cuda" is the sync-free path, checked in tests/test_directpred.py.)"""
+    cfg = _cfg(tmp_path, method, "run.device=cuda", "run.precision=bf16")
+    st = train.build_stages(cfg, train.dist.DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cuda")))
+    st.model.train()
+    train.train_step(st, 0, st.data.views(0))  # first step: allocations, cuDNN autotuning
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        train.train_step(st, 1, st.data.views(1))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -73,16 +73,19 @@ class TwoViewData:
         self.steps_per_epoch = len(train.labels) // batch_size  # drop the last partial batch
         self._order_epoch, self._order = -1, None
         self._train_dev = train.images.to(device)
+        self._labels_dev = train.labels.to(device)
 
     def describe(self) -> str:
         return f"in-memory, {len(self.train.labels)} images augmented on {self.device.type}"
 
     def indices(self, step: int) -> torch.Tensor:
-        """This rank's sample indices at ``step`` (global batch sliced by rank)."""
+        """This rank's sample indices at ``step`` (global batch sliced by rank), on the device: the epoch's order is
+        drawn on the host and copied once per epoch, not once per step."""
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._order_epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order, self._order_epoch = torch.randperm(len(self.train.labels), generator=g), epoch
+            order = torch.randperm(len(self.train.labels), generator=g)
+            self._order, self._order_epoch = order.to(self.device), epoch
         rows = self._order[i * self.batch : (i + 1) * self.batch]
         per = self.batch // self.world
         return rows[self.rank * per : (self.rank + 1) * per]
@@ -93,10 +96,10 @@ class TwoViewData:
 
     def labels(self, step: int) -> torch.Tensor:
         """This rank's labels at ``step`` (the online probe's targets; never seen by the objectives)."""
-        return self.train.labels[self.indices(step)].to(self.device)
+        return self._labels_dev[self.indices(step)]
 
     def views(self, step: int) -> list[torch.Tensor]:
-        idx = self.indices(step).to(self.device)
+        idx = self.indices(step)
         images = self._train_dev[idx]
         out = []
         for v, recipe in enumerate(self.recipes):

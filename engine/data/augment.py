@@ -12,6 +12,7 @@ Random numbers are drawn for the global batch and sliced per rank (``Draws``), s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -52,9 +53,23 @@ class Draws:
         return self.rand() * (hi - lo) + lo
 
 
+@functools.lru_cache(maxsize=32)
+def _constant(values: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant on ``device``, made once: building it per call (``torch.tensor(..., device=cuda)``) is a
+    blocking host-to-device copy, several per view per step."""
+    return torch.tensor(values, dtype=torch.float64).to(dtype).view(shape).to(device)
+
+
+def _flat(m) -> tuple:
+    return tuple(float(v) for row in m for v in row)
+
+
+# YIQ's inverse, computed once on the host (torch.linalg.inv on a GPU reads its info flag back: a sync per view)
+FROM_YIQ = torch.linalg.inv(torch.tensor(TO_YIQ, dtype=torch.float64)).tolist()
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    return (x * _constant(tuple(LUMA), (1, 3, 1, 1), x.dtype, x.device)).sum(1, keepdim=True)
 
 
 def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -93,12 +108,11 @@ def _jitter(x: torch.Tensor, r: ViewRecipe, d: Draws) -> torch.Tensor:
     y = ((y - gr) * d.uniform(1 - s, 1 + s).view(-1, 1, 1, 1) + gr).clamp(0, 1)
     # Hue: rotate the chroma (I, Q) plane of YIQ by 2*pi*h.
     angle = d.uniform(-hue, hue) * 2 * math.pi
-    to_yiq = torch.tensor(TO_YIQ, device=dev)
-    yiq = torch.einsum("ij,njhw->nihw", to_yiq, y)
+    yiq = torch.einsum("ij,njhw->nihw", _constant(_flat(TO_YIQ), (3, 3), y.dtype, dev), y)
     cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)
-    y = torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)
+    y = torch.einsum("ij,njhw->nihw", _constant(_flat(FROM_YIQ), (3, 3), y.dtype, dev), yiq).clamp(0, 1)
     return _where(apply, y, x)
 
 
@@ -148,9 +162,8 @@ def augment(images: torch.Tensor, r: ViewRecipe, g: torch.Generator, channels_la
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - m) / s
+    m = _constant(tuple(mean), (1, 3, 1, 1), x.dtype, x.device)
+    return (x - m) / _constant(tuple(std), (1, 3, 1, 1), x.dtype, x.device)
 
 
 def eval_view(images: torch.Tensor, size: int, mean, std, channels_last: bool = True) -> torch.Tensor:

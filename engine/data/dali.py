@@ -60,6 +60,15 @@ class _Source:
     def __init__(self, plan: Plan, start: int, graph: str):
         self.plan, self.start, self.graph = plan, start, graph
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled in a DALI read worker (``read_workers`` > 0): leave the stop signals to the training process."""
+        import os
+
+        from .fallback import guard_stop_signals
+
+        self.__dict__.update(state)
+        guard_stop_signals(os.getppid())  # DALI spawns its read workers from the training process
+
     def __call__(self, info) -> tuple[list[np.ndarray], ...]:
         step = self.start + info.iteration
         plan = self.plan

@@ -10,7 +10,11 @@ pipelines agree to about 1 grey level per pixel on average (tests/test_data.py),
 
 from __future__ import annotations
 
+import functools
 import io
+import os
+import signal
+import threading
 
 import numpy as np
 import torch
@@ -93,9 +97,28 @@ def _worker_context():
     return ctx
 
 
+def guard_stop_signals(trainer: int, *_worker_id) -> None:
+    """In a data worker process: SIGTERM and SIGUSR1 from anyone but the training process ``trainer`` are the
+    training process's to handle, and are left to it. torchrun and SLURM signal the whole process group (or job step);
+    a worker that died of that would crash the run before its preemption checkpoint. SIGTERM from the trainer itself
+    (multiprocessing's shutdown of its daemonic workers) still ends the worker: a thread waits for the signals
+    (blocked everywhere else) and reads who sent them."""
+    stop = {signal.SIGTERM, signal.SIGUSR1}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before any other thread starts: they inherit the mask
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo(stop)
+            if info.si_signo == signal.SIGTERM and info.si_pid == trainer:
+                os._exit(0)
+
+    threading.Thread(target=wait, name="fusedssl-signals", daemon=True).start()
+
+
 def loader(plan: Plan, start: int, *, workers: int, prefetch: int, pin_memory: bool):
     """An iterator over the steps ``start, start + 1, ...`` (workers keep the order of the steps)."""
     kw = {"prefetch_factor": prefetch, "persistent_workers": False,
+          "worker_init_fn": functools.partial(guard_stop_signals, os.getpid()),
           "multiprocessing_context": _worker_context()} if workers else {}
     return iter(torch.utils.data.DataLoader(StepBatches(plan), batch_size=None, sampler=range(start, 2**62),
                                             num_workers=workers, pin_memory=pin_memory, **kw))

@@ -15,7 +15,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from fusedssl import kernels
 
@@ -48,20 +47,26 @@ def resolve_index(cfg, rank: int) -> tuple[folder.Index, str]:
     return idx, str(path)
 
 
-def choose_loader(cfg) -> str:
+def choose_loader(cfg, device: torch.device) -> str:
     if cfg.loader == "dali" and not dali.available():
         raise folder.DatasetError("data.loader=dali but NVIDIA DALI is not installed: pip install "
                                   "nvidia-dali-cuda130 (or fusedssl[dali]), or set data.loader=torch")
     if cfg.loader == "auto":
         if dali.available():
             return "dali"
+        if device.type == "cuda":  # a few hundred images/s per rank: it would starve the GPU several times over
+            raise folder.DatasetError("data.loader=auto on a GPU run found no NVIDIA DALI: install it (pip install "
+                                      "nvidia-dali-cuda130) for GPU decoding, or set data.loader=torch to train with "
+                                      "the PIL loader knowingly")
         log.warning("data: NVIDIA DALI is not installed; using the PIL loader (pip install nvidia-dali-cuda130)")
         return "torch"
     return cfg.loader
 
 
-def choose_photometric(cfg, dali_device: str) -> str:
-    """Where the photometric steps run: "kernel" (the fused C++ kernel, CPU decoding) or "dali" (DALI operators)."""
+def choose_photometric(cfg, dali_device: str, device: torch.device) -> str:
+    """Where the photometric steps run: "kernel" (the fused C++ kernel, CPU decoding) or "dali" (DALI operators).
+    ``auto`` takes the kernel only for a CPU run: on a GPU run it would send float32 views over PCIe, four times the
+    bytes of the uint8 views that DALI's operators leave for the GPU to normalise."""
     if cfg.photometric == "kernel":
         why = kernels.why_no_photometric_kernel()
         if why:
@@ -71,7 +76,8 @@ def choose_photometric(cfg, dali_device: str) -> str:
                                       "data.dali_device is mixed (GPU decoding): set data.photometric=dali (or auto)")
         return "kernel"
     if cfg.photometric == "auto":
-        return "kernel" if dali_device == "cpu" and kernels.why_no_photometric_kernel() is None else "dali"
+        return ("kernel" if dali_device == "cpu" and device.type == "cpu" and kernels.why_no_photometric_kernel() is
+                None else "dali")
     return "dali"
 
 
@@ -125,7 +131,7 @@ class FileViews:
         self._next = step + 1
         if self.loader == "dali":
             return [_from_dali(t, self.device) for t in self._pipe.run()]
-        return next(self._it)
+        return next(self._it)  # pinned by the DataLoader on a GPU run
 
     def _fused(self, step: int, mean, std) -> list[torch.Tensor]:
         """The geometric views of ``step`` from DALI through the fused photometric kernel: float NHWC."""
@@ -145,15 +151,14 @@ class FileViews:
 
     def labels(self, step: int) -> torch.Tensor:
         """This rank's labels at ``step`` (the online probe's targets), from the index."""
-        return torch.from_numpy(self.plan.index.labels[self.plan.rows(step)]).to(self.device)
+        return _to_device(torch.from_numpy(self.plan.index.labels[self.plan.rows(step)]), self.device)
 
     def views(self, step: int) -> list[torch.Tensor]:
         if self.photometric == "kernel":
-            out = [x.to(self.device, non_blocking=True).permute(0, 3, 1, 2) for x in self._fused(step, self.mean,
-                                                                                                 self.std)]
+            out = [_to_device(x, self.device).permute(0, 3, 1, 2) for x in self._fused(step, self.mean, self.std)]
         else:
             # uint8 NHWC memory is channels-last NCHW; in place after the float copy: half the time of (x - m) / s
-            out = [x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
+            out = [_to_device(x, self.device).permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
                    for x in self._pipeline_out(step)]
         return out if self.channels_last else [x.contiguous() for x in out]
 
@@ -161,32 +166,42 @@ class FileViews:
         self._pipe, self._it = None, None  # DALI pipelines and DataLoader workers shut down when released
 
 
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the run's device. To a GPU through pinned memory, so the copy is asynchronous: from pageable
+    memory it would first synchronise the host with the stream."""
+    if device.type != "cuda":
+        return x
+    return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+
+
 def _from_dali(tl, device: torch.device) -> torch.Tensor:
-    """Copy a DALI output out of DALI's memory: DALI owns it and overwrites it at the next ``run()``."""
+    """Copy a DALI output out of DALI's memory (DALI owns it and overwrites it at the next ``run()``): on the GPU for
+    mixed decoding, else into host memory, pinned when the run is on a GPU."""
     from nvidia.dali.backend import TensorListGPU
+    from nvidia.dali.plugin.pytorch import feed_ndarray
 
     t = tl.as_tensor()
     if isinstance(tl, TensorListGPU):
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
         out = torch.empty(t.shape(), dtype=torch.uint8, device=device)
         feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(device))
         return out
-    return torch.from_numpy(np.array(t))
+    out = torch.empty(t.shape(), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    feed_ndarray(t, out)
+    return out
 
 
 def build(cfg, recipes: list[ViewRecipe], *, seed: int, rank: int, world: int, device: torch.device,
           channels_last: bool) -> FileViews:
     idx, path = resolve_index(cfg, rank)
     plan = Plan(idx, recipes, cfg.batch_size, seed, rank, world, path)
-    loader = choose_loader(cfg)
+    loader = choose_loader(cfg, device)
     dali_device = cfg.dali_device
     if dali_device == "auto":
         dali_device = "mixed" if device.type == "cuda" else "cpu"
     if dali_device == "mixed" and device.type != "cuda":
         raise folder.DatasetError("data.dali_device=mixed decodes on the GPU, but the run's device is "
                                   f"{device.type}: set data.dali_device=cpu (or auto)")
-    photometric = choose_photometric(cfg, dali_device) if loader == "dali" else "dali"
+    photometric = choose_photometric(cfg, dali_device, device) if loader == "dali" else "dali"
     stage = FileViews(plan, loader, device, channels_last, cfg.mean, cfg.std, workers=cfg.workers,
                       prefetch=cfg.prefetch, dali_device=dali_device, roi_decode=cfg.roi_decode,
                       hw_decoder_load=cfg.hw_decoder_load, read_workers=cfg.read_workers, photometric=photometric)
