@@ -95,3 +95,24 @@ def k_tile(size: int, dtype: torch.dtype, precision: str) -> int:
     if interpreting():  # no registers there, and its cost is per K step
         return tile(size)
     return tile(size, 32 if dtype == torch.float32 and precision == "ieee" else 64)
+
+
+# SMs of the GPU the ahead-of-time compile check assumes (H100/H200) when the wrappers run on CPU tensors
+AOT_SM_COUNT = 132
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return AOT_SM_COUNT
+
+
+def split_k(tiles: int, k_steps: int, device: torch.device) -> int:
+    """How many programs share one output tile's K loop: 1 unless the tiles alone leave most SMs idle and the loop
+    is long, then enough for about two programs per SM with at least 4 K steps each."""
+    if interpreting():
+        return 1
+    sms = sm_count(device)
+    if tiles >= sms:
+        return 1
+    return max(1, min(-(-2 * sms // tiles), k_steps // 4))

@@ -43,26 +43,8 @@ from .normalize import col_normalize_cuda, col_normalize_ref, col_normalize_trit
 if HAS_TRITON:
 
     @triton.jit
-    def _cov_loss_fwd_kernel(a_ptr, b_ptr, g_ptr, part_ptr, N, D, stride_an, stride_ad, stride_bn, stride_bd,
-                             scale, w_diag, t_diag, w_off, t_off,
-                             BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
-                             PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-        pid_i = tl.program_id(0)
-        pid_j = tl.program_id(1)
-        offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
-        offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
-        acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
-        for k0 in range(0, N, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            # A' tile (BLOCK_I x BLOCK_K) loaded transposed through the strides; B tile (BLOCK_K x BLOCK_J)
-            a = tl.load(a_ptr + offs_k[None, :] * stride_an + offs_i[:, None] * stride_ad,
-                        mask=(offs_k[None, :] < N) & (offs_i[:, None] < D), other=0.0)
-            b = tl.load(b_ptr + offs_k[:, None] * stride_bn + offs_j[None, :] * stride_bd,
-                        mask=(offs_k[:, None] < N) & (offs_j[None, :] < D), other=0.0)
-            if UPCAST:  # the interpreter mis-computes half-precision arithmetic
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    def _cov_epilogue(acc, offs_i, offs_j, g_ptr, part_ptr, part_idx, D, scale, w_diag, t_diag, w_off, t_off):
+        """Loss partial of one C tile and its G = dL/dC, from the fp32 accumulator of A'B."""
         c = acc * scale
         valid = (offs_i[:, None] < D) & (offs_j[None, :] < D)
         diag = offs_i[:, None] == offs_j[None, :]
@@ -72,7 +54,54 @@ if HAS_TRITON:
         loss = tl.where(valid, w * diff * diff, 0.0)
         g = (2.0 * w * diff).to(g_ptr.dtype.element_ty)
         tl.store(g_ptr + offs_i[:, None].to(tl.int64) * D + offs_j[None, :], g, mask=valid)
-        tl.store(part_ptr + pid_i * tl.num_programs(1) + pid_j, tl.sum(tl.sum(loss, axis=1), axis=0))
+        tl.store(part_ptr + part_idx, tl.sum(tl.sum(loss, axis=1), axis=0))
+
+    @triton.jit
+    def _cov_loss_fwd_kernel(a_ptr, b_ptr, g_ptr, part_ptr, c_ptr, N, D, K_SPLIT, stride_an, stride_ad, stride_bn,
+                             stride_bd, scale, w_diag, t_diag, w_off, t_off,
+                             BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
+                             SPLIT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        # SPLIT > 1: program_id(2) takes rows [s K_SPLIT, (s + 1) K_SPLIT) of the K = N sum and stores its partial
+        # C tile to c_ptr; _cov_split_epilogue_kernel adds the partials in a fixed order (deterministic)
+        pid_i = tl.program_id(0)
+        pid_j = tl.program_id(1)
+        offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+        offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+        acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
+        k_lo = tl.program_id(2) * K_SPLIT
+        k_hi = tl.minimum(N, k_lo + K_SPLIT)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            # A' tile (BLOCK_I x BLOCK_K) loaded transposed through the strides; B tile (BLOCK_K x BLOCK_J)
+            a = tl.load(a_ptr + offs_k[None, :] * stride_an + offs_i[:, None] * stride_ad,
+                        mask=(offs_k[None, :] < k_hi) & (offs_i[:, None] < D), other=0.0)
+            b = tl.load(b_ptr + offs_k[:, None] * stride_bn + offs_j[None, :] * stride_bd,
+                        mask=(offs_k[:, None] < k_hi) & (offs_j[None, :] < D), other=0.0)
+            if UPCAST:  # the interpreter mis-computes half-precision arithmetic
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if SPLIT == 1:
+            _cov_epilogue(acc, offs_i, offs_j, g_ptr, part_ptr, pid_i * tl.num_programs(1) + pid_j, D, scale,
+                          w_diag, t_diag, w_off, t_off)
+        else:
+            tile = (offs_i[:, None] < D) & (offs_j[None, :] < D)
+            tl.store(c_ptr + tl.program_id(2).to(tl.int64) * D * D + offs_i[:, None] * D + offs_j[None, :], acc,
+                     mask=tile)
+
+    @triton.jit
+    def _cov_split_epilogue_kernel(c_ptr, g_ptr, part_ptr, D, scale, w_diag, t_diag, w_off, t_off,
+                                   BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, SPLIT: tl.constexpr):
+        pid_i = tl.program_id(0)
+        pid_j = tl.program_id(1)
+        offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+        offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+        tile = (offs_i[:, None] < D) & (offs_j[None, :] < D)
+        acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
+        for s in range(SPLIT):
+            acc += tl.load(c_ptr + s * D * D + offs_i[:, None] * D + offs_j[None, :], mask=tile, other=0.0)
+        _cov_epilogue(acc, offs_i, offs_j, g_ptr, part_ptr, pid_i * tl.num_programs(1) + pid_j, D, scale, w_diag,
+                      t_diag, w_off, t_off)
 
     @triton.jit
     def _cov_loss_bwd_kernel(x_ptr, g_ptr, gout_ptr, out_ptr, N, D, stride_xn, stride_xd, scale,
@@ -117,22 +146,31 @@ def _check_extent(n: int, d: int) -> None:
 
 
 def cov_loss_fwd(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, t_diag: float, w_off: float,
-                 t_off: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 t_off: float, split: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward: (loss as a 0-d fp32 tensor, G as a D x D tensor in ``_g_dtype``). Inputs (N, D), any
-    strides, one dtype."""
+    strides, one dtype. ``split``: programs per output tile along K (default ``_triton.split_k``: more than one only
+    when the D x D tiles alone leave most SMs idle, as FroSSL's N x N side does: 16 tiles at N = 256)."""
     if a.dtype != b.dtype:
         raise TypeError(f"cov_loss_fwd: a is {a.dtype} but b is {b.dtype}; the GEMM operands must share a dtype")
     n, d = a.shape
     _check_extent(n, d)
     precision = dot_precision(a.dtype, a.device)
     bi, bk = tile(d), k_tile(n, a.dtype, precision)
-    grid = (triton.cdiv(d, bi), triton.cdiv(d, bi))
+    tiles = (triton.cdiv(d, bi), triton.cdiv(d, bi))
+    split = split or _triton.split_k(tiles[0] * tiles[1], triton.cdiv(n, bk), a.device)
+    k_split = triton.cdiv(triton.cdiv(n, bk), split) * bk
+    split = triton.cdiv(n, k_split)  # no empty splits
     g = torch.empty(d, d, dtype=_g_dtype(a.dtype), device=a.device)
-    part = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=a.device)
+    part = torch.empty(tiles[0] * tiles[1], dtype=torch.float32, device=a.device)
+    c = torch.empty((split, d, d) if split > 1 else (1,), dtype=torch.float32, device=a.device)
     with _triton.on_device(a):
-        _cov_loss_fwd_kernel[grid](a, b, g, part, n, d, a.stride(0), a.stride(1), b.stride(0), b.stride(1), scale,
-                                   w_diag, t_diag, w_off, t_off, BLOCK_I=bi, BLOCK_J=bi, BLOCK_K=bk,
-                                   PRECISION=precision, UPCAST=interpreting())
+        _cov_loss_fwd_kernel[(*tiles, split)](
+            a, b, g, part, c, n, d, k_split, a.stride(0), a.stride(1), b.stride(0), b.stride(1), scale, w_diag,
+            t_diag, w_off, t_off, BLOCK_I=bi, BLOCK_J=bi, BLOCK_K=bk, SPLIT=split, PRECISION=precision,
+            UPCAST=interpreting())
+        if split > 1:
+            _cov_split_epilogue_kernel[tiles](c, g, part, d, scale, w_diag, t_diag, w_off, t_off, BLOCK_I=bi,
+                                              BLOCK_J=bi, SPLIT=split)
     return part.sum(), g
 
 

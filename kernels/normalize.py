@@ -17,11 +17,13 @@ centring modes, m the column mean and r a per-column scale, and every backward h
 (beta = 0 also where an l2 norm is clamped at eps). ``_col_stats_kernel`` owns a block of columns and makes two
 passes over Z (shifted sums: the first row is subtracted before squaring, so var is not a difference of large
 numbers), then writes y; ``_col_norm_bwd_kernel`` makes one pass for sum(g) and sum(g y) and one to write dz,
-recomputing y in fp32 from z and the saved per-column (mean, r, beta), as BatchNorm saves mean and 1/std. Rows are
-columns of the transposed view: ``row_normalize`` runs the l2 mode with the strides swapped, no copy. Statistics and
-arithmetic are fp32 for every input dtype (fp64 inputs compute in fp32).
+recomputing y in fp32 from z and the saved per-column (mean, r, beta), as BatchNorm saves mean and 1/std.
+``row_normalize`` has its own pair, ``_row_stats_kernel`` / ``_row_norm_bwd_kernel``: a few rows per program, loads
+along the row (the column kernel on the transposed view gave N / 64 programs with strided loads), and the same
+(y, mean = 0, r, beta) contract. Statistics and arithmetic are fp32 for every input dtype (fp64 inputs compute in
+fp32).
 Registered as the custom ops ``fusedssl::col_norm`` / ``fusedssl::col_norm_bwd`` with fakes (torch.compile traces
-them). Fusing these passes into the covariance GEMM's prologue (and dz into its dual backward) is still open.
+them).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _backend, _cuda
+from . import _backend, _cuda, _triton
 from ._checks import check_choice, check_embeddings, check_number
 from ._triton import HAS_TRITON, interpreting, tl, triton
 
@@ -183,6 +185,64 @@ if HAS_TRITON:
                      mask=mask)
 
 
+    @triton.jit
+    def _row_stats_kernel(z_ptr, y_ptr, r_ptr, beta_ptr, N, D, s_zn, s_zd, s_yn, s_yd, eps,
+                          BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+        # row l2: BLOCK_R rows per program, the feature loop along each row (contiguous loads for a row-major z);
+        # the column kernel on the transposed view gave only N / 64 programs with strided loads
+        offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = offs_r < N
+        ss = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask = rmask[:, None] & (offs_d[None, :] < D)
+            z = tl.load(z_ptr + offs_r[:, None] * s_zn + offs_d[None, :] * s_zd, mask=mask, other=0.0)
+            z = z.to(tl.float32)
+            ss += tl.sum(z * z, axis=1)
+        norm = tl.sqrt(ss)
+        r = 1.0 / tl.maximum(norm, eps)
+        tl.store(r_ptr + offs_r, r, mask=rmask)
+        tl.store(beta_ptr + offs_r, tl.where(norm <= eps, 0.0, 1.0), mask=rmask)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask = rmask[:, None] & (offs_d[None, :] < D)
+            z = tl.load(z_ptr + offs_r[:, None] * s_zn + offs_d[None, :] * s_zd, mask=mask, other=0.0)
+            y = z.to(tl.float32) * r[:, None]
+            tl.store(y_ptr + offs_r[:, None] * s_yn + offs_d[None, :] * s_yd, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _row_norm_bwd_kernel(g_ptr, z_ptr, r_ptr, beta_ptr, dz_ptr, N, D, s_gn, s_gd, s_zn, s_zd, s_dn, s_dd,
+                             BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+        # dz = r (g - beta y sum(g y)) per row, y = z r recomputed in fp32
+        offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = offs_r < N
+        r = tl.load(r_ptr + offs_r, mask=rmask, other=0.0)
+        sgy = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask = rmask[:, None] & (offs_d[None, :] < D)
+            g = tl.load(g_ptr + offs_r[:, None] * s_gn + offs_d[None, :] * s_gd, mask=mask, other=0.0)
+            z = tl.load(z_ptr + offs_r[:, None] * s_zn + offs_d[None, :] * s_zd, mask=mask, other=0.0)
+            sgy += tl.sum(g.to(tl.float32) * z.to(tl.float32) * r[:, None], axis=1)
+        k = tl.load(beta_ptr + offs_r, mask=rmask, other=0.0) * sgy
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask = rmask[:, None] & (offs_d[None, :] < D)
+            g = tl.load(g_ptr + offs_r[:, None] * s_gn + offs_d[None, :] * s_gd, mask=mask, other=0.0)
+            z = tl.load(z_ptr + offs_r[:, None] * s_zn + offs_d[None, :] * s_zd, mask=mask, other=0.0)
+            y = z.to(tl.float32) * r[:, None]
+            dz = r[:, None] * (g.to(tl.float32) - k[:, None] * y)
+            tl.store(dz_ptr + offs_r[:, None] * s_dn + offs_d[None, :] * s_dd, dz.to(dz_ptr.dtype.element_ty),
+                     mask=mask)
+
+
+def _row_blocks(n: int, d: int) -> tuple[int, int]:
+    # one row per program up to a few per SM (N = 256 gives 256 programs); wide feature chunks for long loads
+    if interpreting():
+        return min(64, triton.next_power_of_2(n)), min(256, triton.next_power_of_2(d))
+    return (1 if n <= 4096 else 4), min(1024, triton.next_power_of_2(d))
+
+
 def _blocks(n: int, d: int) -> tuple[int, int]:
     # interpreter: few large programs (it costs per program); GPU: 64 columns x 32 rows keeps registers modest
     if interpreting():
@@ -206,9 +266,16 @@ def _col_norm_op(z: torch.Tensor, mode: int, eps: float, rows: bool
     _, _, s_yn, s_yd = _as_rows(y, rows)
     mean = torch.empty(d, dtype=torch.float32, device=z.device)
     r, beta = torch.empty_like(mean), torch.empty_like(mean)
-    bn, bd = _blocks(n, d)
-    _col_stats_kernel[(triton.cdiv(d, bd),)](zz, y, mean, r, beta, n, d, s_zn, s_zd, s_yn, s_yd, eps,
-                                             float(d) ** 0.5, MODE=mode, BLOCK_N=bn, BLOCK_D=bd)
+    with _triton.on_device(z):
+        if rows and mode == _MODE_ID["l2"]:  # row_normalize: a row kernel ("d" here is the number of rows)
+            mean.zero_()
+            br, bd = _row_blocks(d, n)
+            _row_stats_kernel[(triton.cdiv(d, br),)](zz, y, r, beta, d, n, zz.stride(0), zz.stride(1), y.stride(0),
+                                                     y.stride(1), eps, BLOCK_R=br, BLOCK_D=bd)
+        else:
+            bn, bd = _blocks(n, d)
+            _col_stats_kernel[(triton.cdiv(d, bd),)](zz, y, mean, r, beta, n, d, s_zn, s_zd, s_yn, s_yd, eps,
+                                                     float(d) ** 0.5, MODE=mode, BLOCK_N=bn, BLOCK_D=bd)
     return y, mean, r, beta
 
 
@@ -227,9 +294,16 @@ def _col_norm_bwd_op(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, r: to
     n, d, s_gn, s_gd = _as_rows(g, rows)
     _, _, s_zn, s_zd = _as_rows(zz, rows)
     _, _, s_dn, s_dd = _as_rows(dz, rows)
-    bn, bd = _blocks(n, d)
-    _col_norm_bwd_kernel[(triton.cdiv(d, bd),)](g, zz, mean, r, beta, dz, n, d, s_gn, s_gd, s_zn, s_zd, s_dn, s_dd,
-                                                CENTER=center, BLOCK_N=bn, BLOCK_D=bd)
+    with _triton.on_device(z):
+        if rows and not center:  # the l2 mode of row_normalize
+            br, bd = _row_blocks(d, n)
+            _row_norm_bwd_kernel[(triton.cdiv(d, br),)](g, zz, r, beta, dz, d, n, g.stride(0), g.stride(1),
+                                                        zz.stride(0), zz.stride(1), dz.stride(0), dz.stride(1),
+                                                        BLOCK_R=br, BLOCK_D=bd)
+        else:
+            bn, bd = _blocks(n, d)
+            _col_norm_bwd_kernel[(triton.cdiv(d, bd),)](g, zz, mean, r, beta, dz, n, d, s_gn, s_gd, s_zn, s_zd,
+                                                        s_dn, s_dd, CENTER=center, BLOCK_N=bn, BLOCK_D=bd)
     return dz.to(z.dtype)
 
 
