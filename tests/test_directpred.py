@@ -162,6 +162,22 @@ def test_jacobi_argument_errors():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("d", [150, 156])
+def test_cuda_predictor_at_the_dynamic_shared_memory_threshold_in_a_fresh_process(d):
+    """D = 149..156 needs 44.9-49 KB of dynamic shared memory, just over the default 48 KB minus the kernel's static
+    4.2 KB: the opt-in must be set for these sizes too, and first (a fresh process: no larger size set it before)."""
+    import subprocess
+    import sys
+
+    code = (f"import torch; from fusedssl import kernels; f = torch.randn(512, {d}, device='cuda'); "
+            f"c = f.T @ f / 512; w = kernels.predictor_weight(c, backend='cuda'); r = kernels.predictor_weight("
+            f"c.double(), backend='torch'); print(float((w.double() - r).abs().max()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.split()[-1]) < 1e-2, out.stdout
+
+
+@pytest.mark.gpu
 def test_cuda_predictor_on_gpu_matches_reference_and_never_syncs():
     gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
     for d, rank in verify.PREDICTOR_FULL_SHAPES:
@@ -184,7 +200,8 @@ def _directpred_method():
 
     params = SimpleNamespace(rho=0.3, freq=1, eps=0.01, convert=2.0)
     model = SimpleNamespace(predictor=[torch.nn.Linear(6, 6, bias=False)])
-    return methods.METHODS["directpred"](params, "torch"), model
+    cls = methods.METHODS["directpred"]
+    return cls(params, {op: "torch" for op in cls.ops}), model
 
 
 def _outputs(scale=1.0):

@@ -68,3 +68,58 @@ def test_cuda_normalisation_three_way(case, dtype):
         for layout in ("contiguous", "strided"):
             for row in verify.check(case, "cuda", n, d, dtype, layout, gen, torch.device("cuda")):
                 assert row.ok, row
+
+
+def test_a_list_spanning_devices_is_refused_by_name():
+    """One multi-tensor launch serves a whole list: a tensor on another device is named, never launched on."""
+    meta = [torch.zeros(3), torch.zeros(2, device="meta")]
+    with pytest.raises(ValueError, match=r"params\[1\] is on meta but params\[0\] is on cpu"):
+        kernels.lars_step_(meta, [t.clone() for t in meta], [t.clone() for t in meta], lr=1, momentum=0,
+                           weight_decay=0, eta=1)
+
+
+def _conv_params(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(64, 3, 7, 7), (64,), (128, 64, 3, 3), (256, 128, 3, 3), (128,), (1000, 512)]
+    ts = [[torch.randn(s, generator=g).cuda() for s in shapes] for _ in range(3)]
+    for lst in ts:  # conv weights channels-last, as the engine's model and its gradients and buffers are
+        for i, t in enumerate(lst):
+            if t.dim() == 4:
+                lst[i] = t.contiguous(memory_format=torch.channels_last)
+    return ts
+
+
+@pytest.mark.gpu
+def test_cuda_lars_is_bitwise_deterministic_and_takes_channels_last():
+    """Two seeded LARS steps give bitwise-identical parameters (no float atomics: DDP replicas must not drift) and
+    match the foreach reference on channels-last conv weights."""
+    runs = []
+    for _ in range(2):
+        p, g, b = _conv_params(0)
+        for _step in range(2):
+            for adapt in (True, False):
+                idx = [i for i, t in enumerate(p) if (t.dim() > 1) == adapt]
+                kernels.lars_step_([p[i] for i in idx], [g[i] for i in idx], [b[i] for i in idx], lr=0.3,
+                                   momentum=0.9, weight_decay=1e-4, eta=0.02, adapt=adapt, backend="cuda")
+        runs.append(p)
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+    p, g, b = _conv_params(0)
+    q, h, c = (t.clone() for t in p), (t.clone() for t in g), (t.clone() for t in b)
+    q, h, c = list(q), list(h), list(c)
+    kernels.lars_step_(p, g, b, lr=0.3, momentum=0.9, weight_decay=1e-4, eta=0.02, backend="cuda")
+    kernels.lars_step_(q, h, c, lr=0.3, momentum=0.9, weight_decay=1e-4, eta=0.02, backend="torch")
+    for x, y in zip(p, q, strict=True):
+        assert_close(x.cpu(), y.cpu(), tol=verify.FLOORS[torch.float32])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tau", [0.996, 0.99999])
+def test_cuda_ema_near_one_and_channels_last(tau):
+    """The step weight 1 - tau is formed in double: in fp32 it is 0.14% off at tau = 0.99999. A zero teacher moving
+    towards ones shows the weight itself (no cancellation), on channels-last conv weights."""
+    t, o, _ = _conv_params(1)
+    t, o = [x.zero_() for x in t], [x.fill_(1.0) for x in o]
+    kernels.ema_(t, o, tau, backend="cuda")
+    for got in t:
+        assert float((got.double() - (1 - tau)).abs().max()) <= verify.FLOORS[torch.float32] * (1 - tau)
