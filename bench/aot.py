@@ -163,6 +163,27 @@ class Scenario:
     tf32: bool = False
 
 
+def suite_scenarios() -> Iterator[Scenario]:
+    """The Triton launches of the GPU record (bench/suite.py): its reduced verify grid and its kernel benchmarks, so
+    a cache compiled from them (``--cache``) holds every specialisation the record needs."""
+    import torch
+    from fusedssl.kernels import verify
+
+    from .suite import RECORD_SHAPES
+
+    def run_verify():
+        verify.run(device=torch.device("cpu"), backends=("triton",), dtypes=("bfloat16", "float32"),
+                   shapes=RECORD_SHAPES, seed=0, out=io.StringIO())
+
+    # verify deliberately feeds odd sizes and strided views: an edge scenario (compile errors fail, spills are listed)
+    yield Scenario("verify record grid", False, run_verify)
+    for n, d in [(256, 2048), (256, 8192), (2048, 8192)]:
+        for dt in (torch.bfloat16, torch.float32):
+            yield Scenario(f"bench kernels {n}x{d}", True, _op_scenarios(n, d, dt)["barlow_twins_loss"])
+    for m, d in [(1024, 2048), (256, 2048)]:
+        yield Scenario(f"bench matrix_log {m}x{d}", True, _op_scenarios(m, d, torch.float32)["matrix_ssl_loss"])
+
+
 def scenarios(quick: bool = False) -> Iterator[Scenario]:
     """The published shapes in bf16, fp16 and fp32 (fp32 with TF32 off and on), then the edge cases."""
     import torch
@@ -412,17 +433,17 @@ def judge(results: list[Result], arch: int, expected_kernels: set[str] | None = 
     return fails
 
 
-def run(arch: int, *, triton_part: bool = True, cuda_part: bool = True, quick: bool = False,
+def run(arch: int, *, triton_part: bool = True, cuda_part: bool = True, quick: bool = False, suite: bool = False,
         out=None) -> tuple[list[Result], list[str]]:
     out = out or sys.stdout
     results, fails = [], []
     if triton_part:
         t0 = time.time()
-        scens = list(scenarios(quick))
+        scens = list(suite_scenarios() if suite else scenarios(quick))
         launches, crashed = record(scens)
         compiled = compile_launches(launches, arch)
         tr = crashed + compiled
-        fails += judge(tr, arch, None if quick else triton_kernels())
+        fails += judge(tr, arch, None if quick or suite else triton_kernels())
         print(f"triton sm_{arch}: {len(scens)} scenarios, {len(launches)} launches, {len(compiled)} compiled "
               f"configurations in {time.time() - t0:.0f} s", file=out)
         results += tr
@@ -450,16 +471,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cuda", action="store_true", help="skip csrc/")
     p.add_argument("--quick", action="store_true", help="bf16 at one published shape per op (no edge cases)")
     p.add_argument("--json", default=None, help="write every result (and the failures) to this file")
+    p.add_argument("--suite", action="store_true", help="the launches of the GPU record (bench all) instead")
+    p.add_argument("--cache", default=None,
+                   help="keep the compiled kernels in this Triton cache folder (for bench/gpu_suite.sh to bring "
+                        "along: it must be compiled with the GPU machine's triton version); must be empty")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("unset TRITON_INTERPRET: the interpreter compiles nothing")
+    if args.cache and Path(args.cache).exists() and any(Path(args.cache).iterdir()):
+        p.error(f"--cache {args.cache}: the folder is not empty (ptxas must run for every configuration)")
     allr, allf = [], []
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["TRITON_CACHE_DIR"] = cache  # an empty cache: ptxas runs (and reports) for every configuration
+    with tempfile.TemporaryDirectory() as tmp:
+        # an empty cache: ptxas runs (and reports) for every configuration
+        os.environ["TRITON_CACHE_DIR"] = args.cache or tmp
+        t0 = time.time()
         for arch in args.arch or [90]:
-            res, fails = run(arch, triton_part=not args.no_triton, cuda_part=not args.no_cuda, quick=args.quick)
+            res, fails = run(arch, triton_part=not args.no_triton, cuda_part=not args.no_cuda, quick=args.quick,
+                             suite=args.suite)
             allr += res
             allf += fails
+        if args.cache:
+            size = sum(f.stat().st_size for f in Path(args.cache).rglob("*") if f.is_file())
+            print(f"cache {args.cache}: {size / 2**20:.1f} MiB, compiled in {time.time() - t0:.0f} s (the cold "
+                  "compile time a run that brings it along saves)")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": [asdict(r) for r in allr], "failures": allf}, indent=1))
     for f in allf:

@@ -2,7 +2,8 @@
 
 Providers: ``original`` (dense m x m centring matrix rebuilt per call, order-4 series by explicit matrix powers, as
 yifanzhang-pro/Matrix-SSL does), ``eager`` (the efficient reference: trace identities, Gram side when m < D),
-``compile`` (torch.compile of it) and ``exact`` (log|det| + eigh with the Daleckii-Krein backward). All fp32, the
+``compile`` (torch.compile of it), ``triton`` (the Triton GEMM chain; GPU only: the interpreter's timings mean
+nothing) and ``exact`` (log|det| + eigh with the Daleckii-Krein backward). All fp32, the
 full loss of one step (four calls: two uniformity, two alignment), forward + backward. FLOPs are not modelled per
 provider (they differ by design); the table gives times and speedups over ``original``.
 """
@@ -21,27 +22,29 @@ GPU_GRID = [(1024, 2048), (1024, 512), (256, 2048), (4096, 1024)]
 CPU_GRID = [(256, 128), (256, 512), (128, 1024)]
 
 
-def providers() -> dict:
-    ref = lambda o1, o2, t1, t2: kernels.matrix_ssl_loss(o1, o2, t1, t2, backend="torch", check_finite=False)  # noqa
-    return {
-        "original": lambda o1, o2, t1, t2: _originals.matrix_ssl(o1, o2, t1, t2),
-        "eager": ref,
-        "compile": torch.compile(ref),
-        "exact": lambda o1, o2, t1, t2: kernels.matrix_ssl_loss(o1, o2, t1, t2, exact=True, backend="torch",
-                                                               check_finite=False),
-    }
+def providers(device: torch.device) -> dict:
+    def loss(backend, exact=False):
+        return lambda o1, o2, t1, t2: kernels.matrix_ssl_loss(o1, o2, t1, t2, exact=exact, backend=backend,
+                                                              check_finite=False)
+
+    out = {"original": lambda o1, o2, t1, t2: _originals.matrix_ssl(o1, o2, t1, t2), "eager": loss("torch"),
+           "compile": torch.compile(loss("torch"))}
+    if device.type == "cuda":
+        out["triton"] = loss("triton")
+    out["exact"] = loss("torch", exact=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fusedssl bench matrix_log", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/results")
     p.add_argument("--shapes", default=None, help="m x D list like 256x512 (default: the device's grid)")
-    p.add_argument("--providers", default=None, help="comma list of original, eager, compile, exact")
+    p.add_argument("--providers", default=None, help="comma list of original, eager, compile, triton, exact")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     grid = ([tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")] if args.shapes
             else (GPU_GRID if device.type == "cuda" else CPU_GRID))
-    provs = providers()
+    provs = providers(device)
     if args.providers:
         provs = {k: v for k, v in provs.items() if k in args.providers.split(",")}
     stamp = harness.env(device)

@@ -20,6 +20,10 @@ from collections import defaultdict
 from pathlib import Path
 
 BASELINES = ("eager", "reference", "loop", "original", "torch")
+# The supervised anchor for the training step (as the GPU-record issue cites it: MLPerf Training v4.0, ResNet-50 on
+# 8x H200, 12.0 minutes to 75.9 % top-1): about 7,950 images/s per GPU. A two-view SSL step runs the backbone twice
+# per source image, so about half of it is the ratio an SSL engine can approach.
+SUPERVISED_R50_IMG_S_PER_GPU = 7950
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp32": 4, "bf16": 2}
 
 
@@ -96,9 +100,9 @@ def step_table(rows: list[dict]) -> str:
                 batch[key] = r["n"]
     if not by:
         return ""
-    lines = ["| variant | batch | px | precision | model alone, images/s | real step, images/s | step ms "
-             "| objective ms | objective share | objective at the gathered N | its share |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | batch | px | precision | model alone, images/s | real step, images/s | vs supervised R50 "
+             "| step ms | objective ms | objective share | objective at the gathered N | its share |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     phases = ("data", "forward", "objective", "backward", "optimizer")
     nan = float("nan")
     for (prov, d, dt), m in by.items():
@@ -108,9 +112,13 @@ def step_table(rows: list[dict]) -> str:
         g = m.get(("objective_gathered", "p50"))
         gathered = (f"{g:.2f} ms (N = {m['gathered_n']}) | {100 * g / (step_ms - obj + g):.1f} %" if g is not None
                     else "- | -")
-        lines.append(f"| {prov} | {batch.get((prov, d, dt), '')} | {d} | {dt} | "
-                     f"{m.get(('model', 'images_per_s'), nan):.1f} | {m.get(('step', 'images_per_s'), nan):.1f} | "
+        model = m.get(("model", "images_per_s"), nan)
+        lines.append(f"| {prov} | {batch.get((prov, d, dt), '')} | {d} | {dt} | {model:.1f} | "
+                     f"{m.get(('step', 'images_per_s'), nan):.1f} | {model / SUPERVISED_R50_IMG_S_PER_GPU:.2f} | "
                      f"{step_ms:.1f} | {obj:.2f} | {100 * obj / total:.1f} % | {gathered} |")
+    lines.append("")
+    lines.append(f"vs supervised R50: model-alone images/s over {SUPERVISED_R50_IMG_S_PER_GPU:,} images/s per GPU "
+                 "(MLPerf v4.0, 8x H200, supervised ResNet-50); a two-view SSL step can approach about 0.5.")
     return "\n".join(lines)
 
 
@@ -125,6 +133,16 @@ def simple_table(rows: list[dict], op: str, metrics: tuple[str, ...], title: str
     for (prov, mode, n, d), m in by.items():
         cells = [f"{m[k][0]:.4g} {m[k][1]}" if k in m else "-" for k in metrics]
         lines.append(f"| {prov} | {mode} | {n} | {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def file_table(rows: list[dict], name: str, columns: tuple[str, ...]) -> str:
+    """The rows of one CSV of the record as a table (the suite's stages, the host-sync audit)."""
+    sel = [r for r in rows if r["_file"] == name]
+    if not sel:
+        return ""
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    lines += ["| " + " | ".join(r.get(c, "") for c in columns) + " |" for r in sel]
     return "\n".join(lines)
 
 
@@ -199,16 +217,25 @@ def render(folder: Path, out: Path | None = None) -> tuple[Path, list[Path]]:
     out = out or folder
     out.mkdir(parents=True, exist_ok=True)
     ktab, groups = kernel_table(rows)
+    ceil = {r["metric"]: (_num(r["value"]), r["dtype"]) for r in rows if r["op"] == "ceiling"}
+    if ktab and ceil:
+        ktab = ("Measured ceilings of this device, beside every figure below: "
+                + ", ".join(f"{v:.4g} {'GB/s copy' if k == 'bandwidth_gbs' else f'TFLOP/s {dt} matmul'}"
+                            for k, (v, dt) in sorted(ceil.items())) + " (ceilings.csv).\n\n" + ktab)
     parts = folder.resolve().parts  # a path relative to the results root: no machine path in a committed file
     where = "/".join(parts[parts.index("results") + 1:]) if "results" in parts else folder.name
     sections = [f"# Performance record: {where}", "", f"Rows from: {_caption(rows)}.", ""]
-    for title, body in (("Device ceilings", simple_table(rows, "ceiling", ("bandwidth_gbs", "matmul_tflops"),
+    for title, body in (("Stages of this record", file_table(rows, "stages.csv", ("stage", "estimate_s", "seconds",
+                                                                                 "status", "note"))),
+                        ("Device ceilings", simple_table(rows, "ceiling", ("bandwidth_gbs", "matmul_tflops"),
                                                           "measurement")),
                         ("Verification", verify_table(rows)),
                         ("Kernels", ktab),
                         ("DirectPred Jacobi sweeps per update (directpred-host-schedule: run on the host)",
                          simple_table(rows, "predictor_weight", ("sweeps",), "provider")),
                         ("Training step", step_table(rows)),
+                        ("Host synchronisations in one training step (set_sync_debug_mode)",
+                         file_table(rows, "syncs.csv", ("method", "where", "what"))),
                         ("Data loading", simple_table(rows, "data", ("images_per_s", "views_per_s"), "loader"))):
         if body:
             sections += [f"## {title}", "", body, ""]

@@ -117,3 +117,57 @@ def test_renderer_on_the_committed_cpu_record(tmp_path):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     with pytest.raises(ValueError, match="no CSV files"):
         render.render(tmp_path / "empty_folder_missing")
+
+
+def test_gpu_suite_dry_run_lists_every_stage_inside_the_budget(tmp_path):
+    """The GPU record's plan, checked on a CPU machine: every stage with its estimate, the sum within the 330 s."""
+    import subprocess
+
+    out = subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), str(tmp_path), "--dry-run",
+                          "--plan", "gpu"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [ln.split() for ln in out.stdout.splitlines() if ln.startswith("  ")]
+    stages = {ln[0]: float(ln[1]) for ln in lines}
+    assert list(stages)[:3] == ["smoke", "ceilings", "verify"] and {"step", "kernels:covariance", "data"} < set(stages)
+    assert stages["total"] == sum(v for k, v in stages.items() if k != "total") <= 330
+    assert "within the budget" in out.stdout
+
+
+def test_the_archive_is_complete_after_every_stage_and_skips_are_recorded(tmp_path):
+    """bench all --archive: at most 8 files and no folders; record.tar.gz is rebuilt after each stage (a run killed
+    after some stages leaves a readable archive of them), and stages the budget cannot cover are listed with why."""
+    import subprocess
+    import sys
+    import tarfile
+    import time
+
+    arch = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fusedssl.engine.cli", "bench", "all", "--quick", "--out", str(tmp_path / "res"),
+           "--archive", str(arch)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while time.time() - t0 < 300:  # kill the run as soon as the archive holds the verify stage
+        try:
+            with tarfile.open(arch / "record.tar.gz") as tar:
+                if any(n.endswith("verify.csv") for n in tar.getnames()):
+                    break
+        except (OSError, tarfile.TarError):
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    with tarfile.open(arch / "record.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"ceilings.csv", "verify.csv", "stages.csv"} <= names
+    # a whole run with a budget that cannot cover every stage
+    arch2 = tmp_path / "out2"
+    assert cli.main(["bench", "all", "--quick", "--out", str(tmp_path / "res2"), "--archive", str(arch2),
+                     "--budget-s", "25"]) == 0
+    files = list(arch2.iterdir())
+    assert len(files) <= 8 and not any(f.is_dir() for f in files), files
+    stages = list(csv.DictReader(open(arch2 / "stages.csv")))
+    skipped = [r for r in stages if r["status"] == "skipped"]
+    assert skipped and all("left of the budget" in r["note"] for r in skipped), stages
+    assert {r["stage"] for r in stages} == {"smoke", "ceilings", "verify", "kernels:covariance", "step",
+                                            "kernels:matrix_log", "kernels:directpred", "kernels:lars", "data"}
+    assert "## Stages of this record" in (arch2 / "tables.md").read_text()

@@ -58,3 +58,23 @@ def test_restore_puts_every_tensor_on_the_run_device(tmp_path, case):
     assert not left, f"restored onto the CPU instead of the run's device: {left}"
     if case.startswith("directpred"):
         assert {w for w, _ in _tensors(held["method"])} == {".corr", ".basis"}
+
+
+@pytest.mark.gpu
+def test_directpred_resumes_onto_the_gpu_and_steps(tmp_path):
+    """The review's crash: F^ and its eigenbasis came back on the CPU and the first step after a resume mixed devices.
+    Train on the GPU, checkpoint, restore into fresh GPU stages, take a step (reference and cuda eigensolvers)."""
+    for backend in ("torch", "cuda"):
+        cfg = config.load(None, [*TINY, *CASES["directpred+sgd"], f"run.out_dir={tmp_path}", "run.device=cuda",
+                                 f"kernels.backend={backend}" if backend == "cuda" else "kernels.backend=auto"])
+        info = dist.DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cuda"))
+        st = train.build_stages(cfg, info)
+        for step in range(2):
+            train.train_step(st, step, st.data.views(step), st.data.labels(step))
+        checkpoint.save(tmp_path / backend, 2, checkpoint.run_state(st, 2, metrics={}, config=config.to_dict(cfg),
+                                                                     version="test"), keep=1)
+        fresh = train.build_stages(cfg, info)
+        step, _ = checkpoint.restore(fresh, checkpoint.load(tmp_path / backend / "step_00000002.pt"), cfg=cfg,
+                                     path="step_00000002.pt")
+        loss, _, finite = train.train_step(fresh, step, fresh.data.views(step), fresh.data.labels(step))
+        assert bool(finite) and fresh.method.corr.device.type == "cuda"
