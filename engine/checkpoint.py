@@ -25,19 +25,32 @@ def _path(folder: Path, step: int) -> Path:
     return folder / f"step_{step:08d}.pt"
 
 
+class _HashingWriter:
+    """A write-only file that hashes what passes through it: torch.save streams into the file while the SHA-256 is
+    computed, so a 1.4 GB checkpoint is never held a second time in memory and never read back to be hashed."""
+
+    def __init__(self, f):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save(folder: str | Path, step: int, state: dict, keep: int) -> Path:
     """Atomically write ``state`` as step_<step>.pt and prune to the newest ``keep`` checkpoints."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    payload = buf.getvalue()
-    digest = hashlib.sha256(payload).hexdigest()
     final = _path(folder, step)
     tmp = final.with_suffix(".pt.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(payload)
+            w = _HashingWriter(f)
+            torch.save(state, w)
+            digest = w.sha.hexdigest()
             f.flush()
             os.fsync(f.fileno())
         sha_tmp = final.with_suffix(".sha256.tmp")
@@ -56,19 +69,42 @@ def save(folder: str | Path, step: int, state: dict, keep: int) -> Path:
     return final
 
 
-def load(path: str | Path) -> dict:
-    """Load and verify one checkpoint; raises ValueError naming the file if it is missing, truncated or corrupt."""
+def load(path: str | Path, verify: bool = True) -> dict:
+    """Load one checkpoint onto the CPU, checking its SHA-256 (``verify``); raises ValueError naming the file if it is
+    missing, truncated or corrupt."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
     payload = path.read_bytes()
     sha = path.with_suffix(".sha256")
-    if sha.is_file() and hashlib.sha256(payload).hexdigest() != sha.read_text().strip():
+    if verify and sha.is_file() and hashlib.sha256(payload).hexdigest() != sha.read_text().strip():
         raise ValueError(f"checkpoint {str(path)!r} does not match its checksum (truncated or corrupt)")
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: {e}") from None
+
+
+def agreed_latest(folder: str | Path, *, rank: int, world: int) -> tuple[Path, dict] | None:
+    """``latest`` decided once for every rank: rank 0 finds and verifies the newest valid checkpoint and broadcasts
+    its path; the other ranks read that file without re-hashing it. A rank that cannot read it (a run folder on a
+    node-local disk) stops with the folders named, instead of resuming at a different step than rank 0 and hanging at
+    the first collective."""
+    if world == 1:
+        return latest(folder)
+    import torch.distributed as td
+
+    found = latest(folder) if rank == 0 else None
+    choice = [str(found[0]) if found else None]
+    td.broadcast_object_list(choice, src=0)
+    if rank == 0 or choice[0] is None:
+        return found
+    try:
+        return Path(choice[0]), load(choice[0], verify=False)
+    except ValueError as e:
+        raise ValueError(f"rank {rank} cannot resume from the checkpoint rank 0 chose ({e}): every rank must see "
+                         f"rank 0's checkpoint folder {str(folder)!r}; put run.out_dir on a file system all nodes "
+                         "share") from None
 
 
 def latest(folder: str | Path) -> tuple[Path, dict] | None:

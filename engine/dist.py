@@ -232,6 +232,12 @@ def setup_logging(info: DistInfo) -> logging.Logger:
     return logger
 
 
+def barrier(info: DistInfo) -> None:
+    """Every rank waits here for the others (a no-op on one process)."""
+    if info.world > 1:
+        dist.barrier(device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
 def teardown(info: DistInfo | None = None) -> None:
     """Destroy the process group if this run created it (a caller's own group is left alone)."""
     if (info is None or info.owns_group) and dist.is_available() and dist.is_initialized():

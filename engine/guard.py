@@ -17,7 +17,9 @@ checkpoint and multiplies the learning rate by ``run.rollback_lr_factor`` (at mo
 from __future__ import annotations
 
 import logging
+import os
 import signal
+from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
@@ -28,6 +30,22 @@ log = logging.getLogger("fusedssl")
 
 EXIT_PREEMPTED = 75
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+REQUEUE_MARKER = "REQUEUE"
+
+
+def requeue_marker(run_dir: Path) -> Path:
+    """<run>/REQUEUE: written by rank 0 after its preemption checkpoint, removed when the next segment starts. A job
+    script requeues when it exists: torchrun's exit status cannot carry the decision (it exits 1 both when a worker
+    exits 75 and when it is signalled itself)."""
+    return Path(run_dir) / REQUEUE_MARKER
+
+
+def request_requeue(run_dir: Path, step: int) -> None:
+    tmp = requeue_marker(run_dir).with_suffix(".tmp")
+    tmp.write_text(f"{step}\n")
+    os.replace(tmp, requeue_marker(run_dir))
 
 
 class Preempted(Exception):

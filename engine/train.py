@@ -61,7 +61,7 @@ class Stages:
 def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
     device = info.device
     data = data_stage.build(cfg.data, seed=cfg.run.seed, rank=info.rank, world=info.world, device=device,
-                            channels_last=cfg.run.channels_last)
+                            channels_last=cfg.run.channels_last, wait_s=cfg.dist.timeout_s)
     if (cfg.data.batch_size // info.world) % cfg.optim.accumulate_steps:
         raise config.ConfigError(f"the per-rank batch {cfg.data.batch_size // info.world} is not divisible by "
                                  f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
@@ -183,9 +183,10 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     st = build_stages(cfg, info)
     policy = guard.NonFinitePolicy(cfg.run, rank=info.rank, method=cfg.method.name)
     start, stats = 0, {}
-    if cfg.checkpoint.resume:
-        found = checkpoint.latest(ckpt_dir) if cfg.checkpoint.resume == "auto" else \
-            (Path(cfg.checkpoint.resume), checkpoint.load(cfg.checkpoint.resume))
+    if cfg.checkpoint.resume:  # rank 0 decides which checkpoint every rank resumes from
+        resume = cfg.checkpoint.resume
+        found = checkpoint.agreed_latest(ckpt_dir, rank=info.rank, world=info.world) if resume == "auto" else \
+            (Path(resume), checkpoint.load(resume))
         if found is not None:
             start, stats = checkpoint.restore(st, found[1], cfg=cfg, path=found[0])
             log.info("resumed from %s at step %d", found[0], start)
@@ -201,6 +202,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(cfg), indent=1))
+        guard.requeue_marker(run_dir).unlink(missing_ok=True)  # this segment runs: an older request is answered
     logger = metrics.Logger(run_dir, is_main=info.is_main, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress,
                             total=st.total, batch_size=cfg.data.batch_size)
 
@@ -219,7 +221,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
             checkpoint.save(ckpt_dir, step, state, cfg.checkpoint.keep)
 
     def rollback():
-        found = checkpoint.latest(ckpt_dir)
+        found = checkpoint.agreed_latest(ckpt_dir, rank=info.rank, world=info.world)
         return None if found is None else (found[0], *checkpoint.restore(st, found[1], cfg=cfg, path=found[0]))
 
     if start == 0 and info.is_main:
@@ -266,6 +268,10 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
             if not last and preempt.should_stop(step):
                 if not guard.nonfinite_anywhere(nonfinite):  # never checkpoint a poisoned state
                     save(step + 1)
+                    if info.is_main:
+                        guard.request_requeue(run_dir, step + 1)
+                # no rank exits before rank 0's checkpoint is on disk: torchrun ends the others at the first exit
+                dist.barrier(info)
                 raise guard.Preempted(step + 1, preempt.signum)
             if due_ckpt:
                 save(step + 1)

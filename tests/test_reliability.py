@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -293,3 +294,59 @@ def test_failure_message_without_a_group():
     info = dist.DistInfo(rank=0, world=2, local_rank=0, device=torch.device("cpu"))
     msg = dist.failure_message(RuntimeError("Connection closed by peer"), info, 30)
     assert msg.startswith("rank 0: a collective failed") and "could not tell which rank" in msg
+
+
+# ------------------------------------------------------------------------------------ multi-node storage
+
+
+def _agree_worker(rank, world, port, root, results):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    node = os.path.join(root, f"node{rank}")  # each rank's own disk and working directory, as on separate nodes
+    os.makedirs(node, exist_ok=True)
+    os.chdir(node)
+    out = []
+    if rank == 0:
+        checkpoint.save("runs/run/checkpoints", 4, {"step": 4}, keep=1)  # the default relative run.out_dir
+    try:
+        found = checkpoint.agreed_latest("runs/run/checkpoints", rank=rank, world=world)
+        out.append(f"resumed {found[1]['step'] if found else None}")
+    except ValueError as e:
+        out.append(f"refused {e}")
+    from fusedssl.engine.data import files, folder
+
+    idx = folder.Index(root=node, classes=["a"], files=[f"a/{rank}.jpg"], labels=np.zeros(1, np.int64),
+                       sizes=np.ones((1, 2), np.int64), modes=["RGB"])
+    try:
+        files._same_index_on_every_rank(idx, "idx.json", rank, world)
+        out.append("index agreed")
+    except folder.DatasetError as e:
+        out.append(f"index refused {e}")
+    with open(os.path.join(root, f"rank{rank}.txt"), "w") as f:
+        f.write("\n".join(out))
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_agree_on_the_checkpoint_and_the_index_or_refuse_naming_them(tmp_path):
+    """Node-local run folders and data: rank 0 decides the checkpoint; a rank that cannot read rank 0's choice stops
+    with the folder named (it used to start at step 0 while rank 0 resumed, then hang at the first collective), and
+    ranks whose indexes list different files are refused instead of drawing different global batches."""
+    mp.start_processes(_agree_worker, args=(2, _free_port(), str(tmp_path), None), nprocs=2, join=True,
+                       start_method="spawn")
+    r0, r1 = ((tmp_path / f"rank{r}.txt").read_text().splitlines() for r in (0, 1))
+    assert r0[0] == "resumed 4"
+    assert r1[0].startswith("refused rank 1 cannot resume from the checkpoint rank 0 chose") and \
+        "run.out_dir on a file system all nodes share" in r1[0], r1
+    assert all(line.startswith("index refused rank(s) [1] read a dataset index 'idx.json'") for line in (r0[1], r1[1]))
+
+
+def test_a_rank_waiting_for_the_dataset_index_gives_up_with_the_fix(tmp_path):
+    from fusedssl.engine.data import files, folder
+
+    folder.write_photo_tree(tmp_path / "tree", 2, seed=0)
+    cfg = config.load(None, ["data.source=folder", f"data.root={tmp_path / 'tree'}"]).data
+    t0 = time.time()
+    with pytest.raises(folder.DatasetError, match=r"rank 1 waited 1 s for rank 0's dataset index .* \(node-local "
+                                                   r"data\)\. Run `fusedssl data check"):
+        files.resolve_index(cfg, rank=1, wait_s=1.0)
+    assert time.time() - t0 < 10

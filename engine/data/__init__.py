@@ -122,13 +122,15 @@ def recipes(cfg) -> list[ViewRecipe]:
     return out
 
 
-def build(cfg, *, seed: int, rank: int, world: int, device: torch.device, channels_last: bool):
-    """Build the data stage from the ``data`` config section (a TwoViewData or a files.FileViews)."""
+def build(cfg, *, seed: int, rank: int, world: int, device: torch.device, channels_last: bool,
+          wait_s: float = 600.0):
+    """Build the data stage from the ``data`` config section (a TwoViewData or a files.FileViews); ``wait_s``: how
+    long ranks other than 0 wait for rank 0's dataset index (the run's collective timeout)."""
     if cfg.source == "folder":
         from . import files
 
         return files.build(cfg, recipes(cfg), seed=seed, rank=rank, world=world, device=device,
-                           channels_last=channels_last)
+                           channels_last=channels_last, wait_s=wait_s)
     if cfg.source == "digits":
         train, test = load_digits(cfg.test_fraction, seed)
     else:

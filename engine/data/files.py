@@ -25,8 +25,9 @@ from .params import Plan, ViewParams
 log = logging.getLogger("fusedssl.data")
 
 
-def resolve_index(cfg, rank: int) -> tuple[folder.Index, str]:
-    """The index of ``data.root``: read it, or (``data.check=auto``) check the tree first when there is none."""
+def resolve_index(cfg, rank: int, wait_s: float = 600.0) -> tuple[folder.Index, str]:
+    """The index of ``data.root``: read it, or (``data.check=auto``) check the tree first when there is none. Only
+    rank 0 checks; the others wait for its index at most ``wait_s`` (the collective timeout), never forever."""
     if not Path(cfg.root).is_dir():
         why = "it does not exist" if not Path(cfg.root).exists() else "it is a file"
         raise folder.DatasetError(f"data.root={cfg.root!r} is not a folder ({why})")
@@ -40,7 +41,14 @@ def resolve_index(cfg, rank: int) -> tuple[folder.Index, str]:
             log.info("data: no index at %s; checking every file of %s first (data.check=auto)", path, cfg.root)
             folder.check(cfg.root, out=path, workers=cfg.workers, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
         else:  # rank 0 checks; the others wait for its index (a collective could time out on a large tree)
+            end = time.monotonic() + wait_s
             while not path.exists():
+                if time.monotonic() > end:
+                    raise folder.DatasetError(
+                        f"rank {rank} waited {wait_s:.0f} s for rank 0's dataset index at {str(path)!r}: rank 0 is "
+                        f"still checking {cfg.root!r}, or this rank cannot see the file (node-local data). Run "
+                        f"`fusedssl data check {cfg.root}` before training (on every node for node-local copies) "
+                        "and set data.check=require")
                 time.sleep(1.0)
     idx = folder.load(path, cfg.root)
     log.info("data: %s (index %s)", idx.summary(), path)
@@ -190,9 +198,28 @@ def _from_dali(tl, device: torch.device) -> torch.Tensor:
     return out
 
 
+def _same_index_on_every_rank(idx: folder.Index, path: str, rank: int, world: int) -> None:
+    """Node-local copies of a tree are indexed separately: they must list the same files in the same order, or the
+    ranks would draw different global batches (a silent error). Refused with the index named."""
+    if world == 1:
+        return
+    import hashlib
+
+    import torch.distributed as td
+
+    digest = hashlib.sha256("\n".join(map(str, idx.files)).encode() + idx.labels.tobytes()).hexdigest()
+    seen = [None] * world
+    td.all_gather_object(seen, digest)
+    if len(set(seen)) > 1:
+        odd = [r for r, d in enumerate(seen) if d != seen[0]]
+        raise folder.DatasetError(f"rank(s) {odd} read a dataset index {path!r} that lists other files than rank 0's "
+                                  "(node-local copies that differ): check one tree and copy its index to every node")
+
+
 def build(cfg, recipes: list[ViewRecipe], *, seed: int, rank: int, world: int, device: torch.device,
-          channels_last: bool) -> FileViews:
-    idx, path = resolve_index(cfg, rank)
+          channels_last: bool, wait_s: float = 600.0) -> FileViews:
+    idx, path = resolve_index(cfg, rank, wait_s)
+    _same_index_on_every_rank(idx, path, rank, world)
     plan = Plan(idx, recipes, cfg.batch_size, seed, rank, world, path)
     loader = choose_loader(cfg, device)
     dali_device = cfg.dali_device
