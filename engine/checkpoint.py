@@ -145,6 +145,17 @@ def check_compatible(saved: dict, cfg, path: str | Path, error=ValueError) -> No
             raise error(f"checkpoint {path} was trained with {key}={get(old, key)!r}, this run has {get(cfg, key)!r}")
 
 
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _changed_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
 def run_state(st, step: int, *, metrics: dict, config: dict, version: str) -> dict:
     """Everything an exact resume needs, for the built stages ``st`` (train.Stages) after ``step`` steps."""
     return {"step": step, "model": st.model.state_dict(), "method": st.method.state_dict(),
@@ -157,9 +168,18 @@ def run_state(st, step: int, *, metrics: dict, config: dict, version: str) -> di
 def restore(st, state: dict, *, cfg, path: str | Path) -> tuple[int, dict]:
     """Put ``state`` (as ``load`` read it: on the CPU) back into the stages, every tensor onto the run's device;
     returns (step, metrics). Raises ConfigError for a checkpoint of another architecture or without the probe."""
-    from .config import ConfigError
+    from .config import ConfigError, from_dict, to_dict
 
+    missing = {"step", "model", "method", "optimizer", "config", "metrics", "rng"} - set(state)
+    if missing:
+        raise ConfigError(f"{path} is not a fusedssl training checkpoint (it has no {', '.join(sorted(missing))}): "
+                          "resume from a file a fusedssl run wrote")
     check_compatible(state["config"], cfg, path, error=ConfigError)
+    changed = _changed_keys(to_dict(from_dict(state["config"])), to_dict(cfg))
+    changed = [k for k in changed if not k.startswith(("checkpoint.", "run.name", "run.out_dir", "run.progress"))]
+    if changed:
+        log.warning("resuming %s with a recipe that differs in %s: the run continues with this recipe's values, so it "
+                    "no longer matches an uninterrupted run of either", path, ", ".join(changed))
     st.model.load_state_dict(state["model"])
     if st.teacher is not None:
         st.teacher.load_state_dict(state["teacher"])

@@ -244,11 +244,13 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--head", default=None, help="linear head from `fusedssl eval linear` (default: the one beside "
                                                 "the checkpoint, if any) -> classifier.pt")
     p.add_argument("--config", default=None, help="recipe the checkpoint must match")
+    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     args = p.parse_args(argv)
     from . import export
 
     try:
-        out = export.export(args.checkpoint, args.out, weights=args.weights, head=args.head, recipe=args.config)
+        out = export.export(args.checkpoint, args.out, weights=args.weights, head=args.head, recipe=args.config,
+                            overwrite=args.force)
     except ValueError as e:
         print(f"fusedssl export: error: {e}", file=sys.stderr)
         return 2

@@ -377,9 +377,12 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
             loaded = _yaml(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
+        if loaded is None:
+            raise ConfigError(f"config file {str(p)!r} is empty: a recipe is a mapping of overrides (write {{}} for "
+                              "the defaults)")
+        if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(loaded).__name__}")
-        values = loaded or {}
+        values = loaded
     for text in overrides:
         values = _merge(values, _parse_override(text))
     cfg = _build(Config, values)

@@ -26,15 +26,23 @@ from . import config, evaluate
 
 
 def export(checkpoint: str | Path, out: str | Path, *, weights: str = "backbone", head: str | Path | None = None,
-           recipe: str | None = None) -> Path:
+           recipe: str | None = None, overwrite: bool = False) -> Path:
     """Write the export folder for ``checkpoint`` (a file or a run folder); returns the folder.
 
     ``head``: a ``*.linear_head.pt`` from ``fusedssl eval linear`` (default: the one next to the checkpoint, if any).
     ``weights``: ``backbone`` (the online network) or ``teacher`` (the EMA teacher's backbone, where there is one).
     """
-    net = evaluate.load_network(checkpoint, recipe=recipe)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"export folder {str(out)!r} is a file: give a folder path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"export folder {str(out)!r} is not empty: nothing was written (pass --force to replace "
+                         "the files of an earlier export there)")
+    net = evaluate.load_network(checkpoint, recipe=recipe)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the export folder {str(out)!r}: {e.strerror}") from None
     cfg = net.cfg
     sd = {k: v.detach().cpu().clone() for k, v in net.backbone(weights).state_dict().items()}
     torch.save(sd, out / "backbone.pt")

@@ -32,6 +32,39 @@ EXIT_PREEMPTED = 75
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
+class RunLock:
+    """The run folder, created, checked writable and locked for this run (rank 0): a second run on the same folder
+    would interleave its log and overwrite checkpoints, so it is refused, naming the run that holds the folder."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+
+        from .config import ConfigError
+
+        self.path = Path(run_dir) / ".lock"
+        try:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a+")  # noqa: SIM115 - held for the run, closed in release()
+        except OSError as e:
+            raise ConfigError(f"run.out_dir/run.name: cannot create or write the run folder {str(run_dir)!r} "
+                              f"({e.strerror}): choose a writable run.out_dir") from None
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._f.seek(0)
+            holder = self._f.read().strip() or "another process"
+            self._f.close()
+            raise ConfigError(f"run folder {str(run_dir)!r} is in use by {holder}: give this run another run.name "
+                              "(or wait for that one to end)") from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        self._f.flush()
+
+    def release(self) -> None:
+        self._f.close()  # closing drops the lock
+
+
 REQUEUE_MARKER = "REQUEUE"
 
 

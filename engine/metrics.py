@@ -10,6 +10,7 @@ import logging
 import resource
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -17,6 +18,14 @@ import torch
 from .config import ConfigError
 
 log = logging.getLogger("fusedssl")
+
+
+def version() -> str:
+    """fusedssl's installed version (recorded in every checkpoint and run header)."""
+    try:
+        return metadata.version("fusedssl")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
 
 
 def peak_memory_mb(device: torch.device) -> float:

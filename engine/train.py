@@ -16,7 +16,6 @@ import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -28,13 +27,6 @@ from . import model as model_stage
 from .methods import Outputs
 
 log = logging.getLogger("fusedssl")
-
-
-def _version() -> str:
-    try:
-        return metadata.version("fusedssl")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
 
 
 @dataclass
@@ -178,6 +170,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     torch.manual_seed(cfg.run.seed)
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     ckpt_dir = run_dir / "checkpoints"
+    lock = guard.RunLock(run_dir) if info.is_main else None  # before any work: a clash or bad folder stops here
 
     # ---- build the stages, each from its own section; then resume or start
     st = build_stages(cfg, info)
@@ -190,9 +183,9 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
         if found is not None:
             start, stats = checkpoint.restore(st, found[1], cfg=cfg, path=found[0])
             log.info("resumed from %s at step %d", found[0], start)
-    log.info("fusedssl %s | torch %s | device %s x%d | method %s | %d steps (%d/epoch) | batch %d | %s%s", _version(),
-             torch.__version__, device, info.world, cfg.method.name, st.total, st.data.steps_per_epoch,
-             cfg.data.batch_size, st.prec.name, " | compiled" if cfg.run.compile else "")
+    log.info("fusedssl %s | torch %s | device %s x%d | method %s | %d steps (%d/epoch) | batch %d | %s%s",
+             metrics.version(), torch.__version__, device, info.world, cfg.method.name, st.total,
+             st.data.steps_per_epoch, cfg.data.batch_size, st.prec.name, " | compiled" if cfg.run.compile else "")
     built, ext_line = kernels.extension_status()
     (log.info if built else log.warning)("extension: %s", ext_line)
     log.info("precision: %s", st.prec.describe())
@@ -200,7 +193,6 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     log.info("kernel backends (kernels.backend=%s): %s", cfg.kernels.backend,
              ", ".join(f"{op}={b}" for op, b in st.backends.items()))
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(cfg), indent=1))
         guard.requeue_marker(run_dir).unlink(missing_ok=True)  # this segment runs: an older request is answered
     logger = metrics.Logger(run_dir, is_main=info.is_main, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress,
@@ -216,7 +208,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
 
     def save(step: int) -> None:
         if info.is_main:
-            state = checkpoint.run_state(st, step, metrics=stats, config=config.to_dict(cfg), version=_version())
+            state = checkpoint.run_state(st, step, metrics=stats, config=config.to_dict(cfg), version=metrics.version())
             state["lr_factor"] = policy.lr_factor(stats)  # for the record: it is derived from metrics["rollbacks"]
             checkpoint.save(ckpt_dir, step, state, cfg.checkpoint.keep)
 
@@ -295,5 +287,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
     finally:
         st.data.close()
         logger.close()
+        if lock:
+            lock.release()
         dist.teardown(info)
     return stats

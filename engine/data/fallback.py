@@ -63,6 +63,8 @@ def decode(data: np.ndarray):
 
     im = Image.open(io.BytesIO(data.tobytes()))
     im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16"):  # PIL's RGB conversion clips 16-bit samples at 255; DALI keeps the top 8 bits
+        im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
     return im.convert("RGB")
 
 

@@ -41,6 +41,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".we
 _OTHER_IMAGE_SUFFIXES = {".gif", ".ico", ".heic", ".avif", ".psd"}
 # Formats PIL reads but DALI does not: rejected, so the DALI pipeline never sees them.
 _PIL_FORMATS_OK = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000", "MPO"}
+# 32-bit integer and float samples: no agreed 8-bit reading (DALI and PIL differ), so such files are rejected. 16-bit
+# files are kept: both pipelines read them as the top 8 bits (fallback.decode scales them, as DALI does).
+_WIDE_MODES = {"I", "F"}
 _CONVERTED_MODES = {"L": "grayscale", "LA": "grayscale+alpha", "P": "palette", "PA": "palette+alpha",
                     "RGBA": "alpha", "CMYK": "CMYK", "I;16": "16-bit grayscale", "I": "32-bit grayscale",
                     "1": "bilevel", "YCbCr": "YCbCr", "RGBX": "RGBX"}
@@ -111,7 +114,14 @@ def scan(root: str | Path) -> tuple[list[str], list[tuple[str, int]], list[tuple
     files, skipped, empty = [], [], []
     for label, name in enumerate(classes):
         n = 0
+        seen_dirs: set[str] = set()  # real paths: a symlink loop would list the same files again and again
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen_dirs:
+                skipped.append((os.path.relpath(dirpath, root), "a folder already scanned (symlink loop or alias)"))
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
                 if fn.startswith(".") or fn == INDEX_NAME:
@@ -141,6 +151,8 @@ def check_file(path: str | Path, min_side: int, max_pixels: int) -> tuple[str | 
             w, h, mode, fmt = im.width, im.height, im.mode, im.format
             if fmt not in _PIL_FORMATS_OK:
                 return f"unsupported format: {fmt} (DALI cannot decode it)", w, h, mode
+            if mode in _WIDE_MODES:
+                return f"unsupported: {mode} samples (32-bit integer or float; convert the file to 8-bit)", w, h, mode
             if w < min_side or h < min_side:
                 return f"too small: {w}x{h} (data check min_side={min_side})", w, h, mode
             if w * h > max_pixels:
@@ -149,6 +161,8 @@ def check_file(path: str | Path, min_side: int, max_pixels: int) -> tuple[str | 
             im.load()  # the full decode: truncated or corrupt data raises here
     except UnidentifiedImageError:
         return "not an image: no image format recognised", 0, 0, ""
+    except Image.DecompressionBombError as e:  # more than twice PIL's pixel limit: refused before decoding
+        return f"too large: {e}", 0, 0, ""
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for truncated/corrupt data
         return f"corrupt: {e}", 0, 0, ""
     if orientation in (5, 6, 7, 8):
