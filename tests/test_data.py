@@ -395,12 +395,13 @@ def test_loader_workers_survive_a_group_signal_but_not_their_trainer(tree):
 
     stage = _stage(tree, "torch", "data.workers=2")
     first = stage.views(0)
+    stage.views(1)  # each worker has delivered a step, so both have started (and set up their signal handling)
     workers = stage._it._workers
     assert len(workers) == 2 and all(w.is_alive() for w in workers)
     subprocess.run(["kill", "-TERM", *(str(w.pid) for w in workers)], check=True)  # sent by another process
     time.sleep(1.0)
     assert all(w.is_alive() for w in workers), "a data worker died of a SIGTERM meant for the trainer"
-    again = stage.views(1)
+    again = stage.views(2)
     assert [v.shape for v in again] == [v.shape for v in first]
     for w in workers:
         w.terminate()  # from the trainer: multiprocessing's shutdown of daemonic workers
