@@ -24,6 +24,7 @@ from fusedssl import kernels
 from . import checkpoint, config, dist, evaluate, guard, methods, metrics, optim
 from . import data as data_stage
 from . import model as model_stage
+from . import probe as probe_stage
 from .methods import Outputs
 
 log = logging.getLogger("fusedssl")
@@ -41,7 +42,7 @@ class Stages:
     sched: optim.Schedules
     net: torch.nn.Module       # what the step calls: the model, compiled and/or wrapped by DDP
     prec: optim.Precision
-    probe: evaluate.OnlineProbe | None
+    probe: probe_stage.OnlineProbe | None
     total: int                 # optimiser steps in the run
     backends: dict[str, str]   # the backend serving each kernels op the run calls (kernels.resolve_all)
     device: torch.device
@@ -80,9 +81,9 @@ def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
     net = torch.compile(model) if cfg.run.compile else model
     if info.world > 1:
         net = dist.wrap_ddp(net, cfg.dist, device, accumulate_steps=cfg.optim.accumulate_steps)
-    probe = None  # the online linear probe: its own head and SGD on detached features (evaluate.py)
+    probe = None  # the online linear probe: its own head and SGD on detached features (probe.py)
     if cfg.evaluate.online_probe:
-        probe = evaluate.OnlineProbe(model.feat_dim, data.num_classes, cfg.evaluate.probe_lr, device)
+        probe = probe_stage.OnlineProbe(model.feat_dim, data.num_classes, cfg.evaluate.probe_lr, device)
     prec = optim.Precision(cfg.run.precision, device, matmul_tf32=cfg.run.matmul_tf32,
                            cudnn_benchmark=cfg.run.cudnn_benchmark)
     return Stages(data, method, model, teacher, opt, sched, net, prec, probe,

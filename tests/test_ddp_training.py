@@ -82,7 +82,7 @@ def test_ddp_training_equals_single_process(runs, method):
         # gradient scale, per-rank BN statistics or different augmentations are of the order of the update itself
         assert diff <= 1e-3 * update + 1e-7, f"{method} {k}: DDP - single = {diff:.2e}, update {update:.2e}"
     assert moved > 10, "training did not change the parameters: the comparison would be vacuous"
-    # the online probe: its gradient is averaged over ranks in one flat all-reduce (evaluate.OnlineProbe)
+    # the online probe: its gradient is averaged over ranks in one flat all-reduce (probe.OnlineProbe)
     state = b["probe"]["opt"]["state"]
     for i, k in enumerate(("weight", "bias")):
         update = 0.1 * float(state[i]["momentum_buffer"].abs().max())  # lr x the first step's buffer

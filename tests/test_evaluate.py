@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 from fusedssl.bench import bench_quality
-from fusedssl.engine import checkpoint, cli, config, data, evaluate, export, train
+from fusedssl.engine import checkpoint, cli, config, data, evaluate, export, probe, train
 from fusedssl.engine.data import folder
 
 TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
@@ -81,12 +81,12 @@ def test_online_probe_learns_and_resumes_exactly():
     centres = 3 * torch.randn(4, 16, generator=g)
     y = torch.randint(0, 4, (2000,), generator=g)
     h = centres[y] + torch.randn(2000, 16, generator=g)
-    a = evaluate.OnlineProbe(16, 4, 0.1, torch.device("cpu"))
+    a = probe.OnlineProbe(16, 4, 0.1, torch.device("cpu"))
     for i in range(0, 1000, 50):
         a.step(h[i:i + 50], y[i:i + 50])
     first = a.read()
     assert set(first) == {"probe/train_acc", "probe/loss"} and a.read() == {}  # read resets the running sums
-    b = evaluate.OnlineProbe(16, 4, 0.1, torch.device("cpu"))
+    b = probe.OnlineProbe(16, 4, 0.1, torch.device("cpu"))
     b.load(a.state())
     for i in range(1000, 2000, 50):
         a.step(h[i:i + 50], y[i:i + 50])
