@@ -26,12 +26,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from fusedssl.bench import harness, plots
-from fusedssl.engine import checkpoint, config, evaluate, train
+from fusedssl.engine import checkpoint, config, evaluate, methods, train
 from fusedssl.engine import data as data_stage
 from fusedssl.engine import model as model_stage
 
-METHODS = ("barlow", "barlow_hsic", "vicreg", "frossl", "matrix_ssl", "kernel_ssl", "simclr", "byol", "simsiam",
-           "directpred", "directcopy")
+METHODS = tuple(methods.METHODS)  # every method of the registry, each with its configs/<method>_demo.yaml
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PROTOCOLS = ("knn", "knn10shot", "linear", "online_probe")
 
@@ -45,7 +44,7 @@ def _recipe(method: str) -> Path:
 
 def _overrides(name: str, args) -> list[str]:
     return [f"run.name={name}", f"run.out_dir={args.out_dir}", f"run.epochs={args.epochs}", "run.steps=0",
-            "run.progress=false", f"run.threads={args.threads}", "evaluate.knn_every_epochs=1",
+            "log.progress=false", f"run.threads={args.threads}", "evaluate.knn_every_epochs=1",
             "evaluate.online_probe=true", "checkpoint.every_steps=0", *args.overrides]
 
 
@@ -76,7 +75,7 @@ def supervised(cfg: config.Config, run_dir: Path) -> Path:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if (step + 1) % cfg.run.log_every == 0 or step + 1 == total:
+            if (step + 1) % cfg.log.every == 0 or step + 1 == total:
                 logf.write(json.dumps({"step": step + 1, "epoch": (step + 1) / data.steps_per_epoch,
                                        "loss/total": float(loss.detach())}) + "\n")
     state = {"step": total, "model": model.state_dict(), "teacher": None, "method": {},

@@ -1,6 +1,6 @@
 """Plots from run folders: training curves (loss, kNN accuracy) and linear-probe accuracy per method.
 
-``fusedssl eval plot RUNS... --out DIR`` reads each run's ``log.jsonl`` (loss records every ``log_every`` steps; the kNN
+``fusedssl eval plot RUNS... --out DIR`` reads each run's ``log.jsonl`` (loss records every ``log.every`` steps; the kNN
 monitor's ``eval/knn`` records) and the evaluation results next to its newest checkpoint (``step_*.eval.json``, and
 ``random_init.eval.json``), and writes two PNG files. A folder holding run folders stands for all of them.
 """

@@ -32,8 +32,8 @@ from fusedssl.engine import checkpoint
 
 from . import harness
 
-TINY = ["data.batch_size=16", "data.image_size=16", "model.projector=32-16", "evaluate.knn=false", "run.log_every=1",
-        "run.threads=1", "run.progress=false", "data.workers=2", "dist.signal_check_every=2"]
+TINY = ["data.batch_size=16", "data.image_size=16", "model.projector=32-16", "evaluate.knn=false", "log.every=1",
+        "run.threads=1", "log.progress=false", "data.workers=2", "dist.signal_check_every=2"]
 PREDICTOR = {"byol": ["model.predictor=32-16"], "directpred": ["model.predictor=16", "model.predictor_bias=false"],
              "matrix_ssl": ["model.predictor=32-16"]}
 

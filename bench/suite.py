@@ -115,7 +115,7 @@ def sync_audit(device: torch.device, folder: Path) -> int:
     for method, extra in SYNC_METHODS.items():
         cfg = config.load(None, ["data.source=synthetic", "data.synthetic_size=256", "data.batch_size=128",
                                  "data.image_size=64", "model.projector=512-128", "evaluate.knn=false",
-                                 "run.progress=false", f"method.name={method}", "run.device=cuda", *extra])
+                                 "log.progress=false", f"method.name={method}", "run.device=cuda", *extra])
         st = train.build_stages(cfg, dist.DistInfo(rank=0, world=1, local_rank=0, device=device))
         st.model.train()
         train.train_step(st, 0, st.data.views(0))

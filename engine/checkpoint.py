@@ -8,6 +8,7 @@ stored beside it and checked on load, and ``latest`` skips any checkpoint that f
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -162,7 +163,7 @@ def run_state(st, step: int, *, metrics: dict, config: dict, version: str) -> di
             "teacher": st.teacher.state_dict() if st.teacher is not None else None,
             "optimizer": st.opt.state_dict(), "scaler": st.prec.scaler.state_dict() if st.prec.scaler else None,
             "probe": st.probe.state() if st.probe is not None else None, "metrics": metrics, "config": config,
-            "rng": rng_state(st.device), "version": version}
+            "resolved": dataclasses.asdict(st.resolved), "rng": rng_state(st.device), "version": version}
 
 
 def restore(st, state: dict, *, cfg, path: str | Path) -> tuple[int, dict]:
@@ -176,7 +177,8 @@ def restore(st, state: dict, *, cfg, path: str | Path) -> tuple[int, dict]:
                           "resume from a file a fusedssl run wrote")
     check_compatible(state["config"], cfg, path, error=ConfigError)
     changed = _changed_keys(to_dict(from_dict(state["config"])), to_dict(cfg))
-    changed = [k for k in changed if not k.startswith(("checkpoint.", "run.name", "run.out_dir", "run.progress"))]
+    # where the run writes and what it logs leave its numbers unchanged
+    changed = [k for k in changed if not k.startswith(("checkpoint.", "log.", "run.name", "run.out_dir"))]
     if changed:
         log.warning("resuming %s with a recipe that differs in %s: the run continues with this recipe's values, so it "
                     "no longer matches an uninterrupted run of either", path, ", ".join(changed))

@@ -9,8 +9,8 @@ alone (single process: checked every step, no collective).
 
 Non-finite values: the loop keeps a device-side flag (loss, and for bf16/fp32 the global gradient norm) and reads it
 only at the log interval and before writing a checkpoint (so a checkpoint never holds a poisoned state). Policies
-(``run.nonfinite``): ``stop`` raises with the step, rank and loss terms; ``rollback`` reloads the newest valid
-checkpoint and multiplies the learning rate by ``run.rollback_lr_factor`` (at most ``run.max_rollbacks`` times);
+(``guard.nonfinite``): ``stop`` raises with the step, rank and loss terms; ``rollback`` reloads the newest valid
+checkpoint and multiplies the learning rate by ``guard.rollback_lr_factor`` (at most ``guard.max_rollbacks`` times);
 ``skip`` drops the optimiser step of any step whose values are non-finite, which needs a host sync every step.
 """
 
@@ -147,13 +147,14 @@ def grads_finite(params) -> torch.Tensor:
 
 
 class NonFinitePolicy:
-    """``run.nonfinite`` at a check point where the device flag says a loss or gradient was non-finite: ``rollback``
-    reloads the newest valid checkpoint (at most ``run.max_rollbacks`` times), anything else raises with the step, rank
-    and last values. The learning-rate factor is derived from the rollback count (``rollback_lr_factor`` to that
-    power), which the checkpoint's metrics carry, so nothing is written into the schedule."""
+    """``guard.nonfinite`` at a check point where the device flag says a loss or gradient was non-finite:
+    ``rollback`` reloads the newest valid checkpoint (at most ``guard.max_rollbacks`` times), anything else raises
+    with the step, rank and last values. The learning-rate factor is derived from the rollback count
+    (``rollback_lr_factor`` to that power), which the checkpoint's metrics carry: nothing is written into the
+    schedule."""
 
-    def __init__(self, cfg_run, *, rank: int, method: str):
-        self.mode, self.max, self.factor = cfg_run.nonfinite, cfg_run.max_rollbacks, cfg_run.rollback_lr_factor
+    def __init__(self, cfg, *, rank: int, method: str):
+        self.mode, self.max, self.factor = cfg.nonfinite, cfg.max_rollbacks, cfg.rollback_lr_factor
         self.rank, self.method = rank, method
 
     def lr_factor(self, metrics: dict) -> float:
@@ -176,10 +177,10 @@ class NonFinitePolicy:
                 return back, metrics
         values = ", ".join(f"{k} {float(v):.4g}" for k, v in {"loss": loss, **terms}.items())
         if self.mode == "stop":
-            why = "run.nonfinite=stop"
+            why = "guard.nonfinite=stop"
         elif rolled >= self.max:
-            why = f"run.nonfinite=rollback: {rolled} rollbacks used (run.max_rollbacks={self.max})"
+            why = f"guard.nonfinite=rollback: {rolled} rollbacks used (guard.max_rollbacks={self.max})"
         else:
-            why = "run.nonfinite=rollback: no checkpoint to roll back to"
+            why = "guard.nonfinite=rollback: no checkpoint to roll back to"
         raise FloatingPointError(f"non-finite loss or gradients at or before step {step + 1} on rank {self.rank} "
                                  f"(method {self.method}; last values: {values}); {why}")

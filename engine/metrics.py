@@ -47,7 +47,7 @@ class Logger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ConfigError("run.tensorboard=true needs the tensorboard package (pip install tensorboard)") from e
+                raise ConfigError("log.tensorboard=true needs the tensorboard package (pip install tensorboard)") from e
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
         self._t_start: float | None = None
         self._first = 0

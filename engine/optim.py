@@ -104,9 +104,10 @@ class Schedules:
     ema: np.ndarray         # per step (teacher momentum tau)
 
 
-def schedules(cfg, *, peak_lr: float, total_steps: int, steps_per_epoch: int, ema_base: float, ema_schedule: str
-              ) -> Schedules:
-    warm = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps)
+def schedules(cfg, resolved, *, ema_base: float, ema_schedule: str) -> Schedules:
+    """Per-step lr (warm-up from 0, cosine to ``min_lr_ratio`` x peak) and EMA momentum for ``resolved`` (a
+    config.Resolved: the peak lr, total and warm-up steps)."""
+    peak_lr, total_steps, warm = resolved.peak_lr, resolved.total_steps, resolved.warmup_steps
     lr = np.empty(total_steps)
     lr[:warm] = peak_lr * np.arange(warm) / max(warm, 1)
     rest = total_steps - warm
@@ -121,11 +122,11 @@ def schedules(cfg, *, peak_lr: float, total_steps: int, steps_per_epoch: int, em
     return Schedules(lr=lr, ema=ema)
 
 
-def build(cfg, model: torch.nn.Module, *, batch_size: int, total_steps: int, steps_per_epoch: int, ema_base: float,
-          ema_schedule: str, lars_backend: str = "torch") -> tuple[torch.optim.Optimizer, Schedules]:
-    """Optimiser and schedules from the ``optim`` section; lr = base_lr * batch_size / 256 under linear scaling.
+def build(cfg, model: torch.nn.Module, resolved, *, ema_base: float, ema_schedule: str, lars_backend: str = "torch"
+          ) -> tuple[torch.optim.Optimizer, Schedules]:
+    """Optimiser and schedules from the ``optim`` section and the run's config.Resolved (peak lr, lengths).
     ``lars_backend``: the resolved backend of ``kernels.lars_step_`` (train.build_stages)."""
-    peak = cfg.base_lr * (batch_size / 256 if cfg.lr_scaling == "linear" else 1.0)
+    peak = resolved.peak_lr
     groups = param_groups(model, cfg.weight_decay, cfg.bias_lr_ratio)
     if cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=peak, momentum=cfg.momentum, foreach=True)
@@ -133,8 +134,7 @@ def build(cfg, model: torch.nn.Module, *, batch_size: int, total_steps: int, ste
         opt = LARS(groups, lr=peak, momentum=cfg.momentum, eta=cfg.lars_eta, backend=lars_backend)
     else:
         opt = torch.optim.AdamW(groups, lr=peak, foreach=True)
-    sched = schedules(cfg, peak_lr=peak, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                      ema_base=ema_base, ema_schedule=ema_schedule)
+    sched = schedules(cfg, resolved, ema_base=ema_base, ema_schedule=ema_schedule)
     return opt, sched
 
 

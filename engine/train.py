@@ -4,13 +4,14 @@ Step-based, not epoch-based: the global step indexes the data (``data.views(step
 so resuming at step s replays exactly what an uninterrupted run would do from s. The loop itself reads the device only
 at the log interval (loss values and the non-finite flag), at checkpoints and every ``dist.signal_check_every`` steps
 under DDP (the preemption agreement). What else synchronises the host, and only where it is configured: fp16's grad
-scaler (its skip decision), ``run.nonfinite=skip`` (a per-step flag read), torch's SyncBatchNorm (``model.sync_bn``
+scaler (its skip decision), ``guard.nonfinite=skip`` (a per-step flag read), torch's SyncBatchNorm (``model.sync_bn``
 under DDP on GPUs: one small read per BatchNorm layer in the forward; ``model.sync_bn_impl=global`` avoids it), and
 DirectPred's eigh reference on a GPU (cuSOLVER's info check; backend "cuda" avoids it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -48,16 +49,15 @@ class Stages:
     device: torch.device
     grad_clip: float
     accumulate: int            # micro-batches per optimiser step
-    skip_nonfinite: bool       # run.nonfinite=skip: drop a non-finite step (reads the device every step)
+    skip_nonfinite: bool       # guard.nonfinite=skip: drop a non-finite step (reads the device every step)
+    resolved: config.Resolved  # what the config implies for this run (per-rank batch, lengths, peak lr)
 
 
 def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
     device = info.device
     data = data_stage.build(cfg.data, seed=cfg.run.seed, rank=info.rank, world=info.world, device=device,
                             channels_last=cfg.run.channels_last, wait_s=cfg.dist.timeout_s)
-    if (cfg.data.batch_size // info.world) % cfg.optim.accumulate_steps:
-        raise config.ConfigError(f"the per-rank batch {cfg.data.batch_size // info.world} is not divisible by "
-                                 f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
+    resolved = config.resolve(cfg, world=info.world, steps_per_epoch=data.steps_per_epoch)
     cls = methods.METHODS[cfg.method.name]
     ops = (*cls.ops, *(("lars_step_",) if cfg.optim.name == "lars" else ()), *(("ema_",) if cls.teacher else ()))
     try:  # every op's backend, decided once (and so failing now, not at the first step)
@@ -72,9 +72,7 @@ def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
     if info.world > 1 and cfg.model.sync_bn:
         model = model_stage.sync_batchnorm(model, device, cfg.model.sync_bn_impl)  # W ranks == one process
     teacher = model_stage.EMATeacher(model, backend=backends["ema_"]) if method.teacher else None
-    total = cfg.run.steps or cfg.run.epochs * data.steps_per_epoch
-    opt, sched = optim.build(cfg.optim, model, batch_size=cfg.data.batch_size, total_steps=total,
-                             steps_per_epoch=data.steps_per_epoch, ema_base=cfg.method.ema_base,
+    opt, sched = optim.build(cfg.optim, model, resolved, ema_base=cfg.method.ema_base,
                              ema_schedule=cfg.method.ema_schedule, lars_backend=backends.get("lars_step_", "torch"))
     # compiled before the DDP wrap: DDP then sees the compiled module, so no_sync and its bucketing still apply
     # (torch.compile(DDP(...)) is not a DDP instance, and accumulation then all-reduced every micro-batch)
@@ -86,9 +84,8 @@ def build_stages(cfg: config.Config, info: dist.DistInfo) -> Stages:
         probe = probe_stage.OnlineProbe(model.feat_dim, data.num_classes, cfg.evaluate.probe_lr, device)
     prec = optim.Precision(cfg.run.precision, device, matmul_tf32=cfg.run.matmul_tf32,
                            cudnn_benchmark=cfg.run.cudnn_benchmark)
-    return Stages(data, method, model, teacher, opt, sched, net, prec, probe,
-                  total, backends, device, cfg.optim.grad_clip, cfg.optim.accumulate_steps,
-                  cfg.run.nonfinite == "skip")
+    return Stages(data, method, model, teacher, opt, sched, net, prec, probe, resolved.total_steps, backends, device,
+                  cfg.optim.grad_clip, cfg.optim.accumulate_steps, cfg.guard.nonfinite == "skip", resolved)
 
 
 def forward_views(net, teacher, views: list[torch.Tensor], prec: optim.Precision) -> Outputs:
@@ -175,7 +172,7 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
 
     # ---- build the stages, each from its own section; then resume or start
     st = build_stages(cfg, info)
-    policy = guard.NonFinitePolicy(cfg.run, rank=info.rank, method=cfg.method.name)
+    policy = guard.NonFinitePolicy(cfg.guard, rank=info.rank, method=cfg.method.name)
     start, stats = 0, {}
     if cfg.checkpoint.resume:  # rank 0 decides which checkpoint every rank resumes from
         resume = cfg.checkpoint.resume
@@ -189,14 +186,15 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
              st.data.steps_per_epoch, cfg.data.batch_size, st.prec.name, " | compiled" if cfg.run.compile else "")
     built, ext_line = kernels.extension_status()
     (log.info if built else log.warning)("extension: %s", ext_line)
-    log.info("precision: %s", st.prec.describe())
+    log.info("resolved: %s; precision: %s", ", ".join(f"{k} {v:g}" for k, v in
+                                                      dataclasses.asdict(st.resolved).items()), st.prec.describe())
     log.info("data: %s source, %s", cfg.data.source, st.data.describe())
     log.info("kernel backends (kernels.backend=%s): %s", cfg.kernels.backend,
              ", ".join(f"{op}={b}" for op, b in st.backends.items()))
     if info.is_main:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(cfg), indent=1))
         guard.requeue_marker(run_dir).unlink(missing_ok=True)  # this segment runs: an older request is answered
-    logger = metrics.Logger(run_dir, is_main=info.is_main, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress,
+    logger = metrics.Logger(run_dir, is_main=info.is_main, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress,
                             total=st.total, batch_size=cfg.data.batch_size)
 
     def monitor(step: int, when: str) -> dict:
@@ -235,13 +233,13 @@ def _run(cfg: config.Config, preempt: guard.Preemption) -> dict:
                                              policy.lr_factor(stats))
             if finite is None:  # the skip policy dropped this step
                 stats["skipped_steps"] = stats.get("skipped_steps", 0) + 1
-                log.warning("step %d: non-finite loss or gradients, optimiser step skipped (run.nonfinite=skip)",
+                log.warning("step %d: non-finite loss or gradients, optimiser step skipped (guard.nonfinite=skip)",
                             step + 1)
             else:
                 nonfinite |= ~finite  # device-side flag: no host sync here
             seen += cfg.data.batch_size
             last = step + 1 == st.total
-            due_log = (step + 1) % cfg.run.log_every == 0 or last
+            due_log = (step + 1) % cfg.log.every == 0 or last
             due_ckpt = cfg.checkpoint.every_steps and (step + 1) % cfg.checkpoint.every_steps == 0 and not last
             logger.progress(step)
             if (due_log or due_ckpt) and guard.nonfinite_anywhere(nonfinite):  # host sync here only

@@ -13,7 +13,7 @@ from fusedssl.engine.data import fallback, folder
 from PIL import Image
 
 TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-        "model.projector=32-16", "evaluate.knn=false", "run.log_every=1", "run.progress=false", "run.steps=2",
+        "model.projector=32-16", "evaluate.knn=false", "log.every=1", "log.progress=false", "run.steps=2",
         "method.name=barlow"]
 
 

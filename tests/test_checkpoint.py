@@ -9,7 +9,7 @@ import torch
 from fusedssl.engine import checkpoint, config, dist, train
 
 TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-        "model.projector=32-16", "evaluate.knn=false", "run.progress=false", "evaluate.online_probe=true",
+        "model.projector=32-16", "evaluate.knn=false", "log.progress=false", "evaluate.online_probe=true",
         "run.channels_last=false"]
 CASES = {
     "byol+lars": ["method.name=byol", "model.predictor=32-16", "optim.name=lars"],

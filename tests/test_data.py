@@ -359,7 +359,7 @@ def test_loader_choice_without_dali(tree, monkeypatch, caplog):
 def test_training_reads_a_folder_and_resumes_exactly(tree, tmp_path, loader):
     over = ["data.source=folder", f"data.root={tree}", f"data.loader={loader}", "data.workers=1",
             "data.batch_size=8", "data.image_size=32", "model.projector=32-16", "evaluate.knn=false",
-            "run.log_every=1", f"run.out_dir={tmp_path}", "run.steps=4", "method.name=barlow",
+            "log.every=1", f"run.out_dir={tmp_path}", "run.steps=4", "method.name=barlow",
             "evaluate.online_probe=true"]  # the probe's labels come from the index (FileViews.labels)
     train.main(config.load(None, [*over, "run.name=a"]))
     train.main(config.load(None, [*over, "run.name=b", "checkpoint.every_steps=2"]))
@@ -409,3 +409,4 @@ def test_loader_workers_survive_a_group_signal_but_not_their_trainer(tree):
         w.join(timeout=10)
     assert not any(w.is_alive() for w in workers), "the trainer could not terminate its data workers"
     stage.close()
+

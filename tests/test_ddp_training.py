@@ -26,9 +26,9 @@ STEPS = 1
 
 def _cfg(out, method, *extra):
     over = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-            "model.projector=32-16", "evaluate.knn=false", "run.log_every=1", f"run.steps={STEPS}",
+            "model.projector=32-16", "evaluate.knn=false", "log.every=1", f"run.steps={STEPS}",
             f"method.name={method}", f"run.out_dir={out}", f"run.name={method}", "optim.base_lr=0.5",
-            "run.progress=false", "optim.warmup_epochs=0", "evaluate.online_probe=true", *extra]
+            "log.progress=false", "optim.warmup_epochs=0", "evaluate.online_probe=true", *extra]
     if method == "byol":
         over.append("model.predictor=32-16")
     if method == "directpred":
@@ -130,7 +130,7 @@ def test_published_ddp_options_under_torchrun_keep_the_replicas_identical(tmp_pa
     from pathlib import Path
 
     over = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-            "model.projector=32-16", "evaluate.knn=false", "run.progress=false", "method.name=barlow",
+            "model.projector=32-16", "evaluate.knn=false", "log.progress=false", "method.name=barlow",
             f"run.out_dir={tmp_path}", *TORCHRUN_CASES[case]]
     script = Path(__file__).with_name("torchrun_steps.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),

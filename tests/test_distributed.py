@@ -19,8 +19,7 @@ from fusedssl.engine import config, methods
 from fusedssl.engine.methods import Outputs
 
 N_GLOBAL, D_IN, D = 8, 6, 5
-CASES = ["barlow", "barlow_hsic", "vicreg", "frossl", "frossl_gather", "matrix_ssl", "kernel_ssl", "simclr", "byol",
-         "simsiam", "directpred", "directcopy"]
+CASES = [*methods.METHODS, "frossl_gather"]  # every registered method, and FroSSL on the gathered batch
 
 
 def _method(case: str):

@@ -9,7 +9,7 @@ from fusedssl.engine import checkpoint, cli, config, data, methods, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-        "model.projector=32-16", "evaluate.knn=false", "run.log_every=1"]
+        "model.projector=32-16", "evaluate.knn=false", "log.every=1"]
 PREDICTOR = {"byol": "32-16", "simsiam": "32-16", "matrix_ssl": "32-16", "kernel_ssl": "32-16", "directpred": "16",
              "directcopy": "16"}
 
@@ -23,7 +23,7 @@ def _cfg(tmp_path, method, *extra):
     return config.load(None, [*over, *extra])
 
 
-@pytest.mark.parametrize("method", config.CHOICES["method.name"])
+@pytest.mark.parametrize("method", list(methods.METHODS))
 def test_every_method_trains(tmp_path, method):
     metrics = train.main(_cfg(tmp_path, method))
     assert torch.isfinite(torch.tensor(metrics["last_loss"]))
@@ -150,7 +150,7 @@ TRITON_OPS = {"barlow": "barlow_twins_loss", "barlow_hsic": "barlow_twins_loss",
               "frossl": "frossl_loss", "matrix_ssl": "matrix_ssl_loss", "kernel_ssl": "matrix_ssl_loss"}
 
 
-@pytest.mark.parametrize("method", config.CHOICES["method.name"])
+@pytest.mark.parametrize("method", list(methods.METHODS))
 def test_training_with_triton_kernels(tmp_path, method, capsys):
     """kernels.backend=triton runs the Triton kernels where an op has one (here in the CPU interpreter) and the
     reference elsewhere, and the run header says which backend each op uses."""
@@ -173,7 +173,7 @@ def test_bias_lr_ratio_and_accumulation(tmp_path):
 
     cfg = _cfg(tmp_path, "barlow", "optim.bias_lr_ratio=0.024", "optim.accumulate_steps=2")
     net = model_stage.build(cfg.model, predictor_required=False)
-    opt, _ = optim.build(cfg.optim, net, batch_size=16, total_steps=4, steps_per_epoch=4, ema_base=0.99,
+    opt, _ = optim.build(cfg.optim, net, config.resolve(cfg, world=1, steps_per_epoch=4), ema_base=0.99,
                          ema_schedule="cosine")
     optim.set_lr(opt, 0.5)
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.5 * 0.024]
@@ -194,7 +194,7 @@ def test_every_demo_recipe_trains(tmp_path, recipe):
     """Each method's own recipe (its projector, predictor, optimiser, EMA, augmentation) runs end to end, cut to
     two steps of a small batch."""
     cfg = config.load(recipe, [f"run.out_dir={tmp_path}", "run.steps=2", "data.batch_size=16", "evaluate.knn=false",
-                               "run.log_every=1", "run.progress=false"])
+                               "log.every=1", "log.progress=false"])
     metrics = train.main(cfg)
     assert torch.isfinite(torch.tensor(metrics["last_loss"]))
     assert len(DEMOS) == 11

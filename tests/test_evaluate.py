@@ -10,7 +10,7 @@ from fusedssl.engine import checkpoint, cli, config, data, evaluate, export, pro
 from fusedssl.engine.data import folder
 
 TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-        "model.projector=32-16", "evaluate.knn=false", "run.log_every=1", "run.progress=false"]
+        "model.projector=32-16", "evaluate.knn=false", "log.every=1", "log.progress=false"]
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +146,7 @@ def test_eval_commands_on_the_bundled_digits(tmp_path, capsys, monkeypatch):
 def test_random_init_eval_is_the_runs_own_baseline(tmp_path, capsys):
     """eval --random-init builds exactly the network train.py starts from: the same kNN accuracy."""
     over = [f"run.out_dir={tmp_path}", "run.name=r", "run.steps=1", "evaluate.knn=true", "data.source=digits",
-            "data.batch_size=64", "data.image_size=16", "model.projector=32-16", "run.progress=false"]
+            "data.batch_size=64", "data.image_size=16", "model.projector=32-16", "log.progress=false"]
     metrics = train.main(config.load(None, over))
     recipe = tmp_path / "r.yaml"
     recipe.write_text("{}\n")

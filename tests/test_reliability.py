@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from fusedssl.engine import checkpoint, config, dist, guard, methods, train
 
 TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-        "model.projector=32-16", "evaluate.knn=false", "run.log_every=1", "run.threads=1", "run.progress=false"]
+        "model.projector=32-16", "evaluate.knn=false", "log.every=1", "run.threads=1", "log.progress=false"]
 BYOL = ["method.name=byol", "model.predictor=32-16"]
 
 
@@ -175,13 +175,13 @@ def nan_at(monkeypatch):
 
 def test_nonfinite_stop_names_step_and_rank(tmp_path, nan_at):
     nan_at(3)
-    with pytest.raises(FloatingPointError, match=r"at or before step 3 on rank 0 .*method byol.*run.nonfinite=stop"):
+    with pytest.raises(FloatingPointError, match=r"at or before step 3 on rank 0 .*method byol.*guard.nonfinite=stop"):
         train.main(_cfg(tmp_path, "run.steps=6"))
 
 
 def test_nonfinite_skip_drops_only_that_step(tmp_path, nan_at):
     nan_at(3)
-    metrics = train.main(_cfg(tmp_path, "run.steps=6", "run.nonfinite=skip"))
+    metrics = train.main(_cfg(tmp_path, "run.steps=6", "guard.nonfinite=skip"))
     assert metrics["skipped_steps"] == 1 and torch.isfinite(torch.tensor(metrics["last_loss"]))
     state = checkpoint.load(tmp_path / "run" / "checkpoints" / "step_00000006.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -189,8 +189,8 @@ def test_nonfinite_skip_drops_only_that_step(tmp_path, nan_at):
 
 def test_nonfinite_rollback_reloads_and_lowers_the_lr(tmp_path, nan_at, capsys):
     nan_at(5)  # step 5: after the step-4 checkpoint, detected at the step-5 log point
-    metrics = train.main(_cfg(tmp_path, "run.steps=6", "run.nonfinite=rollback", "checkpoint.every_steps=2",
-                              "run.rollback_lr_factor=0.5"))
+    metrics = train.main(_cfg(tmp_path, "run.steps=6", "guard.nonfinite=rollback", "checkpoint.every_steps=2",
+                              "guard.rollback_lr_factor=0.5"))
     assert metrics["rollbacks"] == 1
     err = capsys.readouterr().err
     assert "rolled back to" in err and "(step 4)" in err, err
@@ -198,9 +198,9 @@ def test_nonfinite_rollback_reloads_and_lowers_the_lr(tmp_path, nan_at, capsys):
     assert final["lr_factor"] == 0.5
     assert all(torch.isfinite(v).all() for v in final["model"].values() if v.is_floating_point())
     lrs = [json.loads(x)["optim/lr"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    base = _cfg(tmp_path, "run.steps=6")
     assert lrs[-1] == pytest.approx(0.5 * train.optim.schedules(
-        _cfg(tmp_path).optim, peak_lr=0.05 * 16 / 256, total_steps=6, steps_per_epoch=4, ema_base=0.996,
-        ema_schedule="cosine").lr[5])
+        base.optim, config.resolve(base, world=1, steps_per_epoch=4), ema_base=0.996, ema_schedule="cosine").lr[5])
 
 
 def test_grad_flag_catches_nonfinite_gradients():
@@ -268,7 +268,7 @@ def test_a_dead_or_hung_rank_stops_the_others_with_its_name(tmp_path, mode):
     (["data.source=folder", "data.root=/nonexistent/imagenet"], r"data.root='/nonexistent/imagenet' is not a folder"),
     (["method.name=byol", "model.predictor="], r"needs a predictor"),
     (["optim.accumulate_steps=3"], r"optim.accumulate_steps"),
-    (["run.nonfinite=retry"], r"run.nonfinite='retry' is not one of"),
+    (["guard.nonfinite=retry"], r"guard.nonfinite='retry' is not one of"),
 ])
 def test_bad_configs_fail_at_start_naming_the_key(tmp_path, over, message):
     if "cuda" in " ".join(over) and torch.cuda.is_available():

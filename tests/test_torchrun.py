@@ -22,7 +22,7 @@ from fusedssl.engine.data import dali, folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.batch_size=16", "data.image_size=32", "model.projector=32-16", "evaluate.knn=false",
-         "run.log_every=1", "run.progress=false", "method.name=barlow", "dist.signal_check_every=4",
+         "log.every=1", "log.progress=false", "method.name=barlow", "dist.signal_check_every=4",
          "data.workers=2", "dist.timeout_s=60"]
 
 
