@@ -6,6 +6,7 @@ pipelines here (``device_id=None``); both of its graphs (the CPU one and the GPU
 
 import dataclasses
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -410,3 +411,65 @@ def test_loader_workers_survive_a_group_signal_but_not_their_trainer(tree):
     assert not any(w.is_alive() for w in workers), "the trainer could not terminate its data workers"
     stage.close()
 
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_loader_workers_end_when_their_trainer_is_killed(tree, loader):
+    """A trainer killed outright (SIGKILL, the OOM killer) cannot shut its workers down: they must notice and end, or
+    every kill of a long run leaves its workers (and the PIL loader's forkserver) running with their memory held."""
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import sys, time, torch
+from fusedssl.engine import config
+from fusedssl.engine import data
+cfg = config.load(None, ["data.source=folder", "data.root={tree}", "data.batch_size=6", "data.image_size={SIZE}",
+                         "data.loader={loader}", "data.workers=2", "data.read_workers=2"]).data
+stage = data.build(cfg, seed=5, rank=0, world=1, device=torch.device("cpu"), channels_last=True)
+stage.views(0)
+stage.views(1)
+print("ready", flush=True)
+time.sleep(600)
+"""
+    trainer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "ready"
+        kids = _descendants(trainer.pid)
+        assert kids, "the loader started no worker processes"
+    finally:
+        trainer.kill()
+        trainer.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in kids):
+        time.sleep(0.2)
+    left = [p for p in kids if _alive(p)]
+    for p in left:
+        os.kill(p, 9)
+    assert not left, f"{len(left)} of the {len(kids)} worker processes outlived their killed trainer"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), grandchildren included: forkserver workers are its grandchildren."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    out, frontier = [], [pid]
+    while frontier:
+        frontier = [c for c, p in parent.items() if p in frontier]
+        out += frontier
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -104,7 +104,12 @@ def guard_stop_signals(trainer: int, *_worker_id) -> None:
     training process's to handle, and are left to it. torchrun and SLURM signal the whole process group (or job step);
     a worker that died of that would crash the run before its preemption checkpoint. SIGTERM from the trainer itself
     (multiprocessing's shutdown of its daemonic workers) still ends the worker: a thread waits for the signals
-    (blocked everywhere else) and reads who sent them."""
+    (blocked everywhere else) and reads who sent them.
+
+    The worker also ends when the trainer dies without shutting it down (SIGKILL, OOM kill). A worker's parent is
+    the forkserver, not the trainer, so DataLoader's own parent check never fires; and the forkserver lives while any
+    worker holds its liveness pipe, so without this watch a killed trainer leaves its workers and server behind for
+    good, each holding a copy of the dataset state."""
     stop = {signal.SIGTERM, signal.SIGUSR1}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before any other thread starts: they inherit the mask
 
@@ -115,6 +120,29 @@ def guard_stop_signals(trainer: int, *_worker_id) -> None:
                 os._exit(0)
 
     threading.Thread(target=wait, name="fusedssl-signals", daemon=True).start()
+    threading.Thread(target=_exit_with, args=(trainer,), name="fusedssl-trainer-watch", daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    """End this process as soon as process ``pid`` has exited (a pidfd where the kernel has them, else a 1 s poll)."""
+    import select
+    import time
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):  # not Linux, or a kernel before 5.3
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+    select.select([fd], [], [])  # readable once the process has exited
+    os._exit(0)
 
 
 def loader(plan: Plan, start: int, *, workers: int, prefetch: int, pin_memory: bool):
