@@ -95,7 +95,8 @@ def _worker_context():
     import multiprocessing as mp
 
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__, "PIL.Image", "PIL.ImageEnhance", "PIL.ImageFilter", "PIL.ImageOps"])
+    ctx.set_forkserver_preload([__name__, f"{__package__}._forkserver", "PIL.Image", "PIL.ImageEnhance",
+                                "PIL.ImageFilter", "PIL.ImageOps"])
     return ctx
 
 
@@ -112,6 +113,8 @@ def guard_stop_signals(trainer: int, *_worker_id) -> None:
     good, each holding a copy of the dataset state."""
     stop = {signal.SIGTERM, signal.SIGUSR1}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before any other thread starts: they inherit the mask
+    for sig in stop:  # the server ignores them (_forkserver.py); here they are waited for instead
+        signal.signal(sig, signal.SIG_DFL)
 
     def wait() -> None:
         while True:
