@@ -167,8 +167,8 @@ def suite_scenarios() -> Iterator[Scenario]:
     """The Triton launches of the GPU record (bench/suite.py): its reduced verify grid and its kernel benchmarks, so
     a cache compiled from them (``--cache``) holds every specialisation the record needs."""
     import torch
-    from fusedssl.kernels import verify
 
+    from . import verify
     from .suite import RECORD_SHAPES
 
     def run_verify():

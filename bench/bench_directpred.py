@@ -3,7 +3,7 @@
 Providers: ``eager`` (kernels.predictor_weight backend "torch": torch.linalg.eigh, the reference), ``cuda-cold``
 (csrc/directpred.cu from the identity) and ``cuda-warm`` (from the previous update's eigenvectors, as
 engine/methods.py runs it). F^ follows training: F^ <- 0.3 F^ + 0.7 f'f / N with f = N rows of one fixed D-dimensional
-feature distribution, so consecutive F^ differ by batch noise. Issue #4's target: cuda-warm under 1 ms at D = 256 with
+feature distribution, so consecutive F^ differ by batch noise. The goal: cuda-warm under 1 ms at D = 256 with
 no host synchronisation (tests/test_directpred.py checks the latter with torch's sync debug mode). Also recorded: the
 Jacobi sweeps used (metric ``sweeps``). Rows go to bench/results/<device>/directpred.csv (harness.FIELDS; n = rows
 of f, d = D).

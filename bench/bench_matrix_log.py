@@ -14,9 +14,8 @@ import argparse
 
 import torch
 from fusedssl import kernels
-from fusedssl.kernels import _originals
 
-from . import harness
+from . import harness, originals
 
 GPU_GRID = [(1024, 2048), (1024, 512), (256, 2048), (4096, 1024)]
 CPU_GRID = [(256, 128), (256, 512), (128, 1024)]
@@ -27,7 +26,7 @@ def providers(device: torch.device) -> dict:
         return lambda o1, o2, t1, t2: kernels.matrix_ssl_loss(o1, o2, t1, t2, exact=exact, backend=backend,
                                                               check_finite=False)
 
-    out = {"original": lambda o1, o2, t1, t2: _originals.matrix_ssl(o1, o2, t1, t2), "eager": loss("torch"),
+    out = {"original": lambda o1, o2, t1, t2: originals.matrix_ssl(o1, o2, t1, t2), "eager": loss("torch"),
            "compile": torch.compile(loss("torch"))}
     if device.type == "cuda":
         out["triton"] = loss("triton")

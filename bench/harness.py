@@ -103,3 +103,33 @@ def finish(out: str | Path, stamp: dict, name: str, rows: list[dict], notes: lis
         print("note:", note)
     print(f"wrote {len(rows)} rows to {path}")
     return path
+
+
+# ------------------------------------------------------------------------------------ tiny runs (tests, soak runs)
+
+# The smallest recipe that runs every training stage in seconds on a CPU; the tests and the soak runs train it and add
+# what they vary.
+TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
+        "model.projector=32-16", "evaluate.knn=false", "log.every=1", "log.progress=false"]
+
+
+def tiny(method: str = "barlow", *extra: str) -> list[str]:
+    """TINY for ``method``, with the predictor head it needs (read from the method registry: a hidden layer for
+    BYOL-like heads, DirectPred's linear 16 x 16 map without bias), then ``extra``."""
+    from fusedssl.engine import methods
+
+    cls = methods.METHODS[method]
+    head = []
+    if cls.predictor:
+        head = (["model.predictor=16", "model.predictor_bias=false"] if issubclass(cls, methods.DirectPred)
+                else ["model.predictor=32-16"])
+    return [*TINY, f"method.name={method}", *head, *extra]
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (for a rendezvous of local processes)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -74,7 +74,7 @@ def ceilings(device: torch.device, quick: bool) -> list[dict]:
 
 
 def verify_rows(device: torch.device, quick: bool, folder: Path) -> int:
-    from fusedssl.kernels import verify
+    from . import verify
 
     if quick:
         kw = {"cases": ["col_normalize", "vicreg_covariance", "lars_step_"], "dtypes": ("float32",),

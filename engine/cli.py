@@ -7,6 +7,26 @@ import sys
 
 from . import config
 
+# ``fusedssl bench NAME``: the module of fusedssl.bench that runs it, and whether it runs Triton kernels (which need
+# the interpreter set up before fusedssl.kernels is imported, on a machine without a GPU)
+BENCHES = {"all": ("suite", True), "render": ("render", False), "aot": ("aot", False),
+           "kernels": ("bench_covariance", False), "matrix_log": ("bench_matrix_log", False),
+           "directpred": ("bench_directpred", False), "step": ("bench_step", False), "data": ("bench_data", False),
+           "quality": ("bench_quality", False), "lars": ("bench_lars", False)}
+
+
+def _bench(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHES:
+        got = f"unknown benchmark {argv[0]!r}" if argv else "no benchmark named"
+        print(f"fusedssl bench: {got}; choose one of {', '.join(BENCHES)} (each with --help)", file=sys.stderr)
+        return 2
+    import importlib
+
+    module, triton = BENCHES[argv[0]]
+    if triton:
+        _interpret_triton_without_gpu(f"fusedssl bench {argv[0]}")
+    return importlib.import_module(f"fusedssl.bench.{module}").main(argv[1:])
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fusedssl", description="Self-supervised pretraining with fused objectives")
@@ -16,67 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="override one config value, e.g. --set optim.base_lr=0.3 (repeatable)")
     tr.add_argument("--resume", default=None, help="'auto' (newest valid checkpoint of the run) or a path")
-    sub.add_parser("verify", help="check every kernel against the float64 reference (fusedssl verify --help)",
-                   add_help=False)
+    commands = {"eval": ("evaluate a checkpoint: fusedssl eval knn|linear CHECKPOINT | fusedssl eval plot RUNS "
+                         "[--help]", _eval),
+                "export": ("write a checkpoint as torchvision weights: fusedssl export CHECKPOINT OUT [--help]",
+                           _export),
+                "verify": ("check every kernel against the float64 reference (fusedssl verify --help)", _verify),
+                "data": ("datasets: fusedssl data check ROOT | fusedssl data sample OUT [--help]", _data),
+                "bench": (f"benchmarks: fusedssl bench {'|'.join(BENCHES)} [--help]", _bench)}
+    for name, (what, _) in commands.items():
+        sub.add_parser(name, help=what, add_help=False)  # each parses its own arguments
     if argv is None:
         argv = sys.argv[1:]
-    sub.add_parser("bench", add_help=False, help="benchmarks: fusedssl bench "
-                   "all|render|aot|kernels|matrix_log|directpred|step|data|quality|lars")
-    sub.add_parser("data", help="datasets: fusedssl data check ROOT | fusedssl data sample OUT [--help]",
-                   add_help=False)
-    sub.add_parser("eval", help="evaluate a checkpoint: fusedssl eval knn|linear CHECKPOINT | fusedssl eval plot RUNS "
-                                "[--help]", add_help=False)
-    sub.add_parser("export", help="write a checkpoint as torchvision weights: fusedssl export CHECKPOINT OUT [--help]",
-                   add_help=False)
-    if argv[:1] == ["eval"]:
-        return _eval(argv[1:])
-    if argv[:1] == ["export"]:
-        return _export(argv[1:])
-    if argv[:1] == ["verify"]:
-        return _verify(argv[1:])
-    if argv[:1] == ["data"]:
-        return _data(argv[1:])
-    if argv[:2] == ["bench", "data"]:
-        from fusedssl.bench import bench_data
-
-        return bench_data.main(argv[2:])
-    if argv[:2] == ["bench", "kernels"]:
-        from fusedssl.bench import bench_covariance
-
-        return bench_covariance.main(argv[2:])
-    if argv[:2] == ["bench", "all"]:
-        _interpret_triton_without_gpu("fusedssl bench all")
-        from fusedssl.bench import suite
-
-        return suite.main(argv[2:])
-    if argv[:2] == ["bench", "render"]:
-        from fusedssl.bench import render
-
-        return render.main(argv[2:])
-    if argv[:2] == ["bench", "lars"]:
-        from fusedssl.bench import bench_lars
-
-        return bench_lars.main(argv[2:])
-    if argv[:2] == ["bench", "directpred"]:
-        from fusedssl.bench import bench_directpred
-
-        return bench_directpred.main(argv[2:])
-    if argv[:2] == ["bench", "quality"]:
-        from fusedssl.bench import bench_quality
-
-        return bench_quality.main(argv[2:])
-    if argv[:2] == ["bench", "step"]:
-        from fusedssl.bench import bench_step
-
-        return bench_step.main(argv[2:])
-    if argv[:2] == ["bench", "aot"]:
-        from fusedssl.bench import aot
-
-        return aot.main(argv[2:])
-    if argv[:2] == ["bench", "matrix_log"]:
-        from fusedssl.bench import bench_matrix_log
-
-        return bench_matrix_log.main(argv[2:])
+    if argv[:1] and argv[0] in commands:
+        return commands[argv[0]][1](argv[1:])
     args = parser.parse_args(argv)
 
     overrides = list(args.overrides)
@@ -273,7 +245,7 @@ def _interpret_triton_without_gpu(who: str) -> None:
 
 def _verify(argv: list[str]) -> int:
     _interpret_triton_without_gpu("fusedssl verify")
-    from fusedssl.kernels import verify
+    from fusedssl.bench import verify
 
     return verify.main(argv)
 

@@ -159,7 +159,7 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x / world_size()
 
 
-# ------------------------------------------------------------------------------------ fault reports (issue #8)
+# ------------------------------------------------------------------------------------ fault reports
 
 _HEARTBEAT = "fusedssl/last_step/"
 

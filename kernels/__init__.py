@@ -41,7 +41,7 @@ from .matrix_log import (
     mce_uniformity,
     trace_logm,
 )
-from .normalize import col_normalize, row_normalize
+from .normalize import COL_MODES, col_normalize, row_normalize
 from .photometric import (
     LUMA,
     TO_YIQ,
@@ -64,7 +64,7 @@ __all__ = [
     "nt_xent_loss", "nt_xent_loss_ref",
     "byol_loss", "byol_loss_ref", "simsiam_loss", "simsiam_loss_ref",
     "correlation_ema", "predictor_weight",
-    "col_normalize", "row_normalize",
+    "col_normalize", "row_normalize", "COL_MODES",
     "lars_step_", "ema_",
     "photometric_augment", "photometric_augment_ref", "PhotoParams", "photo_params", "colour_matrix", "gaussian_taps",
     "why_no_photometric_kernel", "LUMA", "TO_YIQ",

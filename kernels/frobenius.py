@@ -18,7 +18,6 @@ and target 0 (its forward returns ||K||^2/2 and writes G = K; its hand-written b
 N x N side the kernel reads Z^' through the strides. The column normalisation is normalize.py's Triton kernel; the
 O(ND) invariance term stays in torch.
 CUDA C++ (backend "cuda"): the same identity through csrc/covariance.cu's epilogue after a cuBLAS GEMM.
-Measured speedup: none yet (no GPU run).
 
 Distributed semantics: per GPU (the loss of the local batch; DDP averages, so the gradient is that of the mean of the
 per-GPU losses: the per-GPU batch is part of the recipe). engine/methods.py can gather instead (``gather: true``).

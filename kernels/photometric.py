@@ -147,16 +147,3 @@ def photo_params(bright, contrast, saturation, hue, gray, blur, sigma, solarize)
         matrix=torch.from_numpy(colour_matrix(np.where(gray, 0.0, saturation), hue)),
         colour=torch.from_numpy(colour.astype(np.uint8)), taps=torch.from_numpy(taps),
         radius=torch.from_numpy(radius), solarize=torch.from_numpy(np.asarray(solarize, np.uint8)))
-
-
-def random_photo_params(gen: torch.Generator, n: int, max_sigma: float = 3.0, p: float = 0.5) -> PhotoParams:
-    """Random parameters over the whole domain (verify and the tests): jitter factors in [0.3, 1.9] (brightness past
-    the clamp), any hue, grayscale, blur up to ``max_sigma`` (windows wider than the image where it is larger than a
-    sixth of it) and solarisation each with probability ``p``."""
-    def u(lo: float, hi: float) -> np.ndarray:
-        return (torch.rand(n, generator=gen, dtype=torch.float64) * (hi - lo) + lo).numpy()
-
-    jitter = u(0, 1) < 0.8
-    f = [np.where(jitter, u(0.3, 1.9), 1.0) for _ in range(3)]
-    return photo_params(f[0], f[1], f[2], np.where(jitter, u(-0.5, 0.5), 0.0), u(0, 1) < p, u(0, 1) < p,
-                        u(0.1, max_sigma), u(0, 1) < p)

@@ -14,12 +14,30 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-from fusedssl.kernels.verify import FLOORS  # noqa: E402, F401 - the one floor table, shared with `fusedssl verify`
+from fusedssl.bench.harness import TINY, free_port, tiny  # noqa: E402, F401 - shared with the soak runs
+from fusedssl.bench.verify import FLOORS  # noqa: E402, F401 - the one floor table, shared with `fusedssl verify`
 
 # FLOAT64 is the tolerance of float64-vs-float64 identity tests (different but exact formulations agree to rounding).
 FLOAT64 = 1e-10
 # Central finite differences in float64 (h = 1e-5) against an analytic gradient.
 FINITE_DIFF = 1e-6
+# float32 against float32 of the same function by another route (an exported network, a folded head, another order
+# of the same sums): reassociation noise, about sqrt(terms) x 6e-8 at unit scale, so 1e-5 leaves 10x room over the
+# 512-wide layers tested; a wrong weight or a missed normalisation is O(1).
+FLOAT32_REROUTE = 1e-5
+# float32 arithmetic against a float64 reference of a well-conditioned op, relative to the output's scale: the float32
+# floor of the verify table.
+FLOAT32_VS_FLOAT64 = FLOORS[torch.float32]
+# One DDP step against one process on the same global batch, relative to the size of the update: float32
+# reduction-order noise measured at 4.5e-5 of the update (one process, 1 vs 2 threads); a wrong gradient scale,
+# per-rank BatchNorm statistics or other augmentations are of the order of the update itself.
+DDP_FP32 = 1e-3
+# The float32 Jacobi eigensolver (csrc/directpred.cu) against float64 eigh, relative to max |F|: it stops when the
+# off-diagonal falls under JACOBI_TOL = 1e-5 of the scale, which bounds the residual F V - V diag(s) to about that
+# (3e-5 with float32 accumulation over n = 256) and the eigenvalues to second order in it (2e-5 with the rounding of
+# the diagonal); V'V drifts by about eps per rotation applied to a column, 30 sweeps x 256 columns x 6e-8 = 4.6e-4;
+# the spectral map of already-close eigenvalues is evaluated in float32 (1e-6).
+EIGH_FP32 = {"eigenvalues": 2e-5, "residual": 3e-5, "orthogonality": 5e-4, "spectral map": 1e-6}
 
 
 def pytest_configure(config):
@@ -50,6 +68,13 @@ def _fresh_seed(request):
     yield
 
 
+def tiny_cfg(out_dir, method: str = "barlow", *extra: str, name: str | None = None):
+    """The TINY recipe for ``method`` writing to ``out_dir``/``name`` (default: the method's name), then ``extra``."""
+    from fusedssl.engine import config
+
+    return config.load(None, tiny(method, f"run.out_dir={out_dir}", f"run.name={name or method}", *extra))
+
+
 def randn(*shape, dtype=torch.float64, requires_grad=False):
     return torch.randn(*shape, dtype=dtype).requires_grad_(requires_grad)
 
@@ -66,7 +91,7 @@ def assert_close(a, b, tol=FLOAT64, what=""):
 def check_triton_case(case, dtype, device, layouts=("contiguous", "strided")):
     """The three-way rule of `fusedssl verify` for one case over the device's shape grid (full shapes on a GPU,
     interpreter-sized on CPU): value and every input gradient."""
-    from fusedssl.kernels import verify
+    from fusedssl.bench import verify
 
     gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
     shapes = verify.FULL_SHAPES if device.type == "cuda" else verify.SMALL_SHAPES

@@ -8,17 +8,14 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import tiny, tiny_cfg
 from fusedssl.engine import checkpoint, cli, config, guard, train
 from fusedssl.engine.data import fallback, folder
 from PIL import Image
 
-TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-        "model.projector=32-16", "evaluate.knn=false", "log.every=1", "log.progress=false", "run.steps=2",
-        "method.name=barlow"]
-
 
 def _cfg(tmp_path, *extra):
-    return config.load(None, [*TINY, f"run.out_dir={tmp_path}", "run.name=run", *extra])
+    return tiny_cfg(tmp_path, "barlow", "run.steps=2", *extra, name="run")
 
 
 # ---------------------------------------------------------------------------------------------------- recipes
@@ -108,7 +105,7 @@ def test_an_unusable_output_folder_is_named_before_any_work(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.raises(config.ConfigError, match=r"cannot create or write the run folder .*a_file/run"):
-        train.main(config.load(None, [*TINY, f"run.out_dir={blocker}", "run.name=run"]))
+        train.main(config.load(None, tiny("barlow", "run.steps=2", f"run.out_dir={blocker}", "run.name=run")))
 
 
 def test_two_runs_on_one_folder_are_refused(tmp_path):

@@ -6,16 +6,13 @@ GPU: every tensor must land on it."""
 
 import pytest
 import torch
+from conftest import tiny
 from fusedssl.engine import checkpoint, config, dist, train
 
-TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-        "model.projector=32-16", "evaluate.knn=false", "log.progress=false", "evaluate.online_probe=true",
-        "run.channels_last=false"]
-CASES = {
-    "byol+lars": ["method.name=byol", "model.predictor=32-16", "optim.name=lars"],
-    "directpred+sgd": ["method.name=directpred", "model.predictor=16", "model.predictor_bias=false", "optim.name=sgd"],
-    "barlow+adamw": ["method.name=barlow", "optim.name=adamw"],
-}
+RUN = ["evaluate.online_probe=true", "run.channels_last=false"]
+CASES = {"byol+lars": tiny("byol", *RUN, "optim.name=lars"),
+         "directpred+sgd": tiny("directpred", *RUN, "optim.name=sgd"),
+         "barlow+adamw": tiny("barlow", *RUN, "optim.name=adamw")}
 
 
 def _tensors(obj, where=""):
@@ -31,7 +28,7 @@ def _tensors(obj, where=""):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_restore_puts_every_tensor_on_the_run_device(tmp_path, case):
-    cfg = config.load(None, [*TINY, *CASES[case], f"run.out_dir={tmp_path}"])
+    cfg = config.load(None, [*CASES[case], f"run.out_dir={tmp_path}"])
     info = dist.DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
     torch.manual_seed(0)
     st = train.build_stages(cfg, info)
@@ -65,7 +62,7 @@ def test_directpred_resumes_onto_the_gpu_and_steps(tmp_path):
     """The review's crash: F^ and its eigenbasis came back on the CPU and the first step after a resume mixed devices.
     Train on the GPU, checkpoint, restore into fresh GPU stages, take a step (reference and cuda eigensolvers)."""
     for backend in ("torch", "cuda"):
-        cfg = config.load(None, [*TINY, *CASES["directpred+sgd"], f"run.out_dir={tmp_path}", "run.device=cuda",
+        cfg = config.load(None, [*CASES["directpred+sgd"], f"run.out_dir={tmp_path}", "run.device=cuda",
                                  f"kernels.backend={backend}" if backend == "cuda" else "kernels.backend=auto"])
         info = dist.DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cuda"))
         st = train.build_stages(cfg, info)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import assert_close, randn
 from fusedssl import kernels
-from fusedssl.kernels import _originals as originals
+from fusedssl.bench import originals
 
 
 @pytest.mark.parametrize("n,d,tau", [(2, 3, 0.5), (9, 4, 0.1), (5, 16, 0.2)])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import FLOORS, assert_close, check_triton_case, randn
 from fusedssl import kernels
-from fusedssl.kernels import _originals as originals
+from fusedssl.bench import originals
 from fusedssl.kernels.covariance import frob2_cross
 
 SHAPES = [(2, 3), (16, 7), (7, 16), (33, 33), (5, 40)]  # N > D, N < D (Gram side), N = D, N = 2
@@ -119,9 +119,9 @@ def test_half_precision_inputs_compute_in_float32():
     assert_close(out, ref, tol=FLOORS[torch.bfloat16], what="bf16 inputs")
 
 
-# ------------------------------------------------------------------------------------------- Triton kernel (issue #3)
+# -------------------------------------------------------------------------------------------------------- Triton kernel
 
-from fusedssl.kernels import verify  # noqa: E402
+from fusedssl.bench import verify  # noqa: E402
 from fusedssl.kernels.covariance import _cov_loss_bwd_op, _cov_loss_op, cov_loss  # noqa: E402
 
 TRITON_CASES = [c for c in verify.CASES if c.op in ("barlow_twins_loss", "vicreg_covariance")]  # this family

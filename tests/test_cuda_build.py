@@ -1,4 +1,4 @@
-"""The CUDA C++ extension (csrc/, issue #4): built by setup.py where nvcc and a CUDA torch exist (CI's machine has
+"""The CUDA C++ extension (csrc/): built by setup.py where nvcc and a CUDA torch exist (CI's machine has
 both, no GPU: compile and import only), torch-free kernel files, argument checks that name the tensor."""
 
 import os

@@ -8,13 +8,12 @@ per GPU: its reference is the mean of the per-half losses (its own definition); 
 
 import dataclasses
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import assert_close
+from conftest import assert_close, free_port
 from fusedssl.engine import config, methods
 from fusedssl.engine.methods import Outputs
 
@@ -57,7 +56,6 @@ def _inputs(case):
 def _run(case, model, x, teacher):
     """Loss, parameter gradients and method state for views x (2, n, D_IN) through ``model``."""
     method = _method(case)
-    n = x.shape[1]
     z, p = model(torch.cat([x[0], x[1]]))
     t = (torch.cat([x[0], x[1]]) @ teacher).chunk(2)
     loss, _ = method(Outputs(z=list(z.chunk(2)), p=list(p.chunk(2)) if p is not None else None, t=list(t)))
@@ -65,7 +63,6 @@ def _run(case, model, x, teacher):
     mod = model.module if hasattr(model, "module") else model
     grads = {k: v.grad.detach().clone() for k, v in mod.named_parameters()}
     state = {k: v.clone() for k, v in method.state_dict().items() if v is not None}
-    assert n > 0
     return float(loss.detach()), grads, state
 
 
@@ -86,16 +83,11 @@ def _worker(rank, world, port, out_dir):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 

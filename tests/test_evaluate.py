@@ -1,16 +1,14 @@
-"""Evaluation (issue #7): kNN, linear probe, online probe, feature cache, export round trip, bad input, plots."""
+"""Evaluation: kNN, linear probe, online probe, feature cache, export round trip, bad input, plots."""
 
 import json
 
 import pytest
 import torch
 import torchvision
+from conftest import FLOAT32_REROUTE, tiny, tiny_cfg
 from fusedssl.bench import bench_quality
 from fusedssl.engine import checkpoint, cli, config, data, evaluate, export, probe, train
 from fusedssl.engine.data import folder
-
-TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-        "model.projector=32-16", "evaluate.knn=false", "log.every=1", "log.progress=false"]
 
 
 @pytest.fixture(autouse=True)
@@ -26,10 +24,7 @@ def few_digits(monkeypatch):
 
 
 def _train(tmp_path, method="barlow", *extra, name=None):
-    over = [*TINY, f"method.name={method}", f"run.out_dir={tmp_path}", f"run.name={name or method}", "run.steps=2"]
-    if method == "byol":
-        over.append("model.predictor=32-16")
-    train.main(config.load(None, [*over, *extra]))
+    train.main(tiny_cfg(tmp_path, method, "run.steps=2", *extra, name=name))
     return tmp_path / (name or method) / "checkpoints" / "step_00000002.pt"
 
 
@@ -104,7 +99,7 @@ def test_training_with_the_online_probe_logs_and_resumes(tmp_path):
     ck = tmp_path / "b" / "byol" / "checkpoints"
     (ck / "step_00000004.pt").unlink()
     (ck / "step_00000004.sha256").unlink()
-    train.main(config.load(None, [*TINY, "method.name=byol", "model.predictor=32-16", f"run.out_dir={tmp_path / 'b'}",
+    train.main(config.load(None, [*tiny("byol"), f"run.out_dir={tmp_path / 'b'}",
                                   "run.name=byol", *over, "checkpoint.resume=auto"]))
     pa = checkpoint.load(tmp_path / "a" / "byol" / "checkpoints" / "step_00000004.pt")["probe"]
     pb = checkpoint.load(ck / "step_00000004.pt")["probe"]
@@ -112,7 +107,7 @@ def test_training_with_the_online_probe_logs_and_resumes(tmp_path):
         assert torch.equal(pa["head"][k], pb["head"][k]), k
     # a checkpoint without the probe cannot resume a run that has one (the probe state would be made up)
     with pytest.raises(config.ConfigError, match="without the online probe"):
-        train.main(config.load(None, [*TINY, "method.name=barlow", f"run.out_dir={tmp_path}", "run.name=c",
+        train.main(config.load(None, [*tiny("barlow"), f"run.out_dir={tmp_path}", "run.name=c",
                                       "run.steps=4", f"checkpoint.resume={_train(tmp_path, name='c')}", *over]))
 
 
@@ -188,7 +183,7 @@ def test_export_round_trips_through_torchvision(tmp_path):
         m = torchvision.models.resnet18()
         m.fc = torch.nn.Identity()
         m.load_state_dict(torch.load(out / "backbone.pt"), strict=True)
-        assert torch.allclose(m.eval()(x), ref, atol=1e-5)
+        assert torch.allclose(m.eval()(x), ref, atol=FLOAT32_REROUTE)
         cls = torchvision.models.resnet18(num_classes=10)  # the probe as fc: a plain torchvision classifier
         cls.load_state_dict(torch.load(out / "classifier.pt"), strict=True)
         h = torch.load(ck.with_suffix(".linear_head.pt"))
@@ -200,14 +195,14 @@ def test_export_round_trips_through_torchvision(tmp_path):
     assert meta["architecture"] == "resnet18" and meta["num_classes"] == 10 and meta["feature_dim"] == 512
     assert (out / "predictor.pt").exists() and json.loads((out / "config.json").read_text())["method"]["name"] == "byol"
     assert "evaluation" in json.loads((out / "metrics.json").read_text())
-    assert torch.allclose(export.torchvision_model(out)(x), ref, atol=1e-5)
+    assert torch.allclose(export.torchvision_model(out)(x), ref, atol=FLOAT32_REROUTE)
     # the EMA teacher's backbone, and a non-default stem through the helper
     assert cli.main(["export", str(ck), str(tmp_path / "t"), "--weights", "teacher"]) == 0
     ck2 = _train(tmp_path, "barlow", "model.stem=cifar", name="cifar")
     export.export(ck2, tmp_path / "c")
     with torch.no_grad():
         ref2 = evaluate.load_network(ck2).model.backbone.eval()(x)
-        assert torch.allclose(export.torchvision_model(tmp_path / "c")(x), ref2, atol=1e-5)
+        assert torch.allclose(export.torchvision_model(tmp_path / "c")(x), ref2, atol=FLOAT32_REROUTE)
 
 
 def test_bad_checkpoints_and_heads_are_named(tmp_path, capsys):

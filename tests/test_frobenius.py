@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import assert_close, check_triton_case, randn
 from fusedssl import kernels
-from fusedssl.kernels import _originals as originals
+from fusedssl.bench import originals
 
 
 @pytest.mark.parametrize("n,d,v", [(12, 5, 2), (5, 12, 2), (9, 9, 3), (4, 20, 4)])
@@ -63,9 +63,9 @@ def test_constant_makes_value_minus_entropy():
     assert_close(loss, 2 * -math.log(d), what="max entropy")
 
 
-# ------------------------------------------------------------------------------------------- Triton (issue #3)
+# --------------------------------------------------------------------------------------------------------------- Triton
 
-from fusedssl.kernels import verify  # noqa: E402
+from fusedssl.bench import verify  # noqa: E402
 
 
 @pytest.mark.parametrize("case", [c for c in verify.CASES if c.op in ("frossl_loss", "log_frobenius")],

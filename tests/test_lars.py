@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import assert_close
 from fusedssl import kernels
-from fusedssl.kernels import verify
+from fusedssl.bench import verify
 
 
 def _definition(p, g, b, lr, m, wd, eta, adapt):

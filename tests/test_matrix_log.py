@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import FINITE_DIFF, assert_close, check_triton_case, randn
 from fusedssl import kernels
-from fusedssl.kernels import _originals as originals
+from fusedssl.bench import originals
 from fusedssl.kernels.matrix_log import _alignment, _prep, _uniformity, trace_powers
 
 
@@ -155,9 +155,9 @@ def test_teacher_gets_no_gradient():
     assert t1.grad is None and t2.grad is None and o1.grad is not None
 
 
-# ------------------------------------------------------------------------------------------- Triton (issue #3)
+# --------------------------------------------------------------------------------------------------------------- Triton
 
-from fusedssl.kernels import verify  # noqa: E402
+from fusedssl.bench import verify  # noqa: E402
 
 
 @pytest.mark.parametrize("case", [c for c in verify.CASES if c.op == "matrix_ssl_loss"], ids=lambda c: c.name)

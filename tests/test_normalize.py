@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_close, check_triton_case, randn
 from fusedssl import kernels
-from fusedssl.kernels import verify
+from fusedssl.bench import verify
 from fusedssl.kernels.normalize import col_normalize_ref, row_normalize_ref
 
 

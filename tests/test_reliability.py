@@ -1,11 +1,10 @@
-"""Long-run reliability (issue #8): preemption signals, SIGKILL + exact resume, non-finite policies, full disk,
+"""Long-run reliability: preemption signals, SIGKILL + exact resume, non-finite policies, full disk,
 distributed faults and start-up checks of bad configs. Each test fails without the behaviour it names."""
 
 import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,12 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import TINY, free_port, tiny
 from fusedssl.engine import checkpoint, config, dist, guard, methods, train
-
-TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-        "model.projector=32-16", "evaluate.knn=false", "log.every=1", "run.threads=1", "log.progress=false"]
-BYOL = ["method.name=byol", "model.predictor=32-16"]
 
 
 def _over(tmp_path, *extra, name="run"):
-    return [*TINY, *BYOL, f"run.out_dir={tmp_path}", f"run.name={name}", *extra]
+    return tiny("byol", "run.threads=1", f"run.out_dir={tmp_path}", f"run.name={name}", *extra)
 
 
 def _cfg(tmp_path, *extra, name="run"):
@@ -214,11 +210,6 @@ def test_grad_flag_catches_nonfinite_gradients():
 # -------------------------------------------------------------------------------------------- distributed faults
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _fault_worker(rank, world, port, out, mode):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
@@ -246,7 +237,7 @@ def _fault_worker(rank, world, port, out, mode):
 
 @pytest.mark.parametrize("mode", ["die", "hang"])
 def test_a_dead_or_hung_rank_stops_the_others_with_its_name(tmp_path, mode):
-    ctx = mp.start_processes(_fault_worker, args=(2, _free_port(), str(tmp_path), mode), nprocs=2, join=False,
+    ctx = mp.start_processes(_fault_worker, args=(2, free_port(), str(tmp_path), mode), nprocs=2, join=False,
                              start_method="spawn")
     assert _wait_for(lambda: (tmp_path / "rank0.txt").is_file(), timeout=90), "rank 0 hung"
     for p in ctx.processes:
@@ -331,7 +322,7 @@ def test_ranks_agree_on_the_checkpoint_and_the_index_or_refuse_naming_them(tmp_p
     """Node-local run folders and data: rank 0 decides the checkpoint; a rank that cannot read rank 0's choice stops
     with the folder named (it used to start at step 0 while rank 0 resumed, then hang at the first collective), and
     ranks whose indexes list different files are refused instead of drawing different global batches."""
-    mp.start_processes(_agree_worker, args=(2, _free_port(), str(tmp_path), None), nprocs=2, join=True,
+    mp.start_processes(_agree_worker, args=(2, free_port(), str(tmp_path), None), nprocs=2, join=True,
                        start_method="spawn")
     r0, r1 = ((tmp_path / f"rank{r}.txt").read_text().splitlines() for r in (0, 1))
     assert r0[0] == "resumed 4"

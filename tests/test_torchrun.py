@@ -10,13 +10,13 @@ its checkpoint, checked here with a stand-in ``scontrol``.
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from fusedssl.engine import checkpoint, guard
 from fusedssl.engine.data import dali, folder
 
@@ -25,11 +25,6 @@ SMALL = ["data.batch_size=16", "data.image_size=32", "model.projector=32-16", "e
          "log.every=1", "log.progress=false", "method.name=barlow", "dist.signal_check_every=4",
          "data.workers=2", "dist.timeout_s=60"]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +50,7 @@ def _recipe(out: Path) -> Path:
 
 def _torchrun(out: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-            str(_free_port()), "-m", "fusedssl.engine.cli"]
+            str(free_port()), "-m", "fusedssl.engine.cli"]
 
 
 def _processes_mentioning(text: str) -> list[int]:

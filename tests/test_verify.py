@@ -3,8 +3,8 @@
 import pytest
 import torch
 from fusedssl import kernels
+from fusedssl.bench import verify
 from fusedssl.engine import cli
-from fusedssl.kernels import verify
 
 
 def test_cli_runs_and_passes(capsys):

@@ -92,7 +92,7 @@ def choose_photometric(cfg, dali_device: str, device: torch.device) -> str:
 class FileViews:
     """Step-addressed views of a checked file dataset for this rank (see the module note)."""
 
-    train = None  # the kNN monitor needs an in-memory labelled split; file datasets are evaluated by issue #7's eval
+    train = None  # the kNN monitor needs an in-memory labelled split; file datasets are evaluated by fusedssl eval
     test = None
 
     def __init__(self, plan: Plan, loader: str, device: torch.device, channels_last: bool, mean, std, *,

@@ -18,18 +18,33 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-
-from . import _backend
-from .contrastive import nt_xent_loss
-from .cosine import byol_loss, simsiam_loss
-from .covariance import barlow_twins_loss, vicreg_covariance, vicreg_loss
-from .directpred import predictor_weight
-from .frobenius import frossl_loss, log_frobenius
-from .lars import ema_, lars_step_
-from .matrix_log import kernel_ssl_loss, matrix_ssl_loss
-from .normalize import COL_MODES, col_normalize, row_normalize
-from .photometric import photometric_augment, photometric_augment_ref, random_photo_params, why_no_photometric_kernel
+from fusedssl.kernels import (
+    COL_MODES,
+    BackendUnavailable,
+    available,
+    barlow_twins_loss,
+    byol_loss,
+    col_normalize,
+    ema_,
+    frossl_loss,
+    kernel_ssl_loss,
+    lars_step_,
+    log_frobenius,
+    matrix_ssl_loss,
+    nt_xent_loss,
+    photo_params,
+    photometric_augment,
+    photometric_augment_ref,
+    predictor_weight,
+    resolve_all,
+    row_normalize,
+    simsiam_loss,
+    vicreg_covariance,
+    vicreg_loss,
+    why_no_photometric_kernel,
+)
 
 # The one table of tolerance floors (relative, see above); tests/conftest.py imports it.
 FLOORS = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 1e-4}
@@ -37,6 +52,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 KERNEL_BACKENDS = ("triton", "cuda")
 SMALL_SHAPES = [(2, 7), (33, 50), (97, 128), (40, 160), (256, 64)]   # interpreter-sized; N < D and N > D
 FULL_SHAPES = [(n, d) for n in (2, 97, 256, 1025) for d in (7, 128, 1000, 2048)]
+
+
+def random_photo_params(gen: torch.Generator, n: int, max_sigma: float = 3.0, p: float = 0.5):
+    """Random photometric parameters over the whole domain (verify and the tests): jitter factors in [0.3, 1.9]
+    (brightness past the clamp), any hue, grayscale, blur up to ``max_sigma`` (windows wider than the image where it
+    is larger than a sixth of it) and solarisation each with probability ``p``."""
+    def u(lo: float, hi: float) -> np.ndarray:
+        return (torch.rand(n, generator=gen, dtype=torch.float64) * (hi - lo) + lo).numpy()
+
+    jitter = u(0, 1) < 0.8
+    f = [np.where(jitter, u(0.3, 1.9), 1.0) for _ in range(3)]
+    return photo_params(f[0], f[1], f[2], np.where(jitter, u(-0.5, 0.5), 0.0), u(0, 1) < p, u(0, 1) < p,
+                        u(0.1, max_sigma), u(0, 1) < p)
 
 
 @dataclass(frozen=True)
@@ -227,12 +255,12 @@ def check_photometric(n: int, h: int, w: int, gen: torch.Generator) -> Row:
 
 def _runnable(op: str, name: str, backend: str, device: torch.device, skipped: list[str]) -> bool:
     """Whether ``backend`` can run ``op`` here; if not, the reason goes to ``skipped``."""
-    if backend not in _backend.available(op):
+    if backend not in available(op):
         skipped.append(f"{name}: no {backend} kernel in this version")
         return False
     try:
-        _backend.resolve(op, backend, device)
-    except _backend.BackendUnavailable as e:
+        resolve_all((op,), backend, device)
+    except BackendUnavailable as e:
         skipped.append(f"{name}: {e}")
         return False
     return True
