@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import logging
 import os
 import random
@@ -64,24 +63,42 @@ def save(folder: str | Path, step: int, state: dict, keep: int) -> Path:
         previous = sorted(p for p in folder.glob("step_*.pt") if p != final)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "there is no earlier checkpoint"
         raise OSError(e.errno, f"could not write checkpoint {final} ({e.strerror or e}); {kept}") from e
-    for old in sorted(folder.glob("step_*.pt"))[:-keep]:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".sha256").unlink(missing_ok=True)
+    _prune(folder, keep)
     return final
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints and their checksums. Also removed: what a process killed mid-save or
+    mid-prune left (a partial step_*.pt.tmp, a checksum whose checkpoint is gone), which nothing else would ever
+    delete; a killed save of a large model leaves gigabytes."""
+    kept = {p.stem for p in sorted(folder.glob("step_*.pt"))[-keep:]}
+    for old in [*folder.glob("step_*.pt"), *folder.glob("step_*.sha256")]:
+        if old.stem not in kept:
+            old.unlink(missing_ok=True)
+    for tmp in folder.glob("step_*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _sha256(path: Path, chunk: int = 1 << 24) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def load(path: str | Path, verify: bool = True) -> dict:
     """Load one checkpoint onto the CPU, checking its SHA-256 (``verify``); raises ValueError naming the file if it is
-    missing, truncated or corrupt."""
+    missing, truncated or corrupt. The hash is read in chunks and torch.load reads the file itself, so the state is
+    the only copy in memory (a 1.4 GB checkpoint is not also held as bytes)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    payload = path.read_bytes()
     sha = path.with_suffix(".sha256")
-    if verify and sha.is_file() and hashlib.sha256(payload).hexdigest() != sha.read_text().strip():
+    if verify and sha.is_file() and _sha256(path) != sha.read_text().strip():
         raise ValueError(f"checkpoint {str(path)!r} does not match its checksum (truncated or corrupt)")
     try:
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: {e}") from None
 

@@ -12,7 +12,8 @@ from . import config
 BENCHES = {"all": ("suite", True), "render": ("render", False), "aot": ("aot", False),
            "kernels": ("bench_covariance", False), "matrix_log": ("bench_matrix_log", False),
            "directpred": ("bench_directpred", False), "step": ("bench_step", False), "data": ("bench_data", False),
-           "quality": ("bench_quality", False), "lars": ("bench_lars", False)}
+           "quality": ("bench_quality", False), "lars": ("bench_lars", False),
+           "checkpoint": ("bench_checkpoint", False)}
 
 
 def _bench(argv: list[str]) -> int:

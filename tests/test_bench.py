@@ -1,5 +1,5 @@
-"""`fusedssl bench kernels|matrix_log|step|data|lars|all|render`: long-format rows with the environment stamp; re-runs
-replace, not duplicate; the suite leaves a dated record the renderer turns into tables and plots."""
+"""`fusedssl bench kernels|matrix_log|step|data|lars|checkpoint|all|render`: long-format rows with the environment
+stamp; re-runs replace, not duplicate; the suite leaves a dated record the renderer turns into tables and plots."""
 
 import csv
 from pathlib import Path
@@ -82,6 +82,21 @@ def test_bench_lars_times_loop_and_foreach(tmp_path, capsys):
     assert "lars_step_  loop" in out and "ema_        foreach" in out and "cuda: not timed" in out
     rows = next(tmp_path.glob("*/lars.csv")).read_text().splitlines()
     assert len(rows) == 1 + 2 * 2 * 3  # 2 ops x 2 providers x (p20, p50, p80)
+
+
+def test_bench_checkpoint_saves_and_loads_a_real_run_state_holding_it_once(tmp_path):
+    """The state of a built run (a ResNet-18 + LARS here, to stay small) is written and read back with no second
+    copy in memory: a save that buffered the file, or a load that read it as bytes first, peaks one state higher."""
+    assert cli.main(["bench", "checkpoint", "--out", str(tmp_path / "res"), "--dir", str(tmp_path), "--reps", "1",
+                     "--set", "model.backbone=resnet18", "--set", "model.projector=512-512"]) == 0
+    rows = {(r["provider"], r["metric"]): float(r["value"])
+            for r in csv.DictReader(next((tmp_path / "res").glob("*/checkpoint.csv")).open())}
+    size = rows[("file", "bytes")]
+    assert size > 2 * 11e6 * 4  # a ResNet-18's weights and their momentum buffers, in fp32
+    assert rows[("save", "p50")] > 0 and rows[("load", "p50")] > 0 and rows[("raw_write", "p50")] > 0
+    assert rows[("save", "peak_rss_above_state")] < size / 2
+    assert rows[("load", "peak_rss_above_state")] < size / 2
+    assert not list(tmp_path.glob("fusedssl-ckpt-*")), "the benchmark left its checkpoints behind"
 
 
 def test_bench_all_quick_leaves_a_dated_record_and_the_renderer_reads_it(tmp_path, capsys):

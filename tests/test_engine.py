@@ -5,22 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_cfg
 from fusedssl.engine import checkpoint, cli, config, data, methods, train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.source=synthetic", "data.synthetic_size=64", "data.batch_size=16", "data.image_size=16",
-        "model.projector=32-16", "evaluate.knn=false", "log.every=1"]
-PREDICTOR = {"byol": "32-16", "simsiam": "32-16", "matrix_ssl": "32-16", "kernel_ssl": "32-16", "directpred": "16",
-             "directcopy": "16"}
 
 
 def _cfg(tmp_path, method, *extra):
-    over = [*TINY, f"method.name={method}", f"run.out_dir={tmp_path}", f"run.name={method}", "run.steps=2"]
-    if method in PREDICTOR:
-        over.append(f"model.predictor={PREDICTOR[method]}")
-    if method.startswith("direct"):
-        over.append("model.predictor_bias=false")
-    return config.load(None, [*over, *extra])
+    return tiny_cfg(tmp_path, method, "run.steps=2", *extra)
 
 
 @pytest.mark.parametrize("method", list(methods.METHODS))
@@ -122,6 +114,18 @@ def test_checkpoint_integrity(tmp_path):
     assert path.name == "step_00000002.pt" and float(state["x"][0]) == 2.0
     with pytest.raises(ValueError, match=r"does not exist"):
         checkpoint.load(tmp_path / "nope.pt")
+
+
+def test_a_save_removes_what_a_killed_save_or_prune_left(tmp_path):
+    """A SIGKILL mid-save leaves a partial step_*.pt.tmp (gigabytes for a large model) and one between the two unlinks
+    of a prune leaves a checksum without its checkpoint; the next save clears both and keeps the kept pair whole."""
+    checkpoint.save(tmp_path, 1, {"x": torch.ones(3)}, keep=2)
+    (tmp_path / "step_00000002.pt.tmp").write_bytes(b"partial")     # killed inside torch.save
+    (tmp_path / "step_00000000.sha256").write_text("0" * 64 + "\n")  # killed between the unlinks of a prune
+    checkpoint.save(tmp_path, 2, {"x": torch.ones(3)}, keep=2)
+    checkpoint.save(tmp_path, 3, {"x": torch.ones(3)}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002.pt", "step_00000002.sha256",
+                                                          "step_00000003.pt", "step_00000003.sha256"]
 
 
 def test_method_model_combinations():
