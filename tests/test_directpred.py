@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import EIGH_FP32, assert_close, randn
 from fusedssl import kernels
-from fusedssl.bench import originals
-from fusedssl.kernels import directpred, verify
+from fusedssl.bench import originals, verify
+from fusedssl.kernels import directpred
 
 
 def test_correlation_ema():
