@@ -17,6 +17,34 @@ import torch.nn.functional as F
 from . import _backend
 from ._checks import check_number, check_pair, full_precision
 
+# ----------------------------------------------------------------------------------------------------------- references
+
+
+def nt_xent_loss_ref(za: torch.Tensor, zb: torch.Tensor, temperature: float = 0.1, keys_a: torch.Tensor | None = None,
+                     keys_b: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    with full_precision(za) as dt:
+        a, b = F.normalize(za.to(dt), dim=1), F.normalize(zb.to(dt), dim=1)
+        ka = a if keys_a is None else F.normalize(keys_a.to(dt), dim=1)
+        kb = b if keys_b is None else F.normalize(keys_b.to(dt), dim=1)
+        n, m = a.shape[0], ka.shape[0]
+        logits = torch.cat([a, b]) @ torch.cat([ka, kb]).T / temperature        # (2N, 2M)
+        idx = torch.arange(n, device=a.device) + offset
+        rows = torch.arange(2 * n, device=a.device)
+        self_col = torch.cat([idx, idx + m])
+        pos_col = torch.cat([idx + m, idx])
+        # the -inf is made on the device (torch.tensor(..., device=cuda) would be a blocking host-to-device copy)
+        logits = logits.index_put((rows, self_col), logits.new_full((), float("-inf")))
+        return F.cross_entropy(logits, pos_col)
+
+
+# ------------------------------------------------------------------------------------------ providers (one per backend)
+
+
+_backend.register("nt_xent_loss", "torch")(nt_xent_loss_ref)
+
+
+# ----------------------------------------------------------------------------------------------------------- public ops
+
 
 def nt_xent_loss(za: torch.Tensor, zb: torch.Tensor, *, temperature: float = 0.1, keys_a: torch.Tensor | None = None,
                  keys_b: torch.Tensor | None = None, offset: int = 0, backend: str = "auto",
@@ -45,21 +73,3 @@ def nt_xent_loss(za: torch.Tensor, zb: torch.Tensor, *, temperature: float = 0.1
         raise ValueError("NT-Xent needs at least 2 samples in the batch (one positive, one negative per anchor)")
     fn = _backend.dispatch("nt_xent_loss", backend, za.device)
     return fn(za, zb, temperature, keys_a, keys_b, offset)
-
-
-@_backend.register("nt_xent_loss", "torch")
-def nt_xent_loss_ref(za: torch.Tensor, zb: torch.Tensor, temperature: float = 0.1, keys_a: torch.Tensor | None = None,
-                     keys_b: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
-    with full_precision(za) as dt:
-        a, b = F.normalize(za.to(dt), dim=1), F.normalize(zb.to(dt), dim=1)
-        ka = a if keys_a is None else F.normalize(keys_a.to(dt), dim=1)
-        kb = b if keys_b is None else F.normalize(keys_b.to(dt), dim=1)
-        n, m = a.shape[0], ka.shape[0]
-        logits = torch.cat([a, b]) @ torch.cat([ka, kb]).T / temperature        # (2N, 2M)
-        idx = torch.arange(n, device=a.device) + offset
-        rows = torch.arange(2 * n, device=a.device)
-        self_col = torch.cat([idx, idx + m])
-        pos_col = torch.cat([idx + m, idx])
-        # the -inf is made on the device (torch.tensor(..., device=cuda) would be a blocking host-to-device copy)
-        logits = logits.index_put((rows, self_col), logits.new_full((), float("-inf")))
-        return F.cross_entropy(logits, pos_col)

@@ -17,6 +17,21 @@ import torch.nn.functional as F
 from . import _backend
 from ._checks import check_pair, full_precision
 
+# ----------------------------------------------------------------------------------------------------------- references
+
+
+def byol_loss_ref(p1, p2, z1, z2) -> torch.Tensor:
+    with full_precision(p1) as dt:
+        return (2.0 - 2.0 * _cos(p1, z2, dt)).mean() + (2.0 - 2.0 * _cos(p2, z1, dt)).mean()
+
+
+def simsiam_loss_ref(p1, p2, z1, z2) -> torch.Tensor:
+    with full_precision(p1) as dt:
+        return -0.5 * (_cos(p1, z2, dt).mean() + _cos(p2, z1, dt).mean())
+
+
+# ------------------------------------------------------------------------------------------------ launchers and helpers
+
 
 def _cos(p: torch.Tensor, z: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     return (F.normalize(p.to(dt), dim=1) * F.normalize(z.detach().to(dt), dim=1)).sum(1)
@@ -27,6 +42,16 @@ def _check4(p1, p2, z1, z2, check_finite):
         check_pair("p1", p1, name, x, min_rows=1, check_finite=check_finite)
 
 
+# ------------------------------------------------------------------------------------------ providers (one per backend)
+
+
+_backend.register("byol_loss", "torch")(byol_loss_ref)
+_backend.register("simsiam_loss", "torch")(simsiam_loss_ref)
+
+
+# ----------------------------------------------------------------------------------------------------------- public ops
+
+
 def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, *, backend: str = "auto",
               check_finite: bool = True) -> torch.Tensor:
     """BYOL's symmetrised ``2 - 2 cos`` loss. p1, p2: (N, D) online predictions; z1, z2: (N, D) targets."""
@@ -34,20 +59,8 @@ def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Te
     return _backend.dispatch("byol_loss", backend, p1.device)(p1, p2, z1, z2)
 
 
-@_backend.register("byol_loss", "torch")
-def byol_loss_ref(p1, p2, z1, z2) -> torch.Tensor:
-    with full_precision(p1) as dt:
-        return (2.0 - 2.0 * _cos(p1, z2, dt)).mean() + (2.0 - 2.0 * _cos(p2, z1, dt)).mean()
-
-
 def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, *, backend: str = "auto",
                  check_finite: bool = True) -> torch.Tensor:
     """SimSiam's symmetrised negative cosine. p1, p2: (N, D) predictions; z1, z2: (N, D) projections."""
     _check4(p1, p2, z1, z2, check_finite)
     return _backend.dispatch("simsiam_loss", backend, p1.device)(p1, p2, z1, z2)
-
-
-@_backend.register("simsiam_loss", "torch")
-def simsiam_loss_ref(p1, p2, z1, z2) -> torch.Tensor:
-    with full_precision(p1) as dt:
-        return -0.5 * (_cos(p1, z2, dt).mean() + _cos(p2, z1, dt).mean())

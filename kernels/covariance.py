@@ -38,7 +38,61 @@ from ._checks import check_choice, check_embeddings, check_number, check_pair, f
 from ._triton import HAS_TRITON, dot_precision, interpreting, k_tile, tile, tl, triton
 from .normalize import col_normalize_cuda, col_normalize_ref, col_normalize_triton, row_normalize_ref
 
-# --------------------------------------------------------------------------------------------- Triton kernels
+BT_NORMALIZE = ("bn", "tsai", "none")
+
+
+# ----------------------------------------------------------------------------------------------------------- references
+
+
+def barlow_twins_loss_ref(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
+                          off_diagonal_target: float = 0.0) -> torch.Tensor:
+    """Plain-PyTorch reference of ``barlow_twins_loss`` (module docstring gives the formulation)."""
+    with full_precision(za) as dt:
+        a = _bt_normalize(za.to(dt), normalize)
+        b = _bt_normalize(zb.to(dt), normalize)
+        n, d = a.shape
+        diag = (a * b).sum(0) / n                       # c_ii
+        frob2 = frob2_cross(a, b) / (n * n)             # ||c||_F^2
+        off2 = frob2 - diag.pow(2).sum()
+        loss = (1.0 - diag).pow(2).sum() + lam * off2
+        t = float(off_diagonal_target)
+        if t != 0.0:
+            total = (a.sum(1) * b.sum(1)).sum() / n     # 1'c1 from per-sample row sums
+            loss = loss + lam * (-2.0 * t * (total - diag.sum()) + t * t * d * (d - 1))
+        return loss
+
+
+def vicreg_loss_ref(za: torch.Tensor, zb: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+                    cov_coeff: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """Plain-PyTorch reference of ``vicreg_loss``."""
+    inv = vicreg_invariance_ref(za, zb)
+    var = 0.5 * (vicreg_variance_ref(za, eps) + vicreg_variance_ref(zb, eps))
+    cov = vicreg_covariance_ref(za) + vicreg_covariance_ref(zb)
+    return sim_coeff * inv + std_coeff * var + cov_coeff * cov
+
+
+def vicreg_invariance_ref(za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+    with full_precision(za) as dt:
+        return F.mse_loss(za.to(dt), zb.to(dt))
+
+
+def vicreg_variance_ref(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    with full_precision(z) as dt:
+        std = torch.sqrt(z.to(dt).var(dim=0) + eps)
+        return F.relu(1.0 - std).mean()
+
+
+def vicreg_covariance_ref(z: torch.Tensor) -> torch.Tensor:
+    with full_precision(z) as dt:
+        x = col_normalize_ref(z.to(dt), "center")
+        n, d = x.shape
+        var = x.pow(2).sum(0) / (n - 1)                  # diag C
+        frob2 = frob2_cross(x, x) / (n - 1) ** 2         # ||C||_F^2 from the smaller side
+        return (frob2 - var.pow(2).sum()) / d
+
+
+# ------------------------------------------------------------------------------------------------------- Triton kernels
+
 
 if HAS_TRITON:
 
@@ -134,6 +188,9 @@ if HAS_TRITON:
         tl.store(out_ptr + offs_m[:, None] * D + offs_c[None, :], (acc * s).to(out_ptr.dtype.element_ty), mask=out)
 
 
+# ------------------------------------------------------------------------------------------------ launchers and helpers
+
+
 def _g_dtype(dtype: torch.dtype) -> torch.dtype:
     """G = dL/dC is stored in the operands' half precision (the backward GEMMs then run on tensor cores; the
     subtraction c - t happened in fp32 before that rounding), else in fp32."""
@@ -205,6 +262,53 @@ def cov_loss_bwd(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gout: torch.
     return _bwd_gemm(b, g, gout, scale, True), _bwd_gemm(a, g, gout, scale, False)
 
 
+def cov_loss(a: torch.Tensor, b: torch.Tensor, *, scale: float, w_diag: float, t_diag: float, w_off: float,
+             t_off: float) -> torch.Tensor:
+    """Fused ``sum_i w_d (c_ii - t_d)^2 + sum_{i!=j} w_o (c_ij - t_o)^2`` with ``c = scale * a'b`` (Triton).
+
+    Pass the same tensor as ``a`` and ``b`` for an auto-covariance; the gradient then sums both GEMM outputs.
+    """
+    return _cov_loss_op(a, b, scale, w_diag, t_diag, w_off, t_off)[0]
+
+
+def _operand_dtype(*inputs: torch.Tensor) -> torch.dtype:
+    """The dtype the GEMM operands take: the inputs' half precision when they all share it (tensor cores), else
+    fp32 (fp64 inputs run in fp32; views of different dtypes meet in fp32, since tl.dot needs equal operand dtypes)."""
+    dts = {x.dtype for x in inputs}
+    half = dts.pop() if len(dts) == 1 else None
+    return half if half in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def _kernel_operand(z: torch.Tensor, *like: torch.Tensor) -> torch.Tensor:
+    """``z`` (a normalised view) in the operand dtype of the inputs ``like``."""
+    return z.to(_operand_dtype(*like))
+
+
+def frob2_cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||a' b||_F^2 for a, b of shape (N, D), evaluated on the D x D or the N x N side, whichever is smaller."""
+    n, d = a.shape
+    if d <= n:
+        return (a.T @ b).pow(2).sum()
+    if b is a:
+        return (a @ a.T).pow(2).sum()
+    return ((a @ a.T) * (b @ b.T)).sum()
+
+
+def _bt_normalize(z: torch.Tensor, normalize: str, norm=col_normalize_ref) -> torch.Tensor:
+    """``norm``: the column-normalisation provider for the "bn" mode (reference, Triton or CUDA)."""
+    if normalize == "bn":
+        return norm(z, "bn")
+    if normalize == "tsai":
+        # reference ops even on the Triton path: the unbiased std has no eps, and at tiny column spreads (N = 2) the
+        # kernel's closed-form backward left gradient errors up to 0.44 where autograd's stays at 1e-4 (open issue)
+        return col_normalize_ref(row_normalize_ref(z.to(torch.float64 if z.dtype == torch.float64 else torch.float32)),
+                                 "std")
+    return z
+
+
+# -------------------------------------------------------------------------------- custom ops (torch.compile sees these)
+
+
 # torch.library registration: custom ops with fakes (so torch.compile traces them) and the hand-written backward.
 
 
@@ -247,15 +351,6 @@ def _cov_backward(ctx, gloss, _g_unused):
 _cov_loss_op.register_autograd(_cov_backward, setup_context=_cov_setup)
 
 
-def cov_loss(a: torch.Tensor, b: torch.Tensor, *, scale: float, w_diag: float, t_diag: float, w_off: float,
-             t_off: float) -> torch.Tensor:
-    """Fused ``sum_i w_d (c_ii - t_d)^2 + sum_{i!=j} w_o (c_ij - t_o)^2`` with ``c = scale * a'b`` (Triton).
-
-    Pass the same tensor as ``a`` and ``b`` for an auto-covariance; the gradient then sums both GEMM outputs.
-    """
-    return _cov_loss_op(a, b, scale, w_diag, t_diag, w_off, t_off)[0]
-
-
 # CUDA C++ (csrc/covariance.cu): C from a cuBLAS GEMM in fp32, then one fused pass writes the loss and overwrites C
 # with G in place; the backward is two cuBLAS GEMMs scaled by the incoming gradient on the device (no host sync).
 
@@ -295,32 +390,57 @@ def _cov_cuda_backward(ctx, gloss, _g_unused):
 _cov_loss_cuda_op.register_autograd(_cov_cuda_backward, setup_context=_cov_setup)
 
 
-def _operand_dtype(*inputs: torch.Tensor) -> torch.dtype:
-    """The dtype the GEMM operands take: the inputs' half precision when they all share it (tensor cores), else
-    fp32 (fp64 inputs run in fp32; views of different dtypes meet in fp32, since tl.dot needs equal operand dtypes)."""
-    dts = {x.dtype for x in inputs}
-    half = dts.pop() if len(dts) == 1 else None
-    return half if half in (torch.float16, torch.bfloat16) else torch.float32
+# ------------------------------------------------------------------------------------------ providers (one per backend)
 
 
-def _kernel_operand(z: torch.Tensor, *like: torch.Tensor) -> torch.Tensor:
-    """``z`` (a normalised view) in the operand dtype of the inputs ``like``."""
-    return z.to(_operand_dtype(*like))
-
-BT_NORMALIZE = ("bn", "tsai", "none")
-
-
-def frob2_cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """||a' b||_F^2 for a, b of shape (N, D), evaluated on the D x D or the N x N side, whichever is smaller."""
-    n, d = a.shape
-    if d <= n:
-        return (a.T @ b).pow(2).sum()
-    if b is a:
-        return (a @ a.T).pow(2).sum()
-    return ((a @ a.T) * (b @ b.T)).sum()
+_backend.register("barlow_twins_loss", "torch")(barlow_twins_loss_ref)
+_backend.register("vicreg_loss", "torch")(vicreg_loss_ref)
+_backend.register("vicreg_invariance", "torch")(vicreg_invariance_ref)
+_backend.register("vicreg_variance", "torch")(vicreg_variance_ref)
+_backend.register("vicreg_covariance", "torch")(vicreg_covariance_ref)
 
 
-# ----------------------------------------------------------------------------------------------------- Barlow Twins
+@_backend.register("barlow_twins_loss", "triton")
+def barlow_twins_loss_triton(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
+                             off_diagonal_target: float = 0.0) -> torch.Tensor:
+    """Triton provider: the Triton column normalisation (fp32 statistics, output in the input's half precision),
+    then the fused covariance loss (G written in the forward)."""
+    with full_precision(za):
+        a = _kernel_operand(_bt_normalize(za, normalize, col_normalize_triton), za, zb)
+        b = _kernel_operand(_bt_normalize(zb, normalize, col_normalize_triton), za, zb)
+        return cov_loss(a, b, scale=1.0 / a.shape[0], w_diag=1.0, t_diag=1.0, w_off=lam,
+                        t_off=float(off_diagonal_target))
+
+
+@_backend.register("barlow_twins_loss", "cuda")
+def barlow_twins_loss_cuda(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
+                           off_diagonal_target: float = 0.0) -> torch.Tensor:
+    """CUDA C++ provider: the CUDA column normalisation, a cuBLAS GEMM for C, the fused loss + G epilogue."""
+    with full_precision(za):
+        a = _bt_normalize(za, normalize, col_normalize_cuda)
+        b = _bt_normalize(zb, normalize, col_normalize_cuda)
+        return _cov_loss_cuda_op(a, b, 1.0 / a.shape[0], 1.0, 1.0, lam, float(off_diagonal_target))[0]
+
+
+@_backend.register("vicreg_covariance", "triton")
+def vicreg_covariance_triton(z: torch.Tensor) -> torch.Tensor:
+    """Triton provider: the Triton centring kernel, then the fused auto-covariance loss with diagonal weight 0."""
+    with full_precision(z):
+        x = _kernel_operand(col_normalize_triton(z, "center"), z)
+        n, d = x.shape
+        return cov_loss(x, x, scale=1.0 / (n - 1), w_diag=0.0, t_diag=0.0, w_off=1.0 / d, t_off=0.0)
+
+
+@_backend.register("vicreg_covariance", "cuda")
+def vicreg_covariance_cuda(z: torch.Tensor) -> torch.Tensor:
+    """CUDA C++ provider: the CUDA centring kernel, then the auto-covariance GEMM and the fused epilogue."""
+    with full_precision(z):
+        x = col_normalize_cuda(z, "center")
+        n, d = x.shape
+        return _cov_loss_cuda_op(x, x, 1.0 / (n - 1), 0.0, 0.0, 1.0 / d, 0.0)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------- public ops
 
 
 def barlow_twins_loss(za: torch.Tensor, zb: torch.Tensor, *, lam: float = 0.0051, normalize: str = "bn",
@@ -351,62 +471,6 @@ def barlow_twins_loss(za: torch.Tensor, zb: torch.Tensor, *, lam: float = 0.0051
     return _backend.dispatch("barlow_twins_loss", backend, za.device)(za, zb, lam, normalize, off_diagonal_target)
 
 
-def _bt_normalize(z: torch.Tensor, normalize: str, norm=col_normalize_ref) -> torch.Tensor:
-    """``norm``: the column-normalisation provider for the "bn" mode (reference, Triton or CUDA)."""
-    if normalize == "bn":
-        return norm(z, "bn")
-    if normalize == "tsai":
-        # reference ops even on the Triton path: the unbiased std has no eps, and at tiny column spreads (N = 2) the
-        # kernel's closed-form backward left gradient errors up to 0.44 where autograd's stays at 1e-4 (open issue)
-        return col_normalize_ref(row_normalize_ref(z.to(torch.float64 if z.dtype == torch.float64 else torch.float32)),
-                                 "std")
-    return z
-
-
-@_backend.register("barlow_twins_loss", "torch")
-def barlow_twins_loss_ref(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
-                          off_diagonal_target: float = 0.0) -> torch.Tensor:
-    """Plain-PyTorch reference of ``barlow_twins_loss`` (module docstring gives the formulation)."""
-    with full_precision(za) as dt:
-        a = _bt_normalize(za.to(dt), normalize)
-        b = _bt_normalize(zb.to(dt), normalize)
-        n, d = a.shape
-        diag = (a * b).sum(0) / n                       # c_ii
-        frob2 = frob2_cross(a, b) / (n * n)             # ||c||_F^2
-        off2 = frob2 - diag.pow(2).sum()
-        loss = (1.0 - diag).pow(2).sum() + lam * off2
-        t = float(off_diagonal_target)
-        if t != 0.0:
-            total = (a.sum(1) * b.sum(1)).sum() / n     # 1'c1 from per-sample row sums
-            loss = loss + lam * (-2.0 * t * (total - diag.sum()) + t * t * d * (d - 1))
-        return loss
-
-
-@_backend.register("barlow_twins_loss", "triton")
-def barlow_twins_loss_triton(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
-                             off_diagonal_target: float = 0.0) -> torch.Tensor:
-    """Triton provider: the Triton column normalisation (fp32 statistics, output in the input's half precision),
-    then the fused covariance loss (G written in the forward)."""
-    with full_precision(za):
-        a = _kernel_operand(_bt_normalize(za, normalize, col_normalize_triton), za, zb)
-        b = _kernel_operand(_bt_normalize(zb, normalize, col_normalize_triton), za, zb)
-        return cov_loss(a, b, scale=1.0 / a.shape[0], w_diag=1.0, t_diag=1.0, w_off=lam,
-                        t_off=float(off_diagonal_target))
-
-
-@_backend.register("barlow_twins_loss", "cuda")
-def barlow_twins_loss_cuda(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
-                           off_diagonal_target: float = 0.0) -> torch.Tensor:
-    """CUDA C++ provider: the CUDA column normalisation, a cuBLAS GEMM for C, the fused loss + G epilogue."""
-    with full_precision(za):
-        a = _bt_normalize(za, normalize, col_normalize_cuda)
-        b = _bt_normalize(zb, normalize, col_normalize_cuda)
-        return _cov_loss_cuda_op(a, b, 1.0 / a.shape[0], 1.0, 1.0, lam, float(off_diagonal_target))[0]
-
-
-# ----------------------------------------------------------------------------------------------------------- VICReg
-
-
 def vicreg_loss(za: torch.Tensor, zb: torch.Tensor, *, sim_coeff: float = 25.0, std_coeff: float = 25.0,
                 cov_coeff: float = 1.0, eps: float = 1e-4, backend: str = "auto", check_finite: bool = True
                 ) -> torch.Tensor:
@@ -428,27 +492,11 @@ def vicreg_loss(za: torch.Tensor, zb: torch.Tensor, *, sim_coeff: float = 25.0, 
     return _backend.dispatch("vicreg_loss", backend, za.device)(za, zb, sim_coeff, std_coeff, cov_coeff, eps)
 
 
-@_backend.register("vicreg_loss", "torch")
-def vicreg_loss_ref(za: torch.Tensor, zb: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
-                    cov_coeff: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
-    """Plain-PyTorch reference of ``vicreg_loss``."""
-    inv = vicreg_invariance_ref(za, zb)
-    var = 0.5 * (vicreg_variance_ref(za, eps) + vicreg_variance_ref(zb, eps))
-    cov = vicreg_covariance_ref(za) + vicreg_covariance_ref(zb)
-    return sim_coeff * inv + std_coeff * var + cov_coeff * cov
-
-
 def vicreg_invariance(za: torch.Tensor, zb: torch.Tensor, *, backend: str = "auto", check_finite: bool = True
                       ) -> torch.Tensor:
     """VICReg invariance term: mean squared error over all N * D entries."""
     check_pair("za", za, "zb", zb, min_rows=1, check_finite=check_finite)
     return _backend.dispatch("vicreg_invariance", backend, za.device)(za, zb)
-
-
-@_backend.register("vicreg_invariance", "torch")
-def vicreg_invariance_ref(za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
-    with full_precision(za) as dt:
-        return F.mse_loss(za.to(dt), zb.to(dt))
 
 
 def vicreg_variance(z: torch.Tensor, *, eps: float = 1e-4, backend: str = "auto", check_finite: bool = True
@@ -459,42 +507,7 @@ def vicreg_variance(z: torch.Tensor, *, eps: float = 1e-4, backend: str = "auto"
     return _backend.dispatch("vicreg_variance", backend, z.device)(z, eps)
 
 
-@_backend.register("vicreg_variance", "torch")
-def vicreg_variance_ref(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    with full_precision(z) as dt:
-        std = torch.sqrt(z.to(dt).var(dim=0) + eps)
-        return F.relu(1.0 - std).mean()
-
-
 def vicreg_covariance(z: torch.Tensor, *, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
     """VICReg covariance term of one view: ``(1/D) sum_{i != j} C_ij^2``, ``C = z~' z~ / (N - 1)``."""
     check_embeddings("z", z, check_finite=check_finite)
     return _backend.dispatch("vicreg_covariance", backend, z.device)(z)
-
-
-@_backend.register("vicreg_covariance", "torch")
-def vicreg_covariance_ref(z: torch.Tensor) -> torch.Tensor:
-    with full_precision(z) as dt:
-        x = col_normalize_ref(z.to(dt), "center")
-        n, d = x.shape
-        var = x.pow(2).sum(0) / (n - 1)                  # diag C
-        frob2 = frob2_cross(x, x) / (n - 1) ** 2         # ||C||_F^2 from the smaller side
-        return (frob2 - var.pow(2).sum()) / d
-
-
-@_backend.register("vicreg_covariance", "triton")
-def vicreg_covariance_triton(z: torch.Tensor) -> torch.Tensor:
-    """Triton provider: the Triton centring kernel, then the fused auto-covariance loss with diagonal weight 0."""
-    with full_precision(z):
-        x = _kernel_operand(col_normalize_triton(z, "center"), z)
-        n, d = x.shape
-        return cov_loss(x, x, scale=1.0 / (n - 1), w_diag=0.0, t_diag=0.0, w_off=1.0 / d, t_off=0.0)
-
-
-@_backend.register("vicreg_covariance", "cuda")
-def vicreg_covariance_cuda(z: torch.Tensor) -> torch.Tensor:
-    """CUDA C++ provider: the CUDA centring kernel, then the auto-covariance GEMM and the fused epilogue."""
-    with full_precision(z):
-        x = col_normalize_cuda(z, "center")
-        n, d = x.shape
-        return _cov_loss_cuda_op(x, x, 1.0 / (n - 1), 0.0, 0.0, 1.0 / d, 0.0)[0]

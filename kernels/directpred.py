@@ -31,6 +31,86 @@ JACOBI_TOL = 1e-5
 JACOBI_MAX_SWEEPS = 30
 
 
+# ----------------------------------------------------------------------------------------------------------- references
+
+
+def correlation_ema_ref(f: torch.Tensor, corr: torch.Tensor | None, rho: float = 0.3) -> torch.Tensor:
+    with torch.no_grad(), torch.autocast(device_type=f.device.type, enabled=False):
+        f = f.detach().to(compute_dtype(f))
+        bf = f.T @ f / f.shape[0]
+        return bf if corr is None else rho * corr.to(bf.dtype) + (1.0 - rho) * bf
+
+
+def predictor_weight_ref(corr: torch.Tensor, mode: str = "directpred", eps: float = 0.01, convert: float = 2.0,
+                         basis: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    with torch.no_grad(), torch.autocast(device_type=corr.device.type, enabled=False):
+        corr = corr.to(compute_dtype(corr))
+        eye = torch.eye(corr.shape[0], dtype=corr.dtype, device=corr.device)
+        if mode == "directcopy":
+            return corr + eps * eye, None
+        s, u = torch.linalg.eigh(0.5 * (corr + corr.T))
+        # max s can be <= 0 only for an all-zero F^; the clamp keeps p finite (every p_j is then eps).
+        s_plus = s.clamp_min(0.0) / s.max().clamp_min(torch.finfo(s.dtype).tiny)
+        p = (s_plus.pow(1.0 / convert) + eps).clamp_min(1e-4)
+        return (u * p) @ u.T, u
+
+
+# ------------------------------------------------------------------------------------------------ launchers and helpers
+
+
+def _orthonormalize(u: torch.Tensor) -> torch.Tensor:
+    """One Newton-Schulz step towards the nearest orthogonal matrix: U (3I - U'U) / 2. Each Jacobi solve leaves
+    ||U'U - I|| ~ 1e-4 in fp32 (thousands of rotations per entry), which a warm start would otherwise accumulate;
+    the step squares that error, for two D x D GEMMs, once per solve (on the output, which is the next basis).
+    In fp64: an fp32 GEMM follows torch's TF32 switch, and TF32's 10-bit products would add ~1e-3 instead."""
+    u = u.double()
+    return (1.5 * u - 0.5 * (u @ (u.T @ u))).float()
+
+
+def jacobi_solve(corr: torch.Tensor, basis: torch.Tensor | None, eps: float = 0.01, convert: float = 2.0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The eigensolve of the cuda provider: (eigenvalues, orthonormalised eigenvectors, spectral map p, info), D-sized,
+    unsorted; info = (sweeps that rotated, converged) stays on the device (bench/bench_directpred.py reads it)."""
+    with torch.no_grad(), torch.autocast(device_type=corr.device.type, enabled=False):
+        d = corr.shape[0]
+        n = d + d % 2
+        f = corr.float()
+        # basis is the previous call's output, orthonormalised there; the kernel symmetrises a as it loads it
+        u0 = basis.float() if basis is not None else torch.eye(d, dtype=torch.float32, device=f.device)
+        a = torch.zeros(n, n, dtype=torch.float32, device=f.device)
+        u064 = u0.double()
+        a[:d, :d] = u064.T @ f.double() @ u064  # fp64: see _orthonormalize
+        v0 = torch.eye(n, dtype=torch.float32, device=f.device)
+        v0[:d, :d] = u0
+        s, v, p, info = _cuda.ext().jacobi_eigh(a, v0, JACOBI_MAX_SWEEPS, JACOBI_TOL, float(eps), float(convert))
+        return s[:d], _orthonormalize(v[:d, :d]), p[:d], info
+
+
+# ------------------------------------------------------------------------------------------ providers (one per backend)
+
+
+_backend.register("correlation_ema", "torch")(correlation_ema_ref)
+_backend.register("predictor_weight", "torch")(predictor_weight_ref)
+
+
+@_backend.register("predictor_weight", "cuda")
+def predictor_weight_cuda(corr: torch.Tensor, mode: str = "directpred", eps: float = 0.01, convert: float = 2.0,
+                          basis: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """csrc/directpred.cu through fusedssl.kernels._C.jacobi_eigh, in fp32 (float64 inputs are computed in fp32 too).
+
+    Odd D is padded to even with a zero row and column: their pairs never rotate (a_pq = 0), so the padding stays an
+    isolated zero eigenvalue with eigenvector e_D and is cropped. The extension also runs on CPU tensors (the same
+    schedule on the host), which is how the tests reach this function without a GPU."""
+    if mode == "directcopy":  # no eigendecomposition: one elementwise op, the reference is already that
+        return predictor_weight_ref(corr, mode, eps, convert)
+    _s, u, p, _info = jacobi_solve(corr, basis, eps, convert)
+    u64 = u.double()  # D <= 512: fp64 costs nothing here and, unlike fp32, never runs as TF32
+    return ((u64 * p.double()) @ u64.T).float(), u
+
+
+# ----------------------------------------------------------------------------------------------------------- public ops
+
+
 def correlation_ema(f: torch.Tensor, corr: torch.Tensor | None, *, rho: float = 0.3, check_finite: bool = True
                     ) -> torch.Tensor:
     """One EMA step of the uncentred correlation ``F^ <- rho F^ + (1 - rho) f'f/rows``; ``corr=None`` starts it.
@@ -48,14 +128,6 @@ def correlation_ema(f: torch.Tensor, corr: torch.Tensor | None, *, rho: float = 
         raise ValueError(f"corr must be ({f.shape[1]}, {f.shape[1]}) for f of shape {tuple(f.shape)}, "
                          f"got {tuple(corr.shape)}")
     return _backend.dispatch("correlation_ema", "auto", f.device)(f, corr, rho)
-
-
-@_backend.register("correlation_ema", "torch")
-def correlation_ema_ref(f: torch.Tensor, corr: torch.Tensor | None, rho: float = 0.3) -> torch.Tensor:
-    with torch.no_grad(), torch.autocast(device_type=f.device.type, enabled=False):
-        f = f.detach().to(compute_dtype(f))
-        bf = f.T @ f / f.shape[0]
-        return bf if corr is None else rho * corr.to(bf.dtype) + (1.0 - rho) * bf
 
 
 def predictor_weight(corr: torch.Tensor, *, mode: str = "directpred", eps: float = 0.01, convert: float = 2.0,
@@ -83,61 +155,3 @@ def predictor_weight(corr: torch.Tensor, *, mode: str = "directpred", eps: float
                          f"on {basis.device}")
     w, u = _backend.dispatch("predictor_weight", backend, corr.device)(corr, mode, eps, convert, basis)
     return (w, u) if return_basis else w
-
-
-@_backend.register("predictor_weight", "torch")
-def predictor_weight_ref(corr: torch.Tensor, mode: str = "directpred", eps: float = 0.01, convert: float = 2.0,
-                         basis: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    with torch.no_grad(), torch.autocast(device_type=corr.device.type, enabled=False):
-        corr = corr.to(compute_dtype(corr))
-        eye = torch.eye(corr.shape[0], dtype=corr.dtype, device=corr.device)
-        if mode == "directcopy":
-            return corr + eps * eye, None
-        s, u = torch.linalg.eigh(0.5 * (corr + corr.T))
-        # max s can be <= 0 only for an all-zero F^; the clamp keeps p finite (every p_j is then eps).
-        s_plus = s.clamp_min(0.0) / s.max().clamp_min(torch.finfo(s.dtype).tiny)
-        p = (s_plus.pow(1.0 / convert) + eps).clamp_min(1e-4)
-        return (u * p) @ u.T, u
-
-
-def _orthonormalize(u: torch.Tensor) -> torch.Tensor:
-    """One Newton-Schulz step towards the nearest orthogonal matrix: U (3I - U'U) / 2. Each Jacobi solve leaves
-    ||U'U - I|| ~ 1e-4 in fp32 (thousands of rotations per entry), which a warm start would otherwise accumulate;
-    the step squares that error, for two D x D GEMMs, once per solve (on the output, which is the next basis).
-    In fp64: an fp32 GEMM follows torch's TF32 switch, and TF32's 10-bit products would add ~1e-3 instead."""
-    u = u.double()
-    return (1.5 * u - 0.5 * (u @ (u.T @ u))).float()
-
-
-@_backend.register("predictor_weight", "cuda")
-def predictor_weight_cuda(corr: torch.Tensor, mode: str = "directpred", eps: float = 0.01, convert: float = 2.0,
-                          basis: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """csrc/directpred.cu through fusedssl.kernels._C.jacobi_eigh, in fp32 (float64 inputs are computed in fp32 too).
-
-    Odd D is padded to even with a zero row and column: their pairs never rotate (a_pq = 0), so the padding stays an
-    isolated zero eigenvalue with eigenvector e_D and is cropped. The extension also runs on CPU tensors (the same
-    schedule on the host), which is how the tests reach this function without a GPU."""
-    if mode == "directcopy":  # no eigendecomposition: one elementwise op, the reference is already that
-        return predictor_weight_ref(corr, mode, eps, convert)
-    _s, u, p, _info = jacobi_solve(corr, basis, eps, convert)
-    u64 = u.double()  # D <= 512: fp64 costs nothing here and, unlike fp32, never runs as TF32
-    return ((u64 * p.double()) @ u64.T).float(), u
-
-
-def jacobi_solve(corr: torch.Tensor, basis: torch.Tensor | None, eps: float = 0.01, convert: float = 2.0
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The eigensolve of the cuda provider: (eigenvalues, orthonormalised eigenvectors, spectral map p, info), D-sized,
-    unsorted; info = (sweeps that rotated, converged) stays on the device (bench/bench_directpred.py reads it)."""
-    with torch.no_grad(), torch.autocast(device_type=corr.device.type, enabled=False):
-        d = corr.shape[0]
-        n = d + d % 2
-        f = corr.float()
-        # basis is the previous call's output, orthonormalised there; the kernel symmetrises a as it loads it
-        u0 = basis.float() if basis is not None else torch.eye(d, dtype=torch.float32, device=f.device)
-        a = torch.zeros(n, n, dtype=torch.float32, device=f.device)
-        u064 = u0.double()
-        a[:d, :d] = u064.T @ f.double() @ u064  # fp64: see _orthonormalize
-        v0 = torch.eye(n, dtype=torch.float32, device=f.device)
-        v0[:d, :d] = u0
-        s, v, p, info = _cuda.ext().jacobi_eigh(a, v0, JACOBI_MAX_SWEEPS, JACOBI_TOL, float(eps), float(convert))
-        return s[:d], _orthonormalize(v[:d, :d]), p[:d], info

@@ -38,55 +38,9 @@ from .normalize import col_normalize_cuda, col_normalize_ref, col_normalize_trit
 FROSSL_VARIANTS = ("multiview", "legacy")
 
 
-def frossl_loss(views: Sequence[torch.Tensor], *, invariance_weight: float = 1.0, variant: str = "multiview",
-                backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
-    """FroSSL loss over V views (module docstring gives both variants).
-
-    Args:
-        views: V >= 2 projector outputs, each (N, D); ``variant="legacy"`` takes exactly two.
-        invariance_weight: w (solo-learn recipes: 1.0; STL-10 1.4; ImageNet-1k 2.0).
-        variant: ``"multiview"`` (current code) or ``"legacy"`` (paper-era two-view).
-    """
-    views = check_views("views", views, check_finite=check_finite)
-    check_number("invariance_weight", invariance_weight, low=0.0)
-    check_choice("variant", variant, FROSSL_VARIANTS)
-    if variant == "legacy" and len(views) != 2:
-        raise ValueError(f"variant='legacy' is the two-view loss; got {len(views)} views (use variant='multiview')")
-    return _backend.dispatch("frossl_loss", backend, views[0].device)(views, invariance_weight, variant)
+# ----------------------------------------------------------------------------------------------------------- references
 
 
-def _frob2_triton(z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """||z'z||_F^2 through the covariance kernel, on the smaller side (the N x N side reads z' via strides)."""
-    x = _kernel_operand(z, like)
-    x = x if x.shape[1] <= x.shape[0] else x.T
-    return 2.0 * cov_loss(x, x, scale=1.0, w_diag=0.5, t_diag=0.0, w_off=0.5, t_off=0.0)
-
-
-@_backend.register("frossl_loss", "triton")
-def frossl_loss_triton(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
-                       ) -> torch.Tensor:
-    """Triton provider: column normalisation and Frobenius norms in Triton kernels, the O(ND) rest in torch."""
-    dt = torch.float64 if views[0].dtype == torch.float64 else torch.float32
-    return frossl_loss_ref(views, invariance_weight, variant, frob2=lambda z: _frob2_triton(z, views[0]),
-                           norm=lambda z, mode: col_normalize_triton(z.to(dt), mode))  # fp32 out: invariance
-
-
-def _frob2_cuda(z: torch.Tensor) -> torch.Tensor:
-    """||z'z||_F^2 through the CUDA covariance epilogue (weight 1/2, target 0) on the smaller side."""
-    x = z if z.shape[1] <= z.shape[0] else z.T
-    return 2.0 * _cov_loss_cuda_op(x, x, 1.0, 0.5, 0.0, 0.5, 0.0)[0]
-
-
-@_backend.register("frossl_loss", "cuda")
-def frossl_loss_cuda(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
-                     ) -> torch.Tensor:
-    """CUDA C++ provider: the CUDA column normalisation and Frobenius norms (csrc/), the O(ND) rest in torch."""
-    dt = torch.float64 if views[0].dtype == torch.float64 else torch.float32
-    return frossl_loss_ref(views, invariance_weight, variant, frob2=_frob2_cuda,
-                           norm=lambda z, mode: col_normalize_cuda(z.to(dt), mode))
-
-
-@_backend.register("frossl_loss", "torch")
 def frossl_loss_ref(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview",
                     frob2=None, norm=None) -> torch.Tensor:
     """Plain-PyTorch reference of ``frossl_loss`` (``frob2`` and ``norm`` swap in other implementations of
@@ -110,17 +64,51 @@ def frossl_loss_ref(views: Sequence[torch.Tensor], invariance_weight: float = 1.
         return loss
 
 
-def log_frobenius(z: torch.Tensor, *, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
-    """``log ||z' z||_F^2`` of an (N, D) matrix, via the N x N Gram when N < D (= -S2 + 2 log tr(z'z))."""
-    check_embeddings("z", z, min_rows=1, check_finite=check_finite)
-    return _backend.dispatch("log_frobenius", backend, z.device)(z)
-
-
-@_backend.register("log_frobenius", "torch")
 def log_frobenius_ref(z: torch.Tensor) -> torch.Tensor:
     with full_precision(z) as dt:
         z = z.to(dt)
         return torch.log(frob2_cross(z, z))
+
+
+# ------------------------------------------------------------------------------------------------ launchers and helpers
+
+
+def _frob2_triton(z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """||z'z||_F^2 through the covariance kernel, on the smaller side (the N x N side reads z' via strides)."""
+    x = _kernel_operand(z, like)
+    x = x if x.shape[1] <= x.shape[0] else x.T
+    return 2.0 * cov_loss(x, x, scale=1.0, w_diag=0.5, t_diag=0.0, w_off=0.5, t_off=0.0)
+
+
+def _frob2_cuda(z: torch.Tensor) -> torch.Tensor:
+    """||z'z||_F^2 through the CUDA covariance epilogue (weight 1/2, target 0) on the smaller side."""
+    x = z if z.shape[1] <= z.shape[0] else z.T
+    return 2.0 * _cov_loss_cuda_op(x, x, 1.0, 0.5, 0.0, 0.5, 0.0)[0]
+
+
+# ------------------------------------------------------------------------------------------ providers (one per backend)
+
+
+_backend.register("frossl_loss", "torch")(frossl_loss_ref)
+_backend.register("log_frobenius", "torch")(log_frobenius_ref)
+
+
+@_backend.register("frossl_loss", "triton")
+def frossl_loss_triton(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
+                       ) -> torch.Tensor:
+    """Triton provider: column normalisation and Frobenius norms in Triton kernels, the O(ND) rest in torch."""
+    dt = torch.float64 if views[0].dtype == torch.float64 else torch.float32
+    return frossl_loss_ref(views, invariance_weight, variant, frob2=lambda z: _frob2_triton(z, views[0]),
+                           norm=lambda z, mode: col_normalize_triton(z.to(dt), mode))  # fp32 out: invariance
+
+
+@_backend.register("frossl_loss", "cuda")
+def frossl_loss_cuda(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
+                     ) -> torch.Tensor:
+    """CUDA C++ provider: the CUDA column normalisation and Frobenius norms (csrc/), the O(ND) rest in torch."""
+    dt = torch.float64 if views[0].dtype == torch.float64 else torch.float32
+    return frossl_loss_ref(views, invariance_weight, variant, frob2=_frob2_cuda,
+                           norm=lambda z, mode: col_normalize_cuda(z.to(dt), mode))
 
 
 @_backend.register("log_frobenius", "triton")
@@ -133,3 +121,29 @@ def log_frobenius_triton(z: torch.Tensor) -> torch.Tensor:
 def log_frobenius_cuda(z: torch.Tensor) -> torch.Tensor:
     with full_precision(z) as dt:
         return torch.log(_frob2_cuda(z.to(dt)))
+
+
+# ----------------------------------------------------------------------------------------------------------- public ops
+
+
+def frossl_loss(views: Sequence[torch.Tensor], *, invariance_weight: float = 1.0, variant: str = "multiview",
+                backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """FroSSL loss over V views (module docstring gives both variants).
+
+    Args:
+        views: V >= 2 projector outputs, each (N, D); ``variant="legacy"`` takes exactly two.
+        invariance_weight: w (solo-learn recipes: 1.0; STL-10 1.4; ImageNet-1k 2.0).
+        variant: ``"multiview"`` (current code) or ``"legacy"`` (paper-era two-view).
+    """
+    views = check_views("views", views, check_finite=check_finite)
+    check_number("invariance_weight", invariance_weight, low=0.0)
+    check_choice("variant", variant, FROSSL_VARIANTS)
+    if variant == "legacy" and len(views) != 2:
+        raise ValueError(f"variant='legacy' is the two-view loss; got {len(views)} views (use variant='multiview')")
+    return _backend.dispatch("frossl_loss", backend, views[0].device)(views, invariance_weight, variant)
+
+
+def log_frobenius(z: torch.Tensor, *, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """``log ||z' z||_F^2`` of an (N, D) matrix, via the N x N Gram when N < D (= -S2 + 2 log tr(z'z))."""
+    check_embeddings("z", z, min_rows=1, check_finite=check_finite)
+    return _backend.dispatch("log_frobenius", backend, z.device)(z)

@@ -17,6 +17,32 @@ import torch
 
 from . import _backend
 
+# ----------------------------------------------------------------------------------------------------------- references
+
+
+@torch.no_grad()
+def lars_step_ref(params, grads, bufs, lr, momentum, weight_decay, eta, adapt):
+    """Foreach reference of ``lars_step_``."""
+    if adapt and weight_decay:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if adapt:
+        wn = torch.stack(torch._foreach_norm(params))
+        gn = torch.stack(torch._foreach_norm(grads))
+        trust = torch.where((wn > 0) & (gn > 0), eta * wn / gn, torch.ones_like(wn))
+        grads = torch._foreach_mul(grads, list(trust.unbind()))
+    torch._foreach_mul_(bufs, momentum)
+    torch._foreach_add_(bufs, grads)
+    torch._foreach_add_(params, bufs, alpha=-lr)
+
+
+@torch.no_grad()
+def ema_ref(teacher, online, tau):
+    """Foreach reference of ``ema_``."""
+    torch._foreach_lerp_(teacher, online, 1.0 - tau)
+
+
+# ------------------------------------------------------------------------------------------------ launchers and helpers
+
 
 def _device(tensors: list[torch.Tensor]) -> torch.device:
     return tensors[0].device if tensors else torch.device("cpu")
@@ -40,29 +66,11 @@ def _check_lists(**lists: list[torch.Tensor]) -> None:
                                  "multi-tensor update needs all tensors on one device")
 
 
-def lars_step_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], *, lr: float,
-               momentum: float, weight_decay: float, eta: float, adapt: bool = True, backend: str = "auto") -> None:
-    """One LARS step over a parameter group, in place (module docstring)."""
-    _check_lists(params=params, grads=grads, bufs=bufs)
-    if params:
-        _backend.dispatch("lars_step_", backend, _device(params))(params, grads, bufs, lr, momentum, weight_decay,
-                                                                  eta, adapt)
+# ------------------------------------------------------------------------------------------ providers (one per backend)
 
 
-@_backend.register("lars_step_", "torch")
-@torch.no_grad()
-def lars_step_ref(params, grads, bufs, lr, momentum, weight_decay, eta, adapt):
-    """Foreach reference of ``lars_step_``."""
-    if adapt and weight_decay:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    if adapt:
-        wn = torch.stack(torch._foreach_norm(params))
-        gn = torch.stack(torch._foreach_norm(grads))
-        trust = torch.where((wn > 0) & (gn > 0), eta * wn / gn, torch.ones_like(wn))
-        grads = torch._foreach_mul(grads, list(trust.unbind()))
-    torch._foreach_mul_(bufs, momentum)
-    torch._foreach_add_(bufs, grads)
-    torch._foreach_add_(params, bufs, alpha=-lr)
+_backend.register("lars_step_", "torch")(lars_step_ref)
+_backend.register("ema_", "torch")(ema_ref)
 
 
 @_backend.register("lars_step_", "cuda")
@@ -76,20 +84,6 @@ def lars_step_cuda(params, grads, bufs, lr, momentum, weight_decay, eta, adapt):
                            float(weight_decay) if adapt else 0.0, float(eta))
 
 
-def ema_(teacher: list[torch.Tensor], online: list[torch.Tensor], tau: float, *, backend: str = "auto") -> None:
-    """teacher += (1 - tau)(online - teacher) for every tensor, in place."""
-    _check_lists(teacher=teacher, online=online)
-    if teacher:
-        _backend.dispatch("ema_", backend, _device(teacher))(teacher, online, tau)
-
-
-@_backend.register("ema_", "torch")
-@torch.no_grad()
-def ema_ref(teacher, online, tau):
-    """Foreach reference of ``ema_``."""
-    torch._foreach_lerp_(teacher, online, 1.0 - tau)
-
-
 @_backend.register("ema_", "cuda")
 @torch.no_grad()
 def ema_cuda(teacher, online, tau):
@@ -97,3 +91,22 @@ def ema_cuda(teacher, online, tau):
     from . import _cuda
 
     _cuda.ext().ema_(list(teacher), list(online), float(tau))
+
+
+# ----------------------------------------------------------------------------------------------------------- public ops
+
+
+def lars_step_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], *, lr: float,
+               momentum: float, weight_decay: float, eta: float, adapt: bool = True, backend: str = "auto") -> None:
+    """One LARS step over a parameter group, in place (module docstring)."""
+    _check_lists(params=params, grads=grads, bufs=bufs)
+    if params:
+        _backend.dispatch("lars_step_", backend, _device(params))(params, grads, bufs, lr, momentum, weight_decay,
+                                                                  eta, adapt)
+
+
+def ema_(teacher: list[torch.Tensor], online: list[torch.Tensor], tau: float, *, backend: str = "auto") -> None:
+    """teacher += (1 - tau)(online - teacher) for every tensor, in place."""
+    _check_lists(teacher=teacher, online=online)
+    if teacher:
+        _backend.dispatch("ema_", backend, _device(teacher))(teacher, online, tau)

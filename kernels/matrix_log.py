@@ -43,7 +43,41 @@ from ._triton import HAS_TRITON, dot_precision, k_tile, tile, tl, triton
 from .covariance import frob2_cross
 from .normalize import col_normalize_triton, row_normalize_ref, row_normalize_triton
 
-# --------------------------------------------------------------------------------------------- Triton GEMM chain
+# ----------------------------------------------------------------------------------------------------------- references
+
+
+def mce_uniformity_ref(teacher, online, lam=1.0, mu=1.0, order=4, exact=False) -> torch.Tensor:
+    with full_precision(online) as dt:
+        return _uniformity(_prep(teacher.detach(), dt), _prep(online, dt), lam, mu, order, exact)
+
+
+def mce_alignment_ref(teacher, online, mu=1.0, order=4, exact=False) -> torch.Tensor:
+    with full_precision(online) as dt:
+        return _alignment(_prep(teacher.detach(), dt), _prep(online, dt), mu, order, exact)
+
+
+def hsic_term_ref(teacher, online) -> torch.Tensor:
+    with full_precision(online) as dt:
+        t, o = _prep(teacher.detach(), dt), _prep(online, dt)
+        return frob2_cross(t, o) / o.shape[0] ** 2
+
+
+def matrix_ssl_loss_ref(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0, gamma=1.0, order=4, exact=False,
+                        hsic_weight=0.0) -> torch.Tensor:
+    with full_precision(online1) as dt:
+        o1, o2 = _prep(online1, dt), _prep(online2, dt)
+        t1, t2 = _prep(teacher1.detach(), dt), _prep(teacher2.detach(), dt)
+        loss = 0.5 * (_uniformity(t2, o1, lam, mu, order, exact) + _uniformity(t1, o2, lam, mu, order, exact))
+        loss = loss + 0.5 * gamma * (_alignment(t2, o1, mu, order, exact) + _alignment(t1, o2, mu, order, exact))
+        if hsic_weight:
+            m = o1.shape[0]
+            h = (frob2_cross(t2, o1) + frob2_cross(t1, o2)) / (m * m)
+            loss = loss - hsic_weight * (1.0 + gamma) / 2.0 * h
+        return loss
+
+
+# ------------------------------------------------------------------------------------------------------- Triton kernels
+
 
 if HAS_TRITON:
 
@@ -68,91 +102,18 @@ if HAS_TRITON:
         tl.store(c_ptr + offs_m[:, None] * N + offs_n[None, :], c, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
+# ------------------------------------------------------------------------------------------------ launchers and helpers
+
+
 def mm_shift(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, shift: float = 0.0) -> torch.Tensor:
     """Triton ``alpha * a @ b + shift * I`` in fp32 (a, b fp32, any strides). The custom op ``fusedssl::mm_shift``
     (with a fake), so torch.compile traces the chain and the autograd.Functions built from it."""
     return _mm_shift_op(a, b, float(alpha), float(shift))
 
 
-@torch.library.custom_op("fusedssl::mm_shift", mutates_args=())
-def _mm_shift_op(a: torch.Tensor, b: torch.Tensor, alpha: float, shift: float) -> torch.Tensor:
-    if a.dtype != torch.float32 or b.dtype != torch.float32:
-        raise TypeError(f"mm_shift: the operands must be float32, got {a.dtype} and {b.dtype}")
-    m, k = a.shape
-    n = b.shape[1]
-    c = torch.empty(m, n, dtype=torch.float32, device=a.device)
-    precision = dot_precision(torch.float32, a.device)
-    bm, bn, bk = tile(m), tile(n), k_tile(k, torch.float32, precision)
-    with _triton.on_device(a):
-        _mm_shift_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
-            a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), alpha, shift,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision)
-    return c
-
-
-@_mm_shift_op.register_fake
-def _(a, b, alpha, shift):
-    return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.float32)
-
-
 def _tr(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     """<a, b_t'> = tr(a b_t) without forming the product."""
     return (a * b_t.T).sum()
-
-
-class _UniformityTriton(torch.autograd.Function):
-    """U + h ||C_x||_F^2 on prepared (t, o), D x D side, with the closed-form backward of methods.md §2.7 / §3.2:
-    G = -lam sum_k (-1)^(k+1) (X^(k-1))' + 2 h C_x,  dO~ = (1/m) T~ G."""
-
-    @staticmethod
-    def forward(ctx, t, o, lam: float, mu: float, order: int, h: float):
-        m = o.shape[0]
-        x = mm_shift(t.T, o, 1.0 / m, mu - 1.0)               # X = C_x + (mu - 1) I
-        pw = _powers(x, max((order + 1) // 2, order - 1), mm_shift)  # what the value and G need
-        traces = _traces_from_powers(pw, order)
-        val = -lam * sum(_series_coeff(k + 1) * traces[k] for k in range(order))
-        eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device)  # not the global default dtype
-        cx = x - (mu - 1.0) * eye
-        if h:
-            val = val + h * cx.pow(2).sum()
-        g = -lam * sum((-1.0) ** (k + 1) * (eye if k == 1 else pw[k - 2]).T for k in range(1, order + 1))
-        g = g + 2.0 * h * cx
-        ctx.save_for_backward(t, g)
-        return val
-
-    @staticmethod
-    def backward(ctx, gout):
-        t, g = ctx.saved_tensors
-        return None, mm_shift(t, g, 1.0 / t.shape[0]) * gout, None, None, None, None
-
-
-class _AlignmentTriton(torch.autograd.Function):
-    """A on prepared (t, o), D x D side: value by trace identities, G_A = -sum_k c_k S_k with S_1 = P and
-    S_(k+1) = P X^k + X S_k (the sum over r of X^r P X^(k-1-r)); dO~ = (2/m) O~ G_A."""
-
-    @staticmethod
-    def forward(ctx, t, o, mu: float, order: int):
-        m = o.shape[0]
-        p = mm_shift(t.T, t, 1.0 / m, mu)                     # P = C_t + mu I
-        x = mm_shift(o.T, o, 1.0 / m, mu - 1.0)               # X = C_o + (mu - 1) I
-        val = 0.0
-        pxk = p                                               # P X^(k-1)
-        s = p                                                 # S_k
-        g = torch.zeros_like(p)                               # 3 + (K - 1) * 2 GEMMs of D^3 in all
-        for k in range(1, order + 1):
-            c = _series_coeff(k)
-            val = val - c * _tr(pxk, x)                       # tr(P X^k) = <P X^(k-1), X'>
-            g = g - c * s
-            if k < order:
-                pxk = mm_shift(pxk, x)                        # P X^k
-                s = pxk + mm_shift(x, s)                      # S_(k+1)
-        ctx.save_for_backward(o, g)
-        return val
-
-    @staticmethod
-    def backward(ctx, gout):
-        o, g = ctx.saved_tensors
-        return None, mm_shift(o, g, 2.0 / o.shape[0]) * gout, None, None
 
 
 def _series_coeff(k: int) -> float:
@@ -193,60 +154,6 @@ def _prep(z: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     """Row-L2 normalise, then centre the columns (J applied to the data, never formed)."""
     z = row_normalize_ref(z.to(dt))
     return z - z.mean(dim=0, keepdim=True)
-
-
-# --------------------------------------------------------------------------------------------- exact tr(P log S)
-
-
-class _TraceLogm(torch.autograd.Function):
-    """tr(P log S) for symmetric positive definite S, with the Daleckii-Krein backward (methods.md §2.7).
-
-    The divided difference Gamma_ij = (log s_i - log s_j)/(s_i - s_j) is evaluated as log1p(d)/(s_i - s_j) with
-    d = (s_i - s_j)/s_j, and by its series 1/s_j (1 - d/2 + d^2/3) for |d| < 1e-4: exact to rounding for equal or
-    nearly equal eigenvalues, where autograd through eigh divides by zero.
-    """
-
-    @staticmethod
-    def forward(ctx, s: torch.Tensor, p: torch.Tensor, min_eig: float) -> torch.Tensor:
-        sym = 0.5 * (s + s.T)  # eigh reads one triangle; symmetrising makes the gradient the symmetric one
-        sig, v = torch.linalg.eigh(sym)
-        sig = sig.clamp_min(min_eig)
-        logs = torch.log(sig)
-        pv = v.T @ p @ v
-        ctx.save_for_backward(v, sig, logs, pv)
-        return (torch.diagonal(pv) * logs).sum()
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        v, sig, logs, pv = ctx.saved_tensors
-        si, sj = sig[:, None], sig[None, :]
-        diff = si - sj
-        d = diff / sj
-        small = d.abs() < 1e-4
-        safe_diff = torch.where(small, torch.ones_like(diff), diff)
-        series = (1.0 - d / 2.0 + d * d / 3.0) / sj
-        gamma = torch.where(small, series, torch.log1p(torch.where(small, 0.0, d)) / safe_diff)
-        grad_s = v @ (pv * gamma) @ v.T
-        grad_p = (v * logs) @ v.T
-        return g * grad_s, g * grad_p, None
-
-
-def trace_logm(s: torch.Tensor, p: torch.Tensor | None = None, *, min_eig: float = 1e-12, check_finite: bool = True
-               ) -> torch.Tensor:
-    """Exact ``tr(P log S)`` (``tr log S`` when ``p`` is None) of a symmetric positive-definite S, eigenvalues
-    clamped at ``min_eig``, with a degeneracy-safe backward. Reference op (torch); no kernel backend."""
-    check_embeddings("s", s, min_rows=1, check_finite=check_finite)
-    if s.shape[0] != s.shape[1]:
-        raise ValueError(f"s must be square, got shape {tuple(s.shape)}")
-    if p is None:
-        p = torch.eye(s.shape[0], dtype=s.dtype, device=s.device)
-    elif p.shape != s.shape:
-        raise ValueError(f"p must have the shape of s {tuple(s.shape)}, got {tuple(p.shape)}")
-    check_number("min_eig", min_eig, low=0.0, low_open=True)
-    return _TraceLogm.apply(s, p, min_eig)
-
-
-# ----------------------------------------------------------------------------------------- uniformity / alignment
 
 
 def _uniformity(t: torch.Tensor, o: torch.Tensor, lam: float, mu: float, order: int, exact: bool) -> torch.Tensor:
@@ -306,6 +213,167 @@ def _check_mce(teacher, online, lam, mu, order, check_finite):
         raise ValueError(f"order must be a positive int (the Taylor order K), got {order!r}")
 
 
+# -------------------------------------------------------------------------------- custom ops (torch.compile sees these)
+
+
+@torch.library.custom_op("fusedssl::mm_shift", mutates_args=())
+def _mm_shift_op(a: torch.Tensor, b: torch.Tensor, alpha: float, shift: float) -> torch.Tensor:
+    if a.dtype != torch.float32 or b.dtype != torch.float32:
+        raise TypeError(f"mm_shift: the operands must be float32, got {a.dtype} and {b.dtype}")
+    m, k = a.shape
+    n = b.shape[1]
+    c = torch.empty(m, n, dtype=torch.float32, device=a.device)
+    precision = dot_precision(torch.float32, a.device)
+    bm, bn, bk = tile(m), tile(n), k_tile(k, torch.float32, precision)
+    with _triton.on_device(a):
+        _mm_shift_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+            a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), alpha, shift,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision)
+    return c
+
+
+@_mm_shift_op.register_fake
+def _(a, b, alpha, shift):
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.float32)
+
+
+class _UniformityTriton(torch.autograd.Function):
+    """U + h ||C_x||_F^2 on prepared (t, o), D x D side, with the closed-form backward of methods.md §2.7 / §3.2:
+    G = -lam sum_k (-1)^(k+1) (X^(k-1))' + 2 h C_x,  dO~ = (1/m) T~ G."""
+
+    @staticmethod
+    def forward(ctx, t, o, lam: float, mu: float, order: int, h: float):
+        m = o.shape[0]
+        x = mm_shift(t.T, o, 1.0 / m, mu - 1.0)               # X = C_x + (mu - 1) I
+        pw = _powers(x, max((order + 1) // 2, order - 1), mm_shift)  # what the value and G need
+        traces = _traces_from_powers(pw, order)
+        val = -lam * sum(_series_coeff(k + 1) * traces[k] for k in range(order))
+        eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device)  # not the global default dtype
+        cx = x - (mu - 1.0) * eye
+        if h:
+            val = val + h * cx.pow(2).sum()
+        g = -lam * sum((-1.0) ** (k + 1) * (eye if k == 1 else pw[k - 2]).T for k in range(1, order + 1))
+        g = g + 2.0 * h * cx
+        ctx.save_for_backward(t, g)
+        return val
+
+    @staticmethod
+    def backward(ctx, gout):
+        t, g = ctx.saved_tensors
+        return None, mm_shift(t, g, 1.0 / t.shape[0]) * gout, None, None, None, None
+
+
+class _AlignmentTriton(torch.autograd.Function):
+    """A on prepared (t, o), D x D side: value by trace identities, G_A = -sum_k c_k S_k with S_1 = P and
+    S_(k+1) = P X^k + X S_k (the sum over r of X^r P X^(k-1-r)); dO~ = (2/m) O~ G_A."""
+
+    @staticmethod
+    def forward(ctx, t, o, mu: float, order: int):
+        m = o.shape[0]
+        p = mm_shift(t.T, t, 1.0 / m, mu)                     # P = C_t + mu I
+        x = mm_shift(o.T, o, 1.0 / m, mu - 1.0)               # X = C_o + (mu - 1) I
+        val = 0.0
+        pxk = p                                               # P X^(k-1)
+        s = p                                                 # S_k
+        g = torch.zeros_like(p)                               # 3 + (K - 1) * 2 GEMMs of D^3 in all
+        for k in range(1, order + 1):
+            c = _series_coeff(k)
+            val = val - c * _tr(pxk, x)                       # tr(P X^k) = <P X^(k-1), X'>
+            g = g - c * s
+            if k < order:
+                pxk = mm_shift(pxk, x)                        # P X^k
+                s = pxk + mm_shift(x, s)                      # S_(k+1)
+        ctx.save_for_backward(o, g)
+        return val
+
+    @staticmethod
+    def backward(ctx, gout):
+        o, g = ctx.saved_tensors
+        return None, mm_shift(o, g, 2.0 / o.shape[0]) * gout, None, None
+
+
+class _TraceLogm(torch.autograd.Function):
+    """tr(P log S) for symmetric positive definite S, with the Daleckii-Krein backward (methods.md §2.7).
+
+    The divided difference Gamma_ij = (log s_i - log s_j)/(s_i - s_j) is evaluated as log1p(d)/(s_i - s_j) with
+    d = (s_i - s_j)/s_j, and by its series 1/s_j (1 - d/2 + d^2/3) for |d| < 1e-4: exact to rounding for equal or
+    nearly equal eigenvalues, where autograd through eigh divides by zero.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, p: torch.Tensor, min_eig: float) -> torch.Tensor:
+        sym = 0.5 * (s + s.T)  # eigh reads one triangle; symmetrising makes the gradient the symmetric one
+        sig, v = torch.linalg.eigh(sym)
+        sig = sig.clamp_min(min_eig)
+        logs = torch.log(sig)
+        pv = v.T @ p @ v
+        ctx.save_for_backward(v, sig, logs, pv)
+        return (torch.diagonal(pv) * logs).sum()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        v, sig, logs, pv = ctx.saved_tensors
+        si, sj = sig[:, None], sig[None, :]
+        diff = si - sj
+        d = diff / sj
+        small = d.abs() < 1e-4
+        safe_diff = torch.where(small, torch.ones_like(diff), diff)
+        series = (1.0 - d / 2.0 + d * d / 3.0) / sj
+        gamma = torch.where(small, series, torch.log1p(torch.where(small, 0.0, d)) / safe_diff)
+        grad_s = v @ (pv * gamma) @ v.T
+        grad_p = (v * logs) @ v.T
+        return g * grad_s, g * grad_p, None
+
+
+# ------------------------------------------------------------------------------------------ providers (one per backend)
+
+
+_backend.register("mce_uniformity", "torch")(mce_uniformity_ref)
+_backend.register("mce_alignment", "torch")(mce_alignment_ref)
+_backend.register("hsic_term", "torch")(hsic_term_ref)
+_backend.register("matrix_ssl_loss", "torch")(matrix_ssl_loss_ref)
+
+
+@_backend.register("matrix_ssl_loss", "triton")
+def matrix_ssl_loss_triton(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0, gamma=1.0, order=4, exact=False,
+                           hsic_weight=0.0) -> torch.Tensor:
+    """Triton provider: the D x D GEMM chain with the closed-form G (module docstring). ``exact=True`` keeps the
+    LU / eigh path of the reference (no Triton eigendecomposition); the m x m Gram side is not in Triton yet, so
+    m < D runs the D x D chain (correct, more FLOPs)."""
+    if exact:
+        return matrix_ssl_loss_ref(online1, online2, teacher1, teacher2, lam, mu, gamma, order, exact, hsic_weight)
+    with full_precision(online1):
+        dt = torch.float32  # the Triton chain runs in fp32 (fp64 inputs too)
+        def prep(z):  # row L2 then centring, both Triton kernels, in fp32
+            return col_normalize_triton(row_normalize_triton(z.to(dt)), "center")
+
+        o1, o2 = prep(online1), prep(online2)
+        t1, t2 = prep(teacher1.detach()), prep(teacher2.detach())
+        h = -2.0 * hsic_weight * (1.0 + gamma) / 2.0  # each uniformity call carries weight 1/2
+        loss = 0.5 * (_UniformityTriton.apply(t2, o1, lam, mu, order, h) + _UniformityTriton.apply(t1, o2, lam, mu,
+                                                                                                    order, h))
+        return loss + 0.5 * gamma * (_AlignmentTriton.apply(t2, o1, mu, order) + _AlignmentTriton.apply(t1, o2, mu,
+                                                                                                        order))
+
+
+# ----------------------------------------------------------------------------------------------------------- public ops
+
+
+def trace_logm(s: torch.Tensor, p: torch.Tensor | None = None, *, min_eig: float = 1e-12, check_finite: bool = True
+               ) -> torch.Tensor:
+    """Exact ``tr(P log S)`` (``tr log S`` when ``p`` is None) of a symmetric positive-definite S, eigenvalues
+    clamped at ``min_eig``, with a degeneracy-safe backward. Reference op (torch); no kernel backend."""
+    check_embeddings("s", s, min_rows=1, check_finite=check_finite)
+    if s.shape[0] != s.shape[1]:
+        raise ValueError(f"s must be square, got shape {tuple(s.shape)}")
+    if p is None:
+        p = torch.eye(s.shape[0], dtype=s.dtype, device=s.device)
+    elif p.shape != s.shape:
+        raise ValueError(f"p must have the shape of s {tuple(s.shape)}, got {tuple(p.shape)}")
+    check_number("min_eig", min_eig, low=0.0, low_open=True)
+    return _TraceLogm.apply(s, p, min_eig)
+
+
 def mce_uniformity(teacher: torch.Tensor, online: torch.Tensor, *, lam: float = 1.0, mu: float = 1.0, order: int = 4,
                    exact: bool = False, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
     """Matrix-SSL uniformity ``-lam tr log(C_x + mu I)`` (order-K series, or exact with ``exact=True``).
@@ -320,12 +388,6 @@ def mce_uniformity(teacher: torch.Tensor, online: torch.Tensor, *, lam: float = 
     return _backend.dispatch("mce_uniformity", backend, online.device)(teacher, online, lam, mu, order, exact)
 
 
-@_backend.register("mce_uniformity", "torch")
-def mce_uniformity_ref(teacher, online, lam=1.0, mu=1.0, order=4, exact=False) -> torch.Tensor:
-    with full_precision(online) as dt:
-        return _uniformity(_prep(teacher.detach(), dt), _prep(online, dt), lam, mu, order, exact)
-
-
 def mce_alignment(teacher: torch.Tensor, online: torch.Tensor, *, mu: float = 1.0, order: int = 4,
                   exact: bool = False, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
     """Matrix-SSL alignment ``-tr[(C_t + mu I) log(C_o + mu I)]`` (matrix cross-entropy without the +tr Q term)."""
@@ -333,27 +395,11 @@ def mce_alignment(teacher: torch.Tensor, online: torch.Tensor, *, mu: float = 1.
     return _backend.dispatch("mce_alignment", backend, online.device)(teacher, online, mu, order, exact)
 
 
-@_backend.register("mce_alignment", "torch")
-def mce_alignment_ref(teacher, online, mu=1.0, order=4, exact=False) -> torch.Tensor:
-    with full_precision(online) as dt:
-        return _alignment(_prep(teacher.detach(), dt), _prep(online, dt), mu, order, exact)
-
-
 def hsic_term(teacher: torch.Tensor, online: torch.Tensor, *, backend: str = "auto", check_finite: bool = True
               ) -> torch.Tensor:
     """``||C_x||_F^2``: the biased linear-kernel HSIC estimator (1/m^2) tr(T^T^' J O^O^' J) (methods.md §3.2)."""
     check_pair("teacher", teacher, "online", online, check_finite=check_finite)
     return _backend.dispatch("hsic_term", backend, online.device)(teacher, online)
-
-
-@_backend.register("hsic_term", "torch")
-def hsic_term_ref(teacher, online) -> torch.Tensor:
-    with full_precision(online) as dt:
-        t, o = _prep(teacher.detach(), dt), _prep(online, dt)
-        return frob2_cross(t, o) / o.shape[0] ** 2
-
-
-# ------------------------------------------------------------------------------------------------- full objectives
 
 
 def matrix_ssl_loss(online1: torch.Tensor, online2: torch.Tensor, teacher1: torch.Tensor, teacher2: torch.Tensor, *,
@@ -378,21 +424,6 @@ def matrix_ssl_loss(online1: torch.Tensor, online2: torch.Tensor, teacher1: torc
     return fn(online1, online2, teacher1, teacher2, lam, mu, gamma, order, exact, hsic_weight)
 
 
-@_backend.register("matrix_ssl_loss", "torch")
-def matrix_ssl_loss_ref(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0, gamma=1.0, order=4, exact=False,
-                        hsic_weight=0.0) -> torch.Tensor:
-    with full_precision(online1) as dt:
-        o1, o2 = _prep(online1, dt), _prep(online2, dt)
-        t1, t2 = _prep(teacher1.detach(), dt), _prep(teacher2.detach(), dt)
-        loss = 0.5 * (_uniformity(t2, o1, lam, mu, order, exact) + _uniformity(t1, o2, lam, mu, order, exact))
-        loss = loss + 0.5 * gamma * (_alignment(t2, o1, mu, order, exact) + _alignment(t1, o2, mu, order, exact))
-        if hsic_weight:
-            m = o1.shape[0]
-            h = (frob2_cross(t2, o1) + frob2_cross(t1, o2)) / (m * m)
-            loss = loss - hsic_weight * (1.0 + gamma) / 2.0 * h
-        return loss
-
-
 def kernel_ssl_loss(online1: torch.Tensor, online2: torch.Tensor, teacher1: torch.Tensor, teacher2: torch.Tensor, *,
                     lam: float = 1.0, mu: float = 1.0, gamma: float = 1.0, order: int = 4, exact: bool = False,
                     hsic_weight: float = 0.003, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
@@ -400,25 +431,3 @@ def kernel_ssl_loss(online1: torch.Tensor, online2: torch.Tensor, teacher1: torc
     (Matrix-SSL repository at bf80b2e with ``--HSIC``, ``--align_gamma`` default 0.003; methods.md §3)."""
     return matrix_ssl_loss(online1, online2, teacher1, teacher2, lam=lam, mu=mu, gamma=gamma, order=order,
                            exact=exact, hsic_weight=hsic_weight, backend=backend, check_finite=check_finite)
-
-
-@_backend.register("matrix_ssl_loss", "triton")
-def matrix_ssl_loss_triton(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0, gamma=1.0, order=4, exact=False,
-                           hsic_weight=0.0) -> torch.Tensor:
-    """Triton provider: the D x D GEMM chain with the closed-form G (module docstring). ``exact=True`` keeps the
-    LU / eigh path of the reference (no Triton eigendecomposition); the m x m Gram side is not in Triton yet, so
-    m < D runs the D x D chain (correct, more FLOPs)."""
-    if exact:
-        return matrix_ssl_loss_ref(online1, online2, teacher1, teacher2, lam, mu, gamma, order, exact, hsic_weight)
-    with full_precision(online1):
-        dt = torch.float32  # the Triton chain runs in fp32 (fp64 inputs too)
-        def prep(z):  # row L2 then centring, both Triton kernels, in fp32
-            return col_normalize_triton(row_normalize_triton(z.to(dt)), "center")
-
-        o1, o2 = prep(online1), prep(online2)
-        t1, t2 = prep(teacher1.detach()), prep(teacher2.detach())
-        h = -2.0 * hsic_weight * (1.0 + gamma) / 2.0  # each uniformity call carries weight 1/2
-        loss = 0.5 * (_UniformityTriton.apply(t2, o1, lam, mu, order, h) + _UniformityTriton.apply(t1, o2, lam, mu,
-                                                                                                    order, h))
-        return loss + 0.5 * gamma * (_AlignmentTriton.apply(t2, o1, mu, order) + _AlignmentTriton.apply(t1, o2, mu,
-                                                                                                        order))

@@ -38,29 +38,12 @@ from ._triton import HAS_TRITON, interpreting, tl, triton
 COL_MODES = ("bn", "std", "l2", "center", "std_l2")
 _DEFAULT_EPS = {"bn": 1e-5, "l2": 1e-12, "std_l2": 1e-12}
 
-
-def col_normalize(z: torch.Tensor, mode: str = "bn", *, eps: float | None = None, backend: str = "auto",
-                  check_finite: bool = True) -> torch.Tensor:
-    """Normalise each column of ``z`` (N x D) over the batch.
-
-    Args:
-        z: (N, D) embeddings, N >= 2.
-        mode: one of ``COL_MODES`` (module docstring).
-        eps: ``bn``: added to the biased variance (default 1e-5); ``l2``/``std_l2``: norm clamp (default 1e-12).
-        backend: "auto" | "torch" | "triton" | "cuda".
-        check_finite: raise on NaN/Inf inputs (reads the tensor; turn off inside a training step).
-
-    Returns:
-        (N, D) tensor in ``z``'s dtype.
-    """
-    check_embeddings("z", z, check_finite=check_finite)
-    check_choice("mode", mode, COL_MODES)
-    if eps is not None:
-        check_number("eps", eps, low=0.0)
-    return _backend.dispatch("col_normalize", backend, z.device)(z, mode, eps)
+_MODE_ID = {"center": 0, "bn": 1, "std": 2, "l2": 3, "std_l2": 4}
 
 
-@_backend.register("col_normalize", "torch")
+# ----------------------------------------------------------------------------------------------------------- references
+
+
 def col_normalize_ref(z: torch.Tensor, mode: str = "bn", eps: float | None = None) -> torch.Tensor:
     """Plain-PyTorch reference of ``col_normalize`` (no validation)."""
     eps = _DEFAULT_EPS.get(mode, 0.0) if eps is None else eps
@@ -78,23 +61,13 @@ def col_normalize_ref(z: torch.Tensor, mode: str = "bn", eps: float | None = Non
     raise ValueError(f"mode={mode!r} is not one of {COL_MODES}")
 
 
-def row_normalize(z: torch.Tensor, *, eps: float = 1e-12, backend: str = "auto", check_finite: bool = True
-                  ) -> torch.Tensor:
-    """L2-normalise each row of ``z`` (N x D): ``z_i / max(||z_i||, eps)``."""
-    check_embeddings("z", z, min_rows=1, check_finite=check_finite)
-    check_number("eps", eps, low=0.0, low_open=True)
-    return _backend.dispatch("row_normalize", backend, z.device)(z, eps)
-
-
-@_backend.register("row_normalize", "torch")
 def row_normalize_ref(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Plain-PyTorch reference of ``row_normalize``."""
     return F.normalize(z, dim=1, eps=eps)
 
 
-# --------------------------------------------------------------------------------------------------- Triton kernels
+# ------------------------------------------------------------------------------------------------------- Triton kernels
 
-_MODE_ID = {"center": 0, "bn": 1, "std": 2, "l2": 3, "std_l2": 4}
 
 if HAS_TRITON:
 
@@ -236,6 +209,9 @@ if HAS_TRITON:
                      mask=mask)
 
 
+# ------------------------------------------------------------------------------------------------ launchers and helpers
+
+
 def _row_blocks(n: int, d: int) -> tuple[int, int]:
     # one row per program up to a few per SM (N = 256 gives 256 programs); wide feature chunks for long loads
     if interpreting():
@@ -254,6 +230,9 @@ def _as_rows(x: torch.Tensor, rows: bool) -> tuple[int, int, int, int]:
     """(N, D, stride_n, stride_d) of the matrix whose columns are normalised (the transpose for row mode)."""
     n, d = x.shape
     return (d, n, x.stride(1), x.stride(0)) if rows else (n, d, x.stride(0), x.stride(1))
+
+
+# -------------------------------------------------------------------------------- custom ops (torch.compile sees these)
 
 
 @torch.library.custom_op("fusedssl::col_norm", mutates_args=())
@@ -332,20 +311,7 @@ def _col_norm_backward(bwd_op):
 _col_norm_op.register_autograd(_col_norm_backward(_col_norm_bwd_op), setup_context=_col_norm_setup)
 
 
-@_backend.register("col_normalize", "triton")
-def col_normalize_triton(z: torch.Tensor, mode: str = "bn", eps: float | None = None) -> torch.Tensor:
-    """Triton provider of ``col_normalize``: fp32 statistics, output in the input's dtype (fp64 -> fp32)."""
-    eps = _DEFAULT_EPS.get(mode, 0.0) if eps is None else eps
-    return _col_norm_op(z, _MODE_ID[mode], float(eps), False)[0]
-
-
-@_backend.register("row_normalize", "triton")
-def row_normalize_triton(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Triton provider of ``row_normalize``: the l2 column kernel on the transposed view."""
-    return _col_norm_op(z, _MODE_ID["l2"], float(eps), True)[0]
-
-
-# ---- CUDA C++ (csrc/normalize.cu): the same statistics, closed-form backward and (y, mean, r, beta) contract.
+# The CUDA C++ ops (csrc/normalize.cu): the same statistics, closed-form backward and (y, mean, r, beta) contract.
 
 
 @torch.library.custom_op("fusedssl::col_norm_cuda", mutates_args=())
@@ -366,7 +332,29 @@ def _col_norm_bwd_cuda_op(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, 
 
 
 _col_norm_bwd_cuda_op.register_fake(_col_norm_bwd_fake)
+
+
 _col_norm_cuda_op.register_autograd(_col_norm_backward(_col_norm_bwd_cuda_op), setup_context=_col_norm_setup)
+
+
+# ------------------------------------------------------------------------------------------ providers (one per backend)
+
+
+_backend.register("col_normalize", "torch")(col_normalize_ref)
+_backend.register("row_normalize", "torch")(row_normalize_ref)
+
+
+@_backend.register("col_normalize", "triton")
+def col_normalize_triton(z: torch.Tensor, mode: str = "bn", eps: float | None = None) -> torch.Tensor:
+    """Triton provider of ``col_normalize``: fp32 statistics, output in the input's dtype (fp64 -> fp32)."""
+    eps = _DEFAULT_EPS.get(mode, 0.0) if eps is None else eps
+    return _col_norm_op(z, _MODE_ID[mode], float(eps), False)[0]
+
+
+@_backend.register("row_normalize", "triton")
+def row_normalize_triton(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Triton provider of ``row_normalize``: the l2 column kernel on the transposed view."""
+    return _col_norm_op(z, _MODE_ID["l2"], float(eps), True)[0]
 
 
 @_backend.register("col_normalize", "cuda")
@@ -380,3 +368,35 @@ def col_normalize_cuda(z: torch.Tensor, mode: str = "bn", eps: float | None = No
 def row_normalize_cuda(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """CUDA C++ provider of ``row_normalize``: the l2 column kernel on the transposed view."""
     return _col_norm_cuda_op(z, _MODE_ID["l2"], float(eps), True)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------- public ops
+
+
+def col_normalize(z: torch.Tensor, mode: str = "bn", *, eps: float | None = None, backend: str = "auto",
+                  check_finite: bool = True) -> torch.Tensor:
+    """Normalise each column of ``z`` (N x D) over the batch.
+
+    Args:
+        z: (N, D) embeddings, N >= 2.
+        mode: one of ``COL_MODES`` (module docstring).
+        eps: ``bn``: added to the biased variance (default 1e-5); ``l2``/``std_l2``: norm clamp (default 1e-12).
+        backend: "auto" | "torch" | "triton" | "cuda".
+        check_finite: raise on NaN/Inf inputs (reads the tensor; turn off inside a training step).
+
+    Returns:
+        (N, D) tensor in ``z``'s dtype.
+    """
+    check_embeddings("z", z, check_finite=check_finite)
+    check_choice("mode", mode, COL_MODES)
+    if eps is not None:
+        check_number("eps", eps, low=0.0)
+    return _backend.dispatch("col_normalize", backend, z.device)(z, mode, eps)
+
+
+def row_normalize(z: torch.Tensor, *, eps: float = 1e-12, backend: str = "auto", check_finite: bool = True
+                  ) -> torch.Tensor:
+    """L2-normalise each row of ``z`` (N x D): ``z_i / max(||z_i||, eps)``."""
+    check_embeddings("z", z, min_rows=1, check_finite=check_finite)
+    check_number("eps", eps, low=0.0, low_open=True)
+    return _backend.dispatch("row_normalize", backend, z.device)(z, eps)

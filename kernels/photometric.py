@@ -27,6 +27,51 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights: the grayscale of every p
 TO_YIQ = (LUMA, (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))  # RGB -> YIQ: the hue is a rotation of (I, Q)
 
 
+# ----------------------------------------------------------------------------------------------------------- references
+
+
+def photometric_augment_ref(x: torch.Tensor, p: PhotoParams, mean, std) -> torch.Tensor:
+    """The float64 reference: uint8 (n, h, w, 3) -> float64 (n, h, w, 3), see the module note."""
+    n, h, w, _ = x.shape
+    v = x.double()
+    b = p.bright.double().view(n, 1, 1, 1)
+    c = p.contrast.double().view(n, 1, 1, 1)
+    y = (v * b).clamp(max=255.0)
+    luma = torch.tensor(LUMA, dtype=torch.float64)
+    m = (y * luma).sum(-1).mean(dim=(1, 2)).view(n, 1, 1, 1)
+    y = (c * y + (1 - c) * m).clamp(0.0, 255.0)
+    y = torch.einsum("nij,nhwj->nhwi", p.matrix.double().view(n, 3, 3), y).clamp(0.0, 255.0)
+    v = torch.where(p.colour.bool().view(n, 1, 1, 1), y, v)
+    out = []
+    for k in range(n):
+        r, img = int(p.radius[k]), v[k]
+        if r:
+            g = p.taps[k, :2 * r + 1].double()
+            cols = _reflect101(torch.arange(-r, w + r), w)
+            img = sum(g[t] * img[:, cols[t:t + w]] for t in range(2 * r + 1))
+            rows = _reflect101(torch.arange(-r, h + r), h)
+            img = sum(g[t] * img[rows[t:t + h]] for t in range(2 * r + 1))
+        out.append(img)
+    v = torch.stack(out)
+    v = torch.where(p.solarize.bool().view(n, 1, 1, 1) & (v > 127.5), 255.0 - v, v)
+    mean_t, std_t = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    return (v / 255.0 - mean_t) / std_t
+
+
+# ------------------------------------------------------------------------------------------------ launchers and helpers
+
+
+def _reflect101(i: torch.Tensor, n: int) -> torch.Tensor:
+    if n == 1:
+        return torch.zeros_like(i)
+    period = 2 * (n - 1)
+    i = i.remainder(period)
+    return torch.where(i < n, i, period - i)
+
+
+# ----------------------------------------------------------------------------------------------------------- public ops
+
+
 @dataclass
 class PhotoParams:
     """Per-sample parameters of ``photometric_augment`` (CPU tensors, the batch first)."""
@@ -69,42 +114,6 @@ def gaussian_taps(sigma: np.ndarray, blur: np.ndarray) -> tuple[np.ndarray, np.n
         taps[k] = 0.0
         taps[k, :2 * r + 1] = g / g.sum()  # the kernel reads taps[0 .. 2 r]
     return taps, radius
-
-
-def _reflect101(i: torch.Tensor, n: int) -> torch.Tensor:
-    if n == 1:
-        return torch.zeros_like(i)
-    period = 2 * (n - 1)
-    i = i.remainder(period)
-    return torch.where(i < n, i, period - i)
-
-
-def photometric_augment_ref(x: torch.Tensor, p: PhotoParams, mean, std) -> torch.Tensor:
-    """The float64 reference: uint8 (n, h, w, 3) -> float64 (n, h, w, 3), see the module note."""
-    n, h, w, _ = x.shape
-    v = x.double()
-    b = p.bright.double().view(n, 1, 1, 1)
-    c = p.contrast.double().view(n, 1, 1, 1)
-    y = (v * b).clamp(max=255.0)
-    luma = torch.tensor(LUMA, dtype=torch.float64)
-    m = (y * luma).sum(-1).mean(dim=(1, 2)).view(n, 1, 1, 1)
-    y = (c * y + (1 - c) * m).clamp(0.0, 255.0)
-    y = torch.einsum("nij,nhwj->nhwi", p.matrix.double().view(n, 3, 3), y).clamp(0.0, 255.0)
-    v = torch.where(p.colour.bool().view(n, 1, 1, 1), y, v)
-    out = []
-    for k in range(n):
-        r, img = int(p.radius[k]), v[k]
-        if r:
-            g = p.taps[k, :2 * r + 1].double()
-            cols = _reflect101(torch.arange(-r, w + r), w)
-            img = sum(g[t] * img[:, cols[t:t + w]] for t in range(2 * r + 1))
-            rows = _reflect101(torch.arange(-r, h + r), h)
-            img = sum(g[t] * img[rows[t:t + h]] for t in range(2 * r + 1))
-        out.append(img)
-    v = torch.stack(out)
-    v = torch.where(p.solarize.bool().view(n, 1, 1, 1) & (v > 127.5), 255.0 - v, v)
-    mean_t, std_t = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
-    return (v / 255.0 - mean_t) / std_t
 
 
 def why_no_photometric_kernel() -> str | None:

@@ -76,3 +76,23 @@ def test_readme_installs_the_build_requirements_first():
         assert first == "pip install -r build-requirements.txt" and "--no-build-isolation" in second, cmd
     reqs = (ROOT / "build-requirements.txt").read_text()
     assert re.search(r"^torch>=", reqs, re.M) and re.search(r"^setuptools>=70", reqs, re.M)
+
+
+# The anatomy of every op family file in kernels/: these sections, in this order (each family has the ones it needs)
+SECTIONS = ["references", "Triton kernels", "launchers and helpers", "custom ops (torch.compile sees these)",
+            "providers (one per backend)", "public ops"]
+
+
+def test_every_kernel_family_file_has_the_same_anatomy():
+    families = [p for p in sorted((ROOT / "kernels").glob("*.py")) if not p.name.startswith("_")]
+    assert len(families) >= 9
+    for path in families:
+        text = path.read_text()
+        found = [m.group(1) for m in re.finditer(r"^# -{3,} (.+)$", text, re.M)]
+        assert found and all(s in SECTIONS for s in found), f"{path.name}: sections {found}, expected {SECTIONS}"
+        assert found == sorted(found, key=SECTIONS.index), f"{path.name}: sections out of order: {found}"
+        assert found[0] == "references" and found[-1] == "public ops", f"{path.name}: {found}"
+        for node in ast.parse(text).body:  # references are plain functions: registered in the providers section
+            if isinstance(node, ast.FunctionDef) and node.name.endswith("_ref"):
+                hooks = [ast.unparse(d) for d in node.decorator_list if "register" in ast.unparse(d)]
+                assert not hooks, f"{path.name}: {node.name} carries {hooks}; register it under providers"
