@@ -1,8 +1,9 @@
 """Input validation shared by every public op: one place, messages that name the argument, expected and got.
 
 Checks run once at the Python op boundary (the references and later kernels trust their inputs). The finiteness check
-reads the whole tensor and, on a GPU, synchronises the host; public ops therefore take ``check_finite`` so that a
-training loop, which detects non-finite values itself from a device-side flag, can turn it off.
+reads the whole tensor and, on a GPU, synchronises the host; public ops therefore take ``check_finite``, off by
+default: a training loop detects non-finite values itself from a device-side flag, and a call that wants the check
+(a test, an interactive session, ``fusedssl verify``'s input checks) asks for it.
 """
 
 from __future__ import annotations

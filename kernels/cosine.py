@@ -53,14 +53,14 @@ _backend.register("simsiam_loss", "torch")(simsiam_loss_ref)
 
 
 def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, *, backend: str = "auto",
-              check_finite: bool = True) -> torch.Tensor:
+              check_finite: bool = False) -> torch.Tensor:
     """BYOL's symmetrised ``2 - 2 cos`` loss. p1, p2: (N, D) online predictions; z1, z2: (N, D) targets."""
     _check4(p1, p2, z1, z2, check_finite)
     return _backend.dispatch("byol_loss", backend, p1.device)(p1, p2, z1, z2)
 
 
 def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, *, backend: str = "auto",
-                 check_finite: bool = True) -> torch.Tensor:
+                 check_finite: bool = False) -> torch.Tensor:
     """SimSiam's symmetrised negative cosine. p1, p2: (N, D) predictions; z1, z2: (N, D) projections."""
     _check4(p1, p2, z1, z2, check_finite)
     return _backend.dispatch("simsiam_loss", backend, p1.device)(p1, p2, z1, z2)

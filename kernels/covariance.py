@@ -444,7 +444,7 @@ def vicreg_covariance_cuda(z: torch.Tensor) -> torch.Tensor:
 
 
 def barlow_twins_loss(za: torch.Tensor, zb: torch.Tensor, *, lam: float = 0.0051, normalize: str = "bn",
-                      off_diagonal_target: float = 0.0, backend: str = "auto", check_finite: bool = True
+                      off_diagonal_target: float = 0.0, backend: str = "auto", check_finite: bool = False
                       ) -> torch.Tensor:
     """Barlow Twins redundancy-reduction loss, with the HSIC variant as ``off_diagonal_target=-1``.
 
@@ -458,7 +458,7 @@ def barlow_twins_loss(za: torch.Tensor, zb: torch.Tensor, *, lam: float = 0.0051
             ``"none"``: use the inputs as they are.
         off_diagonal_target: t; 0 for Barlow Twins, -1 for the HSIC variant.
         backend: "auto" | "torch" | "triton" | "cuda".
-        check_finite: raise on NaN/Inf inputs (reads the tensors).
+        check_finite: raise on NaN/Inf inputs (off by default: the check reads the tensors and syncs a GPU).
 
     Returns:
         Scalar loss, float32 (float64 for float64 inputs). Computed on the batch passed in: pass the all-gathered
@@ -472,7 +472,7 @@ def barlow_twins_loss(za: torch.Tensor, zb: torch.Tensor, *, lam: float = 0.0051
 
 
 def vicreg_loss(za: torch.Tensor, zb: torch.Tensor, *, sim_coeff: float = 25.0, std_coeff: float = 25.0,
-                cov_coeff: float = 1.0, eps: float = 1e-4, backend: str = "auto", check_finite: bool = True
+                cov_coeff: float = 1.0, eps: float = 1e-4, backend: str = "auto", check_finite: bool = False
                 ) -> torch.Tensor:
     """VICReg: ``sim * MSE(za, zb) + std * (v(za) + v(zb)) / 2 + cov * (c(za) + c(zb))`` (methods.md §7).
 
@@ -492,14 +492,14 @@ def vicreg_loss(za: torch.Tensor, zb: torch.Tensor, *, sim_coeff: float = 25.0, 
     return _backend.dispatch("vicreg_loss", backend, za.device)(za, zb, sim_coeff, std_coeff, cov_coeff, eps)
 
 
-def vicreg_invariance(za: torch.Tensor, zb: torch.Tensor, *, backend: str = "auto", check_finite: bool = True
+def vicreg_invariance(za: torch.Tensor, zb: torch.Tensor, *, backend: str = "auto", check_finite: bool = False
                       ) -> torch.Tensor:
     """VICReg invariance term: mean squared error over all N * D entries."""
     check_pair("za", za, "zb", zb, min_rows=1, check_finite=check_finite)
     return _backend.dispatch("vicreg_invariance", backend, za.device)(za, zb)
 
 
-def vicreg_variance(z: torch.Tensor, *, eps: float = 1e-4, backend: str = "auto", check_finite: bool = True
+def vicreg_variance(z: torch.Tensor, *, eps: float = 1e-4, backend: str = "auto", check_finite: bool = False
                     ) -> torch.Tensor:
     """VICReg variance hinge of one view: ``mean_j relu(1 - sqrt(Var_unbiased(z_j) + eps))``."""
     check_embeddings("z", z, check_finite=check_finite)
@@ -507,7 +507,7 @@ def vicreg_variance(z: torch.Tensor, *, eps: float = 1e-4, backend: str = "auto"
     return _backend.dispatch("vicreg_variance", backend, z.device)(z, eps)
 
 
-def vicreg_covariance(z: torch.Tensor, *, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+def vicreg_covariance(z: torch.Tensor, *, backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
     """VICReg covariance term of one view: ``(1/D) sum_{i != j} C_ij^2``, ``C = z~' z~ / (N - 1)``."""
     check_embeddings("z", z, check_finite=check_finite)
     return _backend.dispatch("vicreg_covariance", backend, z.device)(z)

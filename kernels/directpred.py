@@ -111,7 +111,7 @@ def predictor_weight_cuda(corr: torch.Tensor, mode: str = "directpred", eps: flo
 # ----------------------------------------------------------------------------------------------------------- public ops
 
 
-def correlation_ema(f: torch.Tensor, corr: torch.Tensor | None, *, rho: float = 0.3, check_finite: bool = True
+def correlation_ema(f: torch.Tensor, corr: torch.Tensor | None, *, rho: float = 0.3, check_finite: bool = False
                     ) -> torch.Tensor:
     """One EMA step of the uncentred correlation ``F^ <- rho F^ + (1 - rho) f'f/rows``; ``corr=None`` starts it.
 
@@ -132,7 +132,7 @@ def correlation_ema(f: torch.Tensor, corr: torch.Tensor | None, *, rho: float = 
 
 def predictor_weight(corr: torch.Tensor, *, mode: str = "directpred", eps: float = 0.01, convert: float = 2.0,
                      basis: torch.Tensor | None = None, return_basis: bool = False, backend: str = "auto",
-                     check_finite: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+                     check_finite: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """The (D, D) predictor weight W_p set from the running correlation ``corr`` (module docstring).
 
     Args:

@@ -127,7 +127,7 @@ def log_frobenius_cuda(z: torch.Tensor) -> torch.Tensor:
 
 
 def frossl_loss(views: Sequence[torch.Tensor], *, invariance_weight: float = 1.0, variant: str = "multiview",
-                backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+                backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
     """FroSSL loss over V views (module docstring gives both variants).
 
     Args:
@@ -143,7 +143,7 @@ def frossl_loss(views: Sequence[torch.Tensor], *, invariance_weight: float = 1.0
     return _backend.dispatch("frossl_loss", backend, views[0].device)(views, invariance_weight, variant)
 
 
-def log_frobenius(z: torch.Tensor, *, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+def log_frobenius(z: torch.Tensor, *, backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
     """``log ||z' z||_F^2`` of an (N, D) matrix, via the N x N Gram when N < D (= -S2 + 2 log tr(z'z))."""
     check_embeddings("z", z, min_rows=1, check_finite=check_finite)
     return _backend.dispatch("log_frobenius", backend, z.device)(z)

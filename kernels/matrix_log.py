@@ -359,7 +359,7 @@ def matrix_ssl_loss_triton(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0
 # ----------------------------------------------------------------------------------------------------------- public ops
 
 
-def trace_logm(s: torch.Tensor, p: torch.Tensor | None = None, *, min_eig: float = 1e-12, check_finite: bool = True
+def trace_logm(s: torch.Tensor, p: torch.Tensor | None = None, *, min_eig: float = 1e-12, check_finite: bool = False
                ) -> torch.Tensor:
     """Exact ``tr(P log S)`` (``tr log S`` when ``p`` is None) of a symmetric positive-definite S, eigenvalues
     clamped at ``min_eig``, with a degeneracy-safe backward. Reference op (torch); no kernel backend."""
@@ -375,7 +375,7 @@ def trace_logm(s: torch.Tensor, p: torch.Tensor | None = None, *, min_eig: float
 
 
 def mce_uniformity(teacher: torch.Tensor, online: torch.Tensor, *, lam: float = 1.0, mu: float = 1.0, order: int = 4,
-                   exact: bool = False, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+                   exact: bool = False, backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
     """Matrix-SSL uniformity ``-lam tr log(C_x + mu I)`` (order-K series, or exact with ``exact=True``).
 
     Args:
@@ -389,13 +389,13 @@ def mce_uniformity(teacher: torch.Tensor, online: torch.Tensor, *, lam: float = 
 
 
 def mce_alignment(teacher: torch.Tensor, online: torch.Tensor, *, mu: float = 1.0, order: int = 4,
-                  exact: bool = False, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+                  exact: bool = False, backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
     """Matrix-SSL alignment ``-tr[(C_t + mu I) log(C_o + mu I)]`` (matrix cross-entropy without the +tr Q term)."""
     _check_mce(teacher, online, 1.0, mu, order, check_finite)
     return _backend.dispatch("mce_alignment", backend, online.device)(teacher, online, mu, order, exact)
 
 
-def hsic_term(teacher: torch.Tensor, online: torch.Tensor, *, backend: str = "auto", check_finite: bool = True
+def hsic_term(teacher: torch.Tensor, online: torch.Tensor, *, backend: str = "auto", check_finite: bool = False
               ) -> torch.Tensor:
     """``||C_x||_F^2``: the biased linear-kernel HSIC estimator (1/m^2) tr(T^T^' J O^O^' J) (methods.md §3.2)."""
     check_pair("teacher", teacher, "online", online, check_finite=check_finite)
@@ -404,7 +404,7 @@ def hsic_term(teacher: torch.Tensor, online: torch.Tensor, *, backend: str = "au
 
 def matrix_ssl_loss(online1: torch.Tensor, online2: torch.Tensor, teacher1: torch.Tensor, teacher2: torch.Tensor, *,
                     lam: float = 1.0, mu: float = 1.0, gamma: float = 1.0, order: int = 4, exact: bool = False,
-                    hsic_weight: float = 0.0, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+                    hsic_weight: float = 0.0, backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
     """Matrix-SSL loss as implemented at yifanzhang-pro/Matrix-SSL HEAD b8164df (module docstring).
 
     Args:
@@ -426,7 +426,7 @@ def matrix_ssl_loss(online1: torch.Tensor, online2: torch.Tensor, teacher1: torc
 
 def kernel_ssl_loss(online1: torch.Tensor, online2: torch.Tensor, teacher1: torch.Tensor, teacher2: torch.Tensor, *,
                     lam: float = 1.0, mu: float = 1.0, gamma: float = 1.0, order: int = 4, exact: bool = False,
-                    hsic_weight: float = 0.003, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+                    hsic_weight: float = 0.003, backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
     """Kernel-SSL: Matrix-SSL plus ``-a (1+gamma)/2 (||C_x^21||_F^2 + ||C_x^12||_F^2)``, a = ``hsic_weight``
     (Matrix-SSL repository at bf80b2e with ``--HSIC``, ``--align_gamma`` default 0.003; methods.md §3)."""
     return matrix_ssl_loss(online1, online2, teacher1, teacher2, lam=lam, mu=mu, gamma=gamma, order=order,

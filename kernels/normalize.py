@@ -374,7 +374,7 @@ def row_normalize_cuda(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def col_normalize(z: torch.Tensor, mode: str = "bn", *, eps: float | None = None, backend: str = "auto",
-                  check_finite: bool = True) -> torch.Tensor:
+                  check_finite: bool = False) -> torch.Tensor:
     """Normalise each column of ``z`` (N x D) over the batch.
 
     Args:
@@ -382,7 +382,7 @@ def col_normalize(z: torch.Tensor, mode: str = "bn", *, eps: float | None = None
         mode: one of ``COL_MODES`` (module docstring).
         eps: ``bn``: added to the biased variance (default 1e-5); ``l2``/``std_l2``: norm clamp (default 1e-12).
         backend: "auto" | "torch" | "triton" | "cuda".
-        check_finite: raise on NaN/Inf inputs (reads the tensor; turn off inside a training step).
+        check_finite: raise on NaN/Inf inputs (off by default: the check reads the tensor and syncs a GPU).
 
     Returns:
         (N, D) tensor in ``z``'s dtype.
@@ -394,7 +394,7 @@ def col_normalize(z: torch.Tensor, mode: str = "bn", *, eps: float | None = None
     return _backend.dispatch("col_normalize", backend, z.device)(z, mode, eps)
 
 
-def row_normalize(z: torch.Tensor, *, eps: float = 1e-12, backend: str = "auto", check_finite: bool = True
+def row_normalize(z: torch.Tensor, *, eps: float = 1e-12, backend: str = "auto", check_finite: bool = False
                   ) -> torch.Tensor:
     """L2-normalise each row of ``z`` (N x D): ``z_i / max(||z_i||, eps)``."""
     check_embeddings("z", z, min_rows=1, check_finite=check_finite)

@@ -13,14 +13,14 @@ def _z(n=8, d=4, dtype=torch.float32):
 
 
 PAIR_OPS = [
-    lambda a, b: kernels.barlow_twins_loss(a, b),
-    lambda a, b: kernels.vicreg_loss(a, b),
-    lambda a, b: kernels.frossl_loss([a, b]),
-    lambda a, b: kernels.matrix_ssl_loss(a, b, a, b),
-    lambda a, b: kernels.kernel_ssl_loss(a, b, b, a),
-    lambda a, b: kernels.nt_xent_loss(a, b),
-    lambda a, b: kernels.byol_loss(a, b, a, b),
-    lambda a, b: kernels.simsiam_loss(a, b, b, a),
+    lambda a, b, **kw: kernels.barlow_twins_loss(a, b, **kw),
+    lambda a, b, **kw: kernels.vicreg_loss(a, b, **kw),
+    lambda a, b, **kw: kernels.frossl_loss([a, b], **kw),
+    lambda a, b, **kw: kernels.matrix_ssl_loss(a, b, a, b, **kw),
+    lambda a, b, **kw: kernels.kernel_ssl_loss(a, b, b, a, **kw),
+    lambda a, b, **kw: kernels.nt_xent_loss(a, b, **kw),
+    lambda a, b, **kw: kernels.byol_loss(a, b, a, b, **kw),
+    lambda a, b, **kw: kernels.simsiam_loss(a, b, b, a, **kw),
 ]
 
 
@@ -41,10 +41,10 @@ def test_non_finite(op):
     a = _z()
     a[2, 1] = float("nan")
     with pytest.raises(ValueError, match=r"non-finite"):
-        op(a, _z())
+        op(a, _z(), check_finite=True)
     a[2, 1] = float("inf")
     with pytest.raises(ValueError, match=r"non-finite"):
-        op(_z(), a)
+        op(_z(), a, check_finite=True)
 
 
 @pytest.mark.parametrize("op", PAIR_OPS[:6])
@@ -67,7 +67,7 @@ def test_not_a_tensor(op):
 
 def test_argument_named_in_message():
     with pytest.raises(ValueError, match=r"^zb "):
-        kernels.barlow_twins_loss(_z(), torch.full((8, 4), float("nan")))
+        kernels.barlow_twins_loss(_z(), torch.full((8, 4), float("nan")), check_finite=True)
     with pytest.raises(ValueError, match=r"lam must be >= 0"):
         kernels.barlow_twins_loss(_z(), _z(), lam=-1.0)
     with pytest.raises(ValueError, match=r"normalize='batch'"):
@@ -137,9 +137,11 @@ def test_resolve_all_gives_every_op_one_backend_and_names_what_cannot_run():
         kernels.resolve_all(ops, "cuda", cpu)
 
 
-def test_check_finite_off_skips_the_scan():
+def test_check_finite_is_off_unless_asked_for():
+    """Off by default: the scan reads the tensor and, on a GPU, stalls the host on every call."""
     a = _z()
     a[0, 0] = float("nan")
+    assert torch.isnan(kernels.barlow_twins_loss(a, _z()))
     assert torch.isnan(kernels.barlow_twins_loss(a, _z(), check_finite=False))
 
 
