@@ -75,6 +75,21 @@ def tiny_cfg(out_dir, method: str = "barlow", *extra: str, name: str | None = No
     return config.load(None, tiny(method, f"run.out_dir={out_dir}", f"run.name={name or method}", *extra))
 
 
+def wait_for(pred, timeout: float = 120.0, proc=None) -> bool:
+    """Poll ``pred`` until it holds (True) or ``timeout`` seconds pass (False); once ``proc`` has exited, its last
+    answer counts (a subprocess that is gone will not change what it left)."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return pred()
+        time.sleep(0.05)
+    return False
+
+
 def randn(*shape, dtype=torch.float64, requires_grad=False):
     return torch.randn(*shape, dtype=dtype).requires_grad_(requires_grad)
 

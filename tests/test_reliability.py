@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY, free_port, tiny
+from conftest import TINY, free_port, tiny, wait_for
 from fusedssl.engine import checkpoint, config, dist, guard, methods, train
 
 
@@ -39,17 +39,6 @@ def _ckpts(folder):
     return sorted(folder.glob("step_*.pt"))
 
 
-def _wait_for(pred, timeout=120.0, proc=None):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        if proc is not None and proc.poll() is not None:
-            return pred()
-        time.sleep(0.05)
-    return False
-
-
 def _states_equal(a, b):
     for part in ("model", "teacher"):
         for k, v in a[part].items():
@@ -65,7 +54,7 @@ def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path):
     --resume auto then completes the run."""
     log = tmp_path / "run" / "log.jsonl"
     proc = subprocess.Popen(_cli(tmp_path, "run.steps=400"), stderr=subprocess.PIPE, text=True)
-    assert _wait_for(lambda: log.is_file() and len(log.read_text().splitlines()) >= 3, proc=proc), "run did not start"
+    assert wait_for(lambda: log.is_file() and len(log.read_text().splitlines()) >= 3, proc=proc), "run did not start"
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
@@ -103,7 +92,7 @@ def test_sigkill_at_arbitrary_steps_then_resume_is_bit_identical(tmp_path, kills
     for k in kills:
         proc = subprocess.Popen(_cli(run, f"run.steps={steps}", "checkpoint.every_steps=1", "checkpoint.keep=2",
                                      "checkpoint.resume=auto"), stderr=subprocess.DEVNULL)
-        assert _wait_for(lambda k=k: any(int(p.stem[5:]) >= k for p in _ckpts(folder)), proc=proc)
+        assert wait_for(lambda k=k: any(int(p.stem[5:]) >= k for p in _ckpts(folder)), proc=proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     subprocess.run(_cli(run, f"run.steps={steps}", "checkpoint.every_steps=1", "checkpoint.keep=2",
@@ -239,7 +228,7 @@ def _fault_worker(rank, world, port, out, mode):
 def test_a_dead_or_hung_rank_stops_the_others_with_its_name(tmp_path, mode):
     ctx = mp.start_processes(_fault_worker, args=(2, free_port(), str(tmp_path), mode), nprocs=2, join=False,
                              start_method="spawn")
-    assert _wait_for(lambda: (tmp_path / "rank0.txt").is_file(), timeout=90), "rank 0 hung"
+    assert wait_for(lambda: (tmp_path / "rank0.txt").is_file(), timeout=90), "rank 0 hung"
     for p in ctx.processes:
         p.kill()
     elapsed, msg = (tmp_path / "rank0.txt").read_text().split("\n", 1)

@@ -12,11 +12,10 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_for
 from fusedssl.engine import checkpoint, guard
 from fusedssl.engine.data import dali, folder
 
@@ -73,17 +72,6 @@ def _logged_steps(out: Path) -> int:
     return sum('"loss/total"' in line for line in log.read_text().splitlines()) if log.is_file() else 0
 
 
-def _wait(pred, timeout: float, proc=None) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        if proc is not None and proc.poll() is not None:
-            return pred()
-        time.sleep(0.1)
-    return False
-
-
 LOADERS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(not dali.available(), reason="DALI not installed"))]
 
 
@@ -94,7 +82,7 @@ def test_preemption_under_torchrun_leaves_a_complete_checkpoint(tmp_path, tree, 
     cmd = [*_torchrun(out), "train", "--config", str(_recipe(out)), *_args(tree, loader, 400, out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     at = random.Random().randint(2, 8)  # a random step of a fresh run
-    assert _wait(lambda: _logged_steps(out) >= at, 300, proc), proc.communicate()[0][-3000:]
+    assert wait_for(lambda: _logged_steps(out) >= at, 300, proc), proc.communicate()[0][-3000:]
     if how.startswith("SIGTERM"):
         proc.send_signal(signal.SIGTERM)
     else:
@@ -105,7 +93,7 @@ def test_preemption_under_torchrun_leaves_a_complete_checkpoint(tmp_path, tree, 
         for p in ranks:
             os.kill(p, signal.SIGUSR1)
     text = proc.communicate(timeout=300)[0]
-    assert _wait(lambda: not _processes_mentioning(str(out)), 30), "processes outlived torchrun"
+    assert wait_for(lambda: not _processes_mentioning(str(out)), 30), "processes outlived torchrun"
     assert text.count("fusedssl: stopped by SIG") == 2, text[-3000:]  # both ranks, not a crash (torchrun itself
     assert "exited unexpectedly" not in text, text[-3000:]            # prints a traceback for its own signal)
     ckpts = sorted((out / "run" / "checkpoints").glob("step_*.pt"))
@@ -134,7 +122,7 @@ def test_the_slurm_script_requeues_on_the_marker_not_on_exit_codes(tmp_path, tre
     script = ROOT / "configs" / "slurm" / "requeue.sbatch"
     proc = subprocess.Popen(["bash", str(script), str(recipe), *sets], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    assert _wait(lambda: _logged_steps(out) >= 3, 300, proc), proc.communicate()[0][-3000:]
+    assert wait_for(lambda: _logged_steps(out) >= 3, 300, proc), proc.communicate()[0][-3000:]
     proc.send_signal(signal.SIGUSR1)
     text = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, text[-3000:]

@@ -28,7 +28,14 @@ from .augment import ViewRecipe
 from .folder import read_bytes
 from .params import Plan
 
-_PER_VIEW = {"cpu": 13, "gpu": 13, "geometry": 4}  # inputs per view, in the order of _Source.__call__
+# The per-view inputs the callback hands each graph, by name: crop anchor and shape (x, y pixels), resize ROI start
+# and end (relative, (y, x); a flip is a reversed ROI); then, unless the graph is "geometry" (the fused kernel does the
+# rest after DALI), brightness, contrast, saturation, hue (degrees), colour keep (0 = grayscale), whether the colour
+# step runs at all, the blur ("cpu": horizontal and vertical taps; "gpu": a flag and sigma) and the solarisation flag.
+_GEOMETRY = ("anchor", "shape", "roi_start", "roi_end")
+_COLOUR = ("bright", "contrast", "sat", "hue", "keep_colour", "colour")
+_INPUTS = {"geometry": _GEOMETRY, "cpu": (*_GEOMETRY, *_COLOUR, "blur_h", "blur_v", "solarize"),
+           "gpu": (*_GEOMETRY, *_COLOUR, "blur", "sigma", "solarize")}
 
 
 def available() -> bool:
@@ -48,14 +55,8 @@ def _gaussian_kernels(p, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Source:
-    """Batch callback: encoded bytes and per-view parameters of this rank's rows at step ``start + iteration``.
-
-    Per view, in order: crop anchor and shape (x, y pixels), resize ROI start and end (relative, (y, x); a flip is a
-    reversed ROI); then, unless the graph is "geometry" (the fused kernel does the rest after DALI), brightness,
-    contrast, saturation, hue (degrees), colour keep (0 = grayscale), whether the colour step runs at all, then for
-    the "cpu" graph the blur kernels (horizontal, vertical) and for the "gpu" graph the blur flag and sigma, then the
-    solarisation flag.
-    """
+    """Batch callback: encoded bytes, then the inputs ``_INPUTS[graph]`` of each view, of this rank's rows at step
+    ``start + iteration``."""
 
     def __init__(self, plan: Plan, start: int, graph: str):
         self.plan, self.start, self.graph = plan, start, graph
@@ -80,18 +81,20 @@ class _Source:
             flip = p.flip.astype(np.float32)
             roi_start = np.stack([np.zeros(n, np.float32), flip], 1)
             roi_end = np.stack([np.ones(n, np.float32), 1 - flip], 1)
-            cols = [box[:, :2], box[:, 2:], roi_start, roi_end]
+            cols = {"anchor": box[:, :2], "shape": box[:, 2:], "roi_start": roi_start, "roi_end": roi_end}
             if self.graph != "geometry":
                 colour = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0) | p.gray
-                cols += [p.brightness, p.contrast, p.saturation, (360.0 * p.hue).astype(np.float32),
-                         np.where(p.gray, 0.0, 1.0).astype(np.float32), colour]
+                cols |= {"bright": p.brightness, "contrast": p.contrast, "sat": p.saturation,
+                         "hue": (360.0 * p.hue).astype(np.float32),
+                         "keep_colour": np.where(p.gray, 0.0, 1.0).astype(np.float32), "colour": colour,
+                         "solarize": p.solarize}
                 if self.graph == "gpu":
-                    cols += [p.blur, p.sigma]
+                    cols |= {"blur": p.blur, "sigma": p.sigma}
                 else:
-                    kernels = [_gaussian_kernels(p, k) for k in range(n)]
-                    cols += [[kh for kh, _ in kernels], [kv for _, kv in kernels]]
-                cols.append(p.solarize)
-            outs.extend([np.array(c[k]) for k in range(n)] for c in cols)  # 0-d per sample: scalars
+                    taps = [_gaussian_kernels(p, k) for k in range(n)]
+                    cols |= {"blur_h": [kh for kh, _ in taps], "blur_v": [kv for _, kv in taps]}
+            # 0-d per sample: scalars
+            outs.extend([np.array(cols[name][k]) for k in range(n)] for name in _INPUTS[self.graph])
         return tuple(outs)
 
 
@@ -137,34 +140,33 @@ def _colour_arithmetic(x, bright, contrast, sat, hue, keep_colour):
     return fn.cast(dmath.clamp(x, 0.0, 255.0), dtype=types.UINT8)
 
 
-def _view(x, args, recipe: ViewRecipe, crop_in_decoder: bool, decode: dict, graph: str):
-    """The augmentation graph of one view; ``x`` is the encoded file (ROI decode) or the decoded image."""
+def _view(x, a: dict, recipe: ViewRecipe, crop_in_decoder: bool, decode: dict, graph: str):
+    """The augmentation graph of one view; ``x`` is the encoded file (ROI decode) or the decoded image, ``a`` the
+    view's inputs by name (``_INPUTS[graph]``)."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
-    anchor, shape, roi_start, roi_end = args[:4]
     if crop_in_decoder:
-        x = fn.decoders.image_slice(x, anchor, shape, axis_names="WH", normalized_anchor=False,
+        x = fn.decoders.image_slice(x, a["anchor"], a["shape"], axis_names="WH", normalized_anchor=False,
                                     normalized_shape=False, output_type=types.RGB, **decode)
     else:
-        x = fn.slice(x, anchor, shape, axis_names="WH", normalized_anchor=False, normalized_shape=False)
+        x = fn.slice(x, a["anchor"], a["shape"], axis_names="WH", normalized_anchor=False, normalized_shape=False)
     # The flip rides on the resize (a reversed ROI flips), which saves a pass over every image.
     x = fn.resize(x, size=[recipe.size, recipe.size], interp_type=types.INTERP_LINEAR, antialias=True,
-                  roi_start=roi_start, roi_end=roi_end, roi_relative=True)
+                  roi_start=a["roi_start"], roi_end=a["roi_end"], roi_relative=True)
     if graph == "geometry":
         return x
-    bright, contrast, sat, hue, keep_colour, colour, blur_a, blur_b, solarize = args[4:]
-    if colour:  # identity jitter and no grayscale: skip the pass (16 % of samples with the default recipe)
-        x = (_colour_arithmetic if graph == "gpu" else _colour_fused)(x, bright, contrast, sat, hue, keep_colour)
+    if a["colour"]:  # identity jitter and no grayscale: skip the pass (16 % of samples with the default recipe)
+        x = (_colour_arithmetic if graph == "gpu" else _colour_fused)(x, *(a[k] for k in _COLOUR[:5]))
     if graph == "gpu":
-        if blur_a:
-            x = fn.gaussian_blur(x, sigma=blur_b)
+        if a["blur"]:
+            x = fn.gaussian_blur(x, sigma=a["sigma"])
     else:
         # Two 1-D passes with per-sample taps (a 1-tap identity where not blurred): about 3x faster than DALI's CPU
         # gaussian_blur, measured (0.32 vs 0.9 ms per 224-px image), and no conditional split/merge.
         conv = getattr(fn, "filter", None) or fn.experimental.filter  # moved out of experimental in newer DALI
-        x = conv(conv(x, blur_a), blur_b)
-    if solarize:
+        x = conv(conv(x, a["blur_h"]), a["blur_v"])
+    if a["solarize"]:
         x = fn.lookup_table(x, keys=list(range(256)), values=_SOLARIZE, dtype=types.UINT8)
     return x
 
@@ -173,15 +175,15 @@ def _graph(source: _Source, recipes: list[ViewRecipe], roi_decode: bool, decode:
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
-    per_view = _PER_VIEW[source.graph]
+    names = _INPUTS[source.graph]
     outs = fn.external_source(source=source, batch=True, batch_info=True, parallel=parallel,
-                              num_outputs=1 + per_view * len(recipes))
+                              num_outputs=1 + len(names) * len(recipes))
     enc, args = outs[0], outs[1:]
     full = None if roi_decode else fn.decoders.image(enc, output_type=types.RGB, **decode)
     views = []
     for v, r in enumerate(recipes):
-        view_args = args[v * per_view:(v + 1) * per_view]
-        views.append(_view(enc if roi_decode else full, view_args, r, roi_decode, decode, source.graph))
+        inputs = {name: args[v * len(names) + i] for i, name in enumerate(names)}
+        views.append(_view(enc if roi_decode else full, inputs, r, roi_decode, decode, source.graph))
     return tuple(views)
 
 
