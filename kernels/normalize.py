@@ -344,30 +344,25 @@ _backend.register("col_normalize", "torch")(col_normalize_ref)
 _backend.register("row_normalize", "torch")(row_normalize_ref)
 
 
-@_backend.register("col_normalize", "triton")
-def col_normalize_triton(z: torch.Tensor, mode: str = "bn", eps: float | None = None) -> torch.Tensor:
-    """Triton provider of ``col_normalize``: fp32 statistics, output in the input's dtype (fp64 -> fp32)."""
-    eps = _DEFAULT_EPS.get(mode, 0.0) if eps is None else eps
-    return _col_norm_op(z, _MODE_ID[mode], float(eps), False)[0]
+def _providers(backend: str, op):
+    """The ``col_normalize`` and ``row_normalize`` providers of ``backend`` over its column-statistics op (Triton:
+    fusedssl::col_norm; CUDA C++: fusedssl::col_norm_cuda, csrc/normalize.cu): fp32 statistics, output in the input's
+    dtype (fp64 -> fp32); rows are the l2 column kernel on the transposed view."""
+
+    @_backend.register("col_normalize", backend)
+    def col(z: torch.Tensor, mode: str = "bn", eps: float | None = None) -> torch.Tensor:
+        eps = _DEFAULT_EPS.get(mode, 0.0) if eps is None else eps
+        return op(z, _MODE_ID[mode], float(eps), False)[0]
+
+    @_backend.register("row_normalize", backend)
+    def row(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+        return op(z, _MODE_ID["l2"], float(eps), True)[0]
+
+    return col, row
 
 
-@_backend.register("row_normalize", "triton")
-def row_normalize_triton(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Triton provider of ``row_normalize``: the l2 column kernel on the transposed view."""
-    return _col_norm_op(z, _MODE_ID["l2"], float(eps), True)[0]
-
-
-@_backend.register("col_normalize", "cuda")
-def col_normalize_cuda(z: torch.Tensor, mode: str = "bn", eps: float | None = None) -> torch.Tensor:
-    """CUDA C++ provider of ``col_normalize`` (csrc/normalize.cu)."""
-    eps = _DEFAULT_EPS.get(mode, 0.0) if eps is None else eps
-    return _col_norm_cuda_op(z, _MODE_ID[mode], float(eps), False)[0]
-
-
-@_backend.register("row_normalize", "cuda")
-def row_normalize_cuda(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """CUDA C++ provider of ``row_normalize``: the l2 column kernel on the transposed view."""
-    return _col_norm_cuda_op(z, _MODE_ID["l2"], float(eps), True)[0]
+col_normalize_triton, row_normalize_triton = _providers("triton", _col_norm_op)
+col_normalize_cuda, row_normalize_cuda = _providers("cuda", _col_norm_cuda_op)
 
 
 # ----------------------------------------------------------------------------------------------------------- public ops
