@@ -20,7 +20,6 @@ n=per-step images, d=view side, dtype=uint8 source).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import tempfile
@@ -92,10 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         index_path = folder.default_index_path(root) if args.root else Path(tmp) / "index.json"
         idx = folder.load(index_path, root) if index_path.exists() else \
             folder.check(root, out=index_path, workers=workers)
-        # local_crops is set past config validation, which refuses it for training (no objective consumes it).
-        cfg = dataclasses.replace(config.load(None, [f"data.image_size={args.size}"]).data,
-                                  local_crops=args.local_crops)
-        recipes = data_stage.recipes(cfg)
+        cfg = config.load(None, [f"data.image_size={args.size}"]).data
+        recipes = data_stage.recipes(cfg, local_crops=args.local_crops)
         plan = Plan(idx, recipes, args.batch, 0, 0, 1, str(index_path))
         variants = []  # (name, loader, DALI decode device, where the photometric steps run)
         if "dali" in loaders:

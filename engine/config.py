@@ -96,9 +96,6 @@ class DataConfig:
     workers: int = _f(4, GE0)         # DALI CPU threads, or PIL DataLoader workers; also the data check's processes
     read_workers: int = _f(0, GE0)    # DALI: processes reading files (parallel external source; 0 = in DALI's feed)
     prefetch: int = _f(2, GT0)        # batches prepared ahead (DALI queue depth, DataLoader prefetch factor)
-    local_crops: int = _f(0, GE0)     # multi-crop: local views after the 2 global ones (data stage only)
-    local_size: int = _f(96, GT0)     # multi-crop: side of the local views
-    local_crop_scale: tuple[float, float] = _f((0.05, 0.4), PROB)  # multi-crop: area range of the local crops
     batch_size: int = _f(256, GT0)    # global batch (source images per step, all ranks)
     image_size: int = _f(32, GT0)     # output side of every view, pixels
     test_fraction: float = _f(0.2, UNIT_OPEN)  # digits: fraction held out (stratified) for the kNN evaluation
@@ -284,19 +281,14 @@ def validate(cfg: Config) -> None:
     _check_ranges(cfg)
     if cfg.run.epochs == 0 and cfg.run.steps == 0:
         raise ConfigError("run.epochs and run.steps are both 0: set one of them")
-    for key in ("data.crop_scale", "data.local_crop_scale"):
-        lo, hi = get(cfg, key)
-        if not 0.0 < lo <= hi:
-            raise ConfigError(f"{key} must satisfy 0 < low <= high <= 1, got {get(cfg, key)}")
+    lo, hi = cfg.data.crop_scale
+    if not 0.0 < lo <= hi:
+        raise ConfigError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {cfg.data.crop_scale}")
     if cfg.data.batch_size % cfg.optim.accumulate_steps:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by "
                           f"optim.accumulate_steps={cfg.optim.accumulate_steps}")
     if cfg.data.source == "folder" and not cfg.data.root:
         raise ConfigError("data.root must name the dataset folder when data.source=folder")
-    if cfg.data.local_crops:
-        # The data stage produces local views (bench data measures them), but no objective here consumes them.
-        raise ConfigError(f"data.local_crops={cfg.data.local_crops}: no fusedssl method trains on multi-crop views "
-                          "(the data stage makes them for `fusedssl bench data --local-crops`); set it to 0")
     if not cfg.model.projector:
         raise ConfigError("model.projector is empty: every method needs a projector (e.g. '2048-2048-1024')")
 

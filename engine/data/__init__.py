@@ -112,13 +112,16 @@ class TwoViewData:
         pass
 
 
-def recipes(cfg) -> list[ViewRecipe]:
-    """The view recipes of the ``data`` section: two global views, then ``local_crops`` local ones (multi-crop)."""
+def recipes(cfg, local_crops: int = 0, local_size: int = 96, local_scale: tuple[float, float] = (0.05, 0.4)
+            ) -> list[ViewRecipe]:
+    """The view recipes of the ``data`` section: the two global views every method trains on. ``local_crops`` adds
+    DINO/SwAV-style local views (small crops, blur p 0.5, no solarisation): no fusedssl objective consumes them, so
+    they are not a config key; ``fusedssl bench data --local-crops K`` measures what they cost the loaders, which
+    make any number of views."""
     out = [ViewRecipe(cfg.image_size, cfg.crop_scale, cfg.flip_p, cfg.jitter, cfg.jitter_p, cfg.gray_p,
                       cfg.blur_p[v], cfg.blur_sigma, cfg.solarize_p[v], cfg.mean, cfg.std) for v in range(2)]
-    # Local views: DINO/SwAV's multi-crop (small crops, blur p 0.5, no solarisation).
-    out += [ViewRecipe(cfg.local_size, cfg.local_crop_scale, cfg.flip_p, cfg.jitter, cfg.jitter_p, cfg.gray_p, 0.5,
-                       cfg.blur_sigma, 0.0, cfg.mean, cfg.std)] * cfg.local_crops
+    out += [ViewRecipe(local_size, local_scale, cfg.flip_p, cfg.jitter, cfg.jitter_p, cfg.gray_p, 0.5,
+                       cfg.blur_sigma, 0.0, cfg.mean, cfg.std)] * local_crops
     return out
 
 
