@@ -5,6 +5,7 @@ The three-way rule (style.md §5, after FlashAttention's tests), for the value a
     torch  = the "torch" reference on the same low-precision inputs
     kernel = the backend under test on the low-precision inputs
     err_x  = max|x - ref| / max(1, max|ref|);   pass  iff  err_kernel <= 2 * err_torch + FLOORS[dtype]
+(a torch reference that overflows at the low precision sets no bound: err_torch counts as 0 there).
 One random upstream gradient is shared by the three backward passes. Inputs are fresh random data for every case
 (seeded per run and printed), over a grid of shapes (odd sizes, N < D and N > D), dtypes and layouts (contiguous and a
 strided slice of a larger tensor). Backends that cannot run here are listed with the reason, never silently passed.
@@ -149,6 +150,13 @@ def _err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref).abs().max()) / max(1.0, float(ref.abs().max()))
 
 
+def _slack(lp_torch, ref) -> float:
+    """The rule's 2 * err_torch. Where the torch reference itself overflows at this precision (fp16 BatchNorm's
+    backward of a near-constant column at N = 2 is inf * 0), it sets no bound: the kernel is held to the floor."""
+    err = _err(lp_torch, ref)
+    return 2 * err if err == err and err != float("inf") else 0.0
+
+
 def check(case: Case, backend: str, n: int, d: int, dtype: torch.dtype, layout: str, gen: torch.Generator,
           device: torch.device) -> list[Row]:
     """The three-way comparison of one (case, backend, shape, dtype, layout); one Row per quantity."""
@@ -160,7 +168,7 @@ def check(case: Case, backend: str, n: int, d: int, dtype: torch.dtype, layout: 
     kernel = _run(case, backend, low, upstream)
     names = ["value"] + [f"grad[{i}]" for i in range(len(ref) - 1)]
     dname = str(dtype).replace("torch.", "")
-    return [Row(case.name, backend, dname, f"{n}x{d}", layout, q, _err(k, r), 2 * _err(t, r) + FLOORS[dtype])
+    return [Row(case.name, backend, dname, f"{n}x{d}", layout, q, _err(k, r), _slack(t, r) + FLOORS[dtype])
             for q, r, t, k in zip(names, ref, lp_torch, kernel, strict=True)]
 
 
@@ -197,9 +205,9 @@ def check_optim(op: str, backend: str, gen: torch.Generator, device: torch.devic
     lp_torch = fn("torch", [[t.float() for t in ts] for ts in base])
     kernel = fn(backend, [[t.float() for t in ts] for ts in base])
     err = max(_err(k, r) for k, r in zip(kernel, ref, strict=True))
-    err_t = max(_err(t, r) for t, r in zip(lp_torch, ref, strict=True))
+    slack = max(_slack(t, r) for t, r in zip(lp_torch, ref, strict=True))
     return [Row(op, backend, "float32", f"{len(OPTIM_SHAPES)} tensors", "contiguous", "update", err,
-                2 * err_t + FLOORS[torch.float32])]
+                slack + FLOORS[torch.float32])]
 
 
 # ---- DirectPred's predictor weight (fp32, no gradient): W_p of a random PSD F^ of the given rank, cold and then
@@ -234,7 +242,7 @@ def check_predictor(backend: str, d: int, rank: int, gen: torch.Generator, devic
         lp_torch = predictor_weight(f.float(), backend="torch")
         w, basis = predictor_weight(f.float().to(device), basis=basis, return_basis=True, backend=backend)
         rows.append(Row("predictor_weight", backend, "float32", f"{d}x{d} r{rank}", start, "value",
-                        _err(w.cpu(), ref), 2 * _err(lp_torch, ref) + predictor_floor(f)))
+                        _err(w.cpu(), ref), _slack(lp_torch, ref) + predictor_floor(f)))
     return rows
 
 

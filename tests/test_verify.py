@@ -50,3 +50,18 @@ def test_cuda_kernels_are_covered_and_skipped_with_the_reason_here(capsys):
     for op in ("row_normalize", "lars_step_", "ema_"):
         assert f"skipped  {op}: backend='cuda' cannot run {op}: " in out
     assert ("need CUDA tensors" in out) or ("is unavailable" in out and "build-requirements.txt" in out)
+
+
+def test_a_torch_reference_that_overflows_holds_the_kernel_to_the_floor(monkeypatch):
+    """BatchNorm at N = 2 with a near-constant column: torch's fp16 backward overflows (inf * 0 = NaN), so the
+    three-way rule's bound was NaN and a correct kernel failed; the kernel must be held to the floor instead."""
+    case = next(c for c in verify.CASES if c.name == "col_normalize[bn]")
+    base = torch.tensor([[0.3, -1.2, 0.7], [0.3 + 1e-4, 0.8, -0.5]], dtype=torch.float64)
+    monkeypatch.setattr(verify, "_inputs", lambda *a: [base])
+    lp = verify._run(case, "torch", [base.half()], torch.tensor(1.0, dtype=torch.float64))
+    assert not torch.isfinite(lp[1]).all()  # the premise: torch's own fp16 gradient is not finite here
+    rows = verify.check(case, "torch", 2, 3, torch.float16, "contiguous", torch.Generator().manual_seed(0),
+                        torch.device("cpu"))
+    assert all(r.tol == r.tol for r in rows), rows  # a bound, never NaN
+    grad = next(r for r in rows if r.quantity == "grad[0]")
+    assert grad.tol == verify.FLOORS[torch.float16] and not grad.ok  # torch's own NaN gradient is no pass either
