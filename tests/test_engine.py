@@ -118,9 +118,11 @@ def test_checkpoint_integrity(tmp_path):
 
 def test_a_save_removes_what_a_killed_save_or_prune_left(tmp_path):
     """A SIGKILL mid-save leaves a partial step_*.pt.tmp (gigabytes for a large model) and one between the two unlinks
-    of a prune leaves a checksum without its checkpoint; the next save clears both and keeps the kept pair whole."""
+    of a prune leaves a checksum without its checkpoint; the next save clears both and keeps the kept pair whole.
+    (The partial files are of a step no later save writes again, as after a rollback or a changed save interval.)"""
     checkpoint.save(tmp_path, 1, {"x": torch.ones(3)}, keep=2)
-    (tmp_path / "step_00000002.pt.tmp").write_bytes(b"partial")     # killed inside torch.save
+    (tmp_path / "step_00000005.pt.tmp").write_bytes(b"partial")     # killed inside torch.save
+    (tmp_path / "step_00000005.sha256.tmp").write_text("0" * 64)    # killed before the checksum's rename
     (tmp_path / "step_00000000.sha256").write_text("0" * 64 + "\n")  # killed between the unlinks of a prune
     checkpoint.save(tmp_path, 2, {"x": torch.ones(3)}, keep=2)
     checkpoint.save(tmp_path, 3, {"x": torch.ones(3)}, keep=2)
