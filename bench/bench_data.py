@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             folder.check(root, out=index_path, workers=workers)
         cfg = config.load(None, [f"data.image_size={args.size}"]).data
         recipes = data_stage.recipes(cfg, local_crops=args.local_crops)
-        plan = Plan(idx, recipes, args.batch, 0, 0, 1, str(index_path))
+        plan = Plan.of_index(idx, recipes, args.batch, 0, 0, 1, str(index_path))
         variants = []  # (name, loader, DALI decode device, where the photometric steps run)
         if "dali" in loaders:
             if device.type == "cuda":

@@ -186,7 +186,8 @@ def _eval(argv: list[str]) -> int:
         net = evaluate.load_network(args.checkpoint, recipe=args.config, overrides=tuple(args.overrides),
                                     device=device)
         if args.train:
-            lset = evaluate.FolderSet(args.train, args.val, net.cfg.data, workers=args.workers)
+            lset = evaluate.FolderSet(args.train, args.val, net.cfg.data, seed=net.cfg.run.seed,
+                                      workers=args.workers)
         else:
             lset = evaluate.DigitsSet(net.cfg.data, net.cfg.run.seed)
         if args.kind == "knn":

@@ -41,7 +41,7 @@ def _f(default, meta: dict):
 class RunConfig:
     name: str = "run"                 # run name: the run folder is <out_dir>/<name>
     out_dir: str = "runs"             # where run folders (logs, checkpoints) are written
-    seed: int = 0                     # seeds model init, data order and augmentation
+    seed: int = _f(0, GE0)            # seeds model init, the digits split, data order and augmentation
     device: Literal["auto", "cpu", "cuda"] = "auto"
     epochs: int = _f(10, GE0)         # length of the run in epochs (used when steps == 0)
     steps: int = _f(0, GE0)           # length of the run in optimiser steps; overrides epochs when > 0

@@ -174,7 +174,7 @@ def test_a_file_removed_after_the_check_is_named(tree, tmp_path, loader):
 def _plan(tree, batch=6, rank=0, world=1, local_crops=0, local_size=96, **over):
     cfg = dataclasses.replace(_cfg(tree), **over)
     idx = folder.load(folder.default_index_path(tree), tree)
-    return Plan(idx, data_stage.recipes(cfg, local_crops, local_size), batch, 5, rank, world, "index")
+    return Plan.of_index(idx, data_stage.recipes(cfg, local_crops, local_size), batch, 5, rank, world, "index")
 
 
 def test_an_epoch_visits_every_image_at_most_once_and_shards_are_disjoint(tree):
@@ -196,7 +196,7 @@ def test_parameters_honour_the_probabilities(tree):
     n = 20000
     rng = np.random.default_rng(0)
     sizes = np.stack([rng.integers(40, 400, n), rng.integers(40, 400, n)], 1)
-    p = params.draw(recipe, sizes, seed=0, step=3, view=1)
+    p = params.draw(recipe, sizes, params.rng(0, "view", 3, 1))
     for flags, prob in ((p.flip, 0.5), (p.gray, 0.2), (p.blur, 0.1), (p.solarize, 0.3), (p.brightness != 1, 0.8)):
         assert abs(flags.mean() - prob) < 5 * np.sqrt(prob * (1 - prob) / n), (flags.mean(), prob)
     jit = p.brightness != 1
@@ -211,9 +211,9 @@ def test_parameters_honour_the_probabilities(tree):
     assert drawn[square].mean() > 0.999  # elsewhere no draw may fit in 10 tries: the centred fall-back
     fell_back = ~drawn & (sizes.min(1) > 100)
     assert np.all((w[fell_back] == sizes[fell_back].min(1)) | (h[fell_back] == sizes[fell_back].min(1)))
-    again = params.draw(recipe, sizes, seed=0, step=3, view=1)
+    again = params.draw(recipe, sizes, params.rng(0, "view", 3, 1))
     assert np.array_equal(again.box, p.box) and np.array_equal(again.sigma, p.sigma)
-    other = params.draw(recipe, sizes, seed=0, step=3, view=0)
+    other = params.draw(recipe, sizes, params.rng(0, "view", 3, 0))
     assert not np.array_equal(other.box, p.box)
 
 

@@ -3,10 +3,12 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_cfg
 from fusedssl.engine import checkpoint, cli, config, data, methods, train
+from fusedssl.engine.data import params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +91,8 @@ def test_augmentation_probabilities_are_honoured():
     d = data.build(cfg.data, seed=0, rank=0, world=1, device=torch.device("cpu"), channels_last=False)
     recipe = d.recipes[1]
     x = torch.full((2000, 3, 8, 8), 230, dtype=torch.uint8)  # bright pixels: solarised ones become dark
-    out = data.augment(x, recipe, torch.Generator().manual_seed(0), channels_last=False)
+    p = params.draw(recipe, np.full((2000, 2), 8), params.rng(0, "view", 0, 1))
+    out = data.augment(x, recipe, p, channels_last=False)
     frac = float((out.mean(dim=(1, 2, 3)) < 0).double().mean())
     assert abs(frac - 0.2) < 4 * (0.2 * 0.8 / 2000) ** 0.5
 

@@ -8,10 +8,12 @@ Sources (``data.source``):
     decoding on a GPU) or the PIL fallback (fallback.py), both driven by the same per-step plan (params.py).
 The two tensor sources sit on the device and are augmented there in batched tensor ops (augment.py).
 
-Determinism and exact resume: the sample order of epoch e is a permutation seeded by (seed, e), and the augmentation
-parameters of step s by (seed, s, view), so ``views(step)`` is a pure function of the step: a resumed run sees the
-same samples with the same augmentations as an uninterrupted one, with no loader state to save. Random numbers are
-drawn for the global batch and sliced per rank, so the views do not depend on the world size (DDP == one process).
+Every source is driven by one sampler, ``params.Plan``, which is also the only source of random decisions (one
+seeding rule, ``params.rng(seed, stream, *keys)``). Determinism and exact resume: the sample order of epoch e and the
+augmentation parameters of step s are pure functions of (seed, e) and (seed, s, view), so ``views(step)`` is a pure
+function of the step: a resumed run sees the same samples with the same augmentations as an uninterrupted one, with
+no loader state to save. Random numbers are drawn for the global batch and sliced per rank, so the views do not depend
+on the world size (DDP == one process).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .augment import Draws, ViewRecipe, augment, eval_view, normalize  # noqa: F401  (the stage's public names)
+from .augment import augment, eval_view, normalize  # noqa: F401  (the stage's public names)
 from .folder import DatasetError  # noqa: F401
+from .params import Plan, ViewRecipe, rng
 
 
 @dataclass
@@ -40,11 +43,11 @@ def load_digits(test_fraction: float, seed: int) -> tuple[Split, Split]:
     x, y = mnist_data()
     x = torch.from_numpy(np.asarray(x, dtype=np.uint8).reshape(-1, 1, 28, 28))
     y = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    g = torch.Generator().manual_seed(seed)
+    g = rng(seed, "split")
     train_idx, test_idx = [], []
     for c in torch.unique(y):
         idx = torch.nonzero(y == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
+        idx = idx[torch.from_numpy(g.permutation(len(idx)))]
         n_test = round(len(idx) * test_fraction)
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
@@ -53,25 +56,23 @@ def load_digits(test_fraction: float, seed: int) -> tuple[Split, Split]:
 
 
 def synthetic(n: int, size: int, seed: int) -> Split:
-    g = torch.Generator().manual_seed(seed)
-    return Split(torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
-                 torch.randint(0, 10, (n,), generator=g))
+    g = rng(seed, "synthetic")
+    return Split(torch.from_numpy(g.integers(0, 256, (n, 3, size, size), dtype=np.uint8)),
+                 torch.from_numpy(g.integers(0, 10, n)))
 
 
 class TwoViewData:
-    """Step-addressed batches of an in-memory source for this rank: ``views(step)`` -> [view1, view2, ...]."""
+    """Step-addressed batches of an in-memory source for this rank: ``views(step)`` -> [view1, view2, ...]. The
+    plan draws the rows and the augmentation parameters; augment.py applies them where the images are."""
 
     def __init__(self, train: Split, test: Split | None, recipes: list[ViewRecipe], batch_size: int, seed: int,
                  rank: int, world: int, device: torch.device, channels_last: bool):
-        if batch_size % world:
-            raise ValueError(f"data.batch_size={batch_size} is not divisible by the world size {world}")
-        if batch_size > len(train.labels):
-            raise ValueError(f"data.batch_size={batch_size} exceeds the {len(train.labels)} training images")
-        self.train, self.test = train, test
-        self.recipes, self.batch, self.seed = recipes, batch_size, seed
-        self.rank, self.world, self.device, self.channels_last = rank, world, device, channels_last
-        self.steps_per_epoch = len(train.labels) // batch_size  # drop the last partial batch
-        self._order_epoch, self._order = -1, None
+        h, w = train.images.shape[-2:]
+        sizes = np.tile(np.array([[w, h]], dtype=np.int64), (len(train.labels), 1))
+        self.plan = Plan(sizes, recipes, batch_size, seed, rank, world, what="training images")
+        self.train, self.test, self.recipes = train, test, recipes
+        self.device, self.channels_last = device, channels_last
+        self.steps_per_epoch = self.plan.steps_per_epoch
         self._train_dev = train.images.to(device)
         self._labels_dev = train.labels.to(device)
 
@@ -79,16 +80,11 @@ class TwoViewData:
         return f"in-memory, {len(self.train.labels)} images augmented on {self.device.type}"
 
     def indices(self, step: int) -> torch.Tensor:
-        """This rank's sample indices at ``step`` (global batch sliced by rank), on the device: the epoch's order is
-        drawn on the host and copied once per epoch, not once per step."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._order_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(self.train.labels), generator=g)
-            self._order, self._order_epoch = order.to(self.device), epoch
-        rows = self._order[i * self.batch : (i + 1) * self.batch]
-        per = self.batch // self.world
-        return rows[self.rank * per : (self.rank + 1) * per]
+        """This rank's sample indices at ``step`` (the plan's rows), on the device."""
+        rows = torch.from_numpy(self.plan.rows(step))
+        if self.device.type == "cuda":  # pinned, so the copy does not wait for the stream
+            rows = rows.pin_memory()
+        return rows.to(self.device, non_blocking=True)
 
     @property
     def num_classes(self) -> int:
@@ -99,14 +95,9 @@ class TwoViewData:
         return self._labels_dev[self.indices(step)]
 
     def views(self, step: int) -> list[torch.Tensor]:
-        idx = self.indices(step)
-        images = self._train_dev[idx]
-        out = []
-        for v, recipe in enumerate(self.recipes):
-            g = torch.Generator(device=self.device)
-            g.manual_seed(hash((self.seed, step, v)) & (2**63 - 1))  # int-tuple hashes are not salted
-            out.append(augment(images, recipe, g, self.channels_last, rows=(self.batch, self.rank * len(idx))))
-        return out
+        images = self._train_dev[self.indices(step)]
+        return [augment(images, r, p, self.channels_last)
+                for r, p in zip(self.recipes, self.plan.params(step), strict=True)]
 
     def close(self) -> None:
         pass

@@ -24,9 +24,8 @@ import numpy as np
 from fusedssl import kernels
 
 from .augment import LUMA as _LUMA
-from .augment import ViewRecipe
 from .folder import read_bytes
-from .params import Plan
+from .params import Plan, ViewRecipe
 
 # The per-view inputs the callback hands each graph, by name: crop anchor and shape (x, y pixels), resize ROI start
 # and end (relative, (y, x); a flip is a reversed ROI); then, unless the graph is "geometry" (the fused kernel does the

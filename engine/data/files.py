@@ -19,8 +19,7 @@ import torch
 from fusedssl import kernels
 
 from . import dali, fallback, folder
-from .augment import ViewRecipe
-from .params import Plan, ViewParams
+from .params import Plan, ViewParams, ViewRecipe
 
 log = logging.getLogger("fusedssl.data")
 
@@ -221,7 +220,7 @@ def build(cfg, recipes: list[ViewRecipe], *, seed: int, rank: int, world: int, d
           channels_last: bool, wait_s: float = 600.0) -> FileViews:
     idx, path = resolve_index(cfg, rank, wait_s)
     _same_index_on_every_rank(idx, path, rank, world)
-    plan = Plan(idx, recipes, cfg.batch_size, seed, rank, world, path)
+    plan = Plan.of_index(idx, recipes, cfg.batch_size, seed, rank, world, path)
     loader = choose_loader(cfg, device)
     dali_device = cfg.dali_device
     if dali_device == "auto":

@@ -1,7 +1,10 @@
-"""Per-sample augmentation parameters for the file pipelines, drawn on the host before anything is decoded.
+"""The data stage's one sampler and one source of random decisions: sample order and per-sample augmentation
+parameters, drawn on the host before anything is decoded.
 
-The DALI pipeline (dali.py) and the PIL fallback (fallback.py) take every random decision from here instead of from
-their own random operators. Three properties follow, none of which DALI's random operators give:
+Every source takes its random decisions from here: the in-memory sources (augment.py applies the parameters on the
+device), the DALI pipeline (dali.py) and the PIL fallback (fallback.py), instead of their own random operators, and
+the evaluation's augmented copies. Every generator is ``rng(seed, stream, *keys)``: one named stream per use, so a
+draw added to one use cannot shift another. Three properties follow, none of which DALI's random operators give:
   * exact resume: the parameters of step s are a pure function of (seed, step, view), so a resumed run applies the
     same augmentations with no pipeline state to save;
   * DDP == one process: parameters are drawn for the global batch and sliced to the rank's rows;
@@ -19,10 +22,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .augment import ViewRecipe
 from .folder import Index
 
 _RATIO = (3 / 4, 4 / 3)
+
+# The streams of random numbers: "split" the held-out digits, "synthetic" the synthetic images, "order" epoch e's
+# permutation (keys: e), "view" the augmentation of view v at step s (keys: s, v), "eval" the evaluation's augmented
+# copy c of batch b of a split (keys: split, c, b).
+STREAMS = {"split": 1, "synthetic": 2, "order": 3, "view": 4, "eval": 5}
+
+
+def rng(seed: int, stream: str, *keys: int) -> np.random.Generator:
+    """The generator of ``stream`` at ``keys`` for the run's ``seed`` (all non-negative integers)."""
+    return np.random.default_rng([seed, STREAMS[stream], *keys])
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """How one view is augmented: the probabilities and ranges its parameters are drawn from (``draw``)."""
+
+    size: int
+    crop_scale: tuple[float, float]
+    flip_p: float
+    jitter: tuple[float, float, float, float]
+    jitter_p: float
+    gray_p: float
+    blur_p: float
+    blur_sigma: tuple[float, float]
+    solarize_p: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
 
 @dataclass
@@ -69,9 +98,8 @@ def crop_boxes(rng: np.random.Generator, sizes: np.ndarray, scale: tuple[float, 
     return np.stack([left, top, w, h], 1).astype(np.int64)
 
 
-def draw(recipe: ViewRecipe, sizes: np.ndarray, seed: int, step: int, view: int) -> ViewParams:
-    """Parameters of view ``view`` at ``step`` for a global batch of images with ``sizes`` (n, 2)."""
-    rng = np.random.default_rng([seed, step, view])
+def draw(recipe: ViewRecipe, sizes: np.ndarray, rng: np.random.Generator) -> ViewParams:
+    """Parameters of one view for a batch of images with ``sizes`` (n, 2), from ``rng`` (see ``rng()``)."""
     n = len(sizes)
     box = crop_boxes(rng, sizes, recipe.crop_scale)
     flip = rng.random(n) < recipe.flip_p
@@ -90,27 +118,38 @@ def draw(recipe: ViewRecipe, sizes: np.ndarray, seed: int, step: int, view: int)
 class Plan:
     """What this rank reads and how it augments it at every step: a pure function of (seed, step).
 
-    Epoch e visits the good files of the index in a permutation seeded by (seed, e); the last partial global batch is
-    dropped, so every epoch has exactly ``len(index) // batch`` steps and every rank the same number of samples.
-    Rank r of W takes rows r*B/W .. (r+1)*B/W of each global batch (disjoint shards that together form the batch).
+    Epoch e visits the images (an in-memory source's, or the good files of a file index) in a permutation drawn from
+    the "order" stream; the last partial global batch is dropped, so every epoch has exactly ``n // batch`` steps and
+    every rank the same number of samples. Rank r of W takes rows r*B/W .. (r+1)*B/W of each global batch (disjoint
+    shards that together form the batch).
     """
 
-    def __init__(self, index: Index, recipes: list[ViewRecipe], batch: int, seed: int, rank: int, world: int,
-                 index_path: str):
+    def __init__(self, sizes: np.ndarray, recipes: list[ViewRecipe], batch: int, seed: int, rank: int, world: int,
+                 *, what: str):
+        """``sizes`` (n, 2): width and height of every image; ``what`` names them in errors."""
         if batch % world:
             raise ValueError(f"data.batch_size={batch} is not divisible by the world size {world}")
-        if batch > len(index):
-            raise ValueError(f"data.batch_size={batch} exceeds the {len(index)} good images of {index.root}")
-        self.index, self.recipes, self.batch, self.seed = index, recipes, batch, seed
-        self.rank, self.world, self.index_path = rank, world, index_path
+        if batch > len(sizes):
+            raise ValueError(f"data.batch_size={batch} exceeds the {len(sizes)} {what}")
+        self.sizes, self.recipes, self.batch, self.seed = np.asarray(sizes), recipes, batch, seed
+        self.rank, self.world = rank, world
         self.per_rank = batch // world
-        self.steps_per_epoch = len(index) // batch
+        self.steps_per_epoch = len(sizes) // batch
+        self.index, self.index_path = None, ""
         self._epoch, self._order = -1, None
+
+    @classmethod
+    def of_index(cls, index: Index, recipes: list[ViewRecipe], batch: int, seed: int, rank: int, world: int,
+                 index_path: str) -> Plan:
+        """The plan of a file dataset: the readers take the files from ``plan.index``."""
+        plan = cls(index.sizes, recipes, batch, seed, rank, world, what=f"good images of {index.root}")
+        plan.index, plan.index_path = index, index_path
+        return plan
 
     def global_rows(self, step: int) -> np.ndarray:
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
-            self._order = np.random.default_rng([self.seed, epoch, 0x0DA7A]).permutation(len(self.index))
+            self._order = rng(self.seed, "order", epoch).permutation(len(self.sizes))
             self._epoch = epoch
         return self._order[i * self.batch:(i + 1) * self.batch]
 
@@ -121,6 +160,7 @@ class Plan:
 
     def params(self, step: int) -> list[ViewParams]:
         """Every view's parameters for this rank's rows at ``step`` (drawn for the global batch, then sliced)."""
-        sizes = self.index.sizes[self.global_rows(step)]
+        sizes = self.sizes[self.global_rows(step)]
         start = self.rank * self.per_rank
-        return [draw(r, sizes, self.seed, step, v).rows(start, self.per_rank) for v, r in enumerate(self.recipes)]
+        return [draw(r, sizes, rng(self.seed, "view", step, v)).rows(start, self.per_rank)
+                for v, r in enumerate(self.recipes)]

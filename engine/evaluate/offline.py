@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import data as data_stage
+from ..data import params
 from .metrics import ProbeSettings, extract, few_shot_bank, knn_accuracy, linear_probe
 
 log = logging.getLogger("fusedssl")
@@ -30,11 +31,15 @@ log = logging.getLogger("fusedssl")
 # ------------------------------------------------------------------------------------------- labelled data sets
 
 
+_SPLITS = {"train": 0, "val": 1}  # the key of each split in the "eval" stream of params.rng
+
+
 class LabelledSet:
     """A labelled train/val pair the evaluation reads: ``batches(split, copy)`` yields normalised views.
 
     ``copy = -1`` is the deterministic evaluation view; ``copy >= 0`` the copy-th augmented pass (random resized crop
-    with the run's crop scale, flip with its flip probability), seeded by (seed, copy) so a cache entry is exact."""
+    with the run's crop scale, flip with its flip probability), drawn from the "eval" stream of the run's seed at
+    (split, copy, batch) so a cache entry is exact."""
 
     name: str
     key: str                       # identifies the data for the feature cache
@@ -61,13 +66,14 @@ class DigitsSet(LabelledSet):
         images = (self.train if split == "train" else self.val).images
         recipe = data_stage.ViewRecipe(c.image_size, c.crop_scale, c.flip_p, (0.0, 0.0, 0.0, 0.0), 0.0, 0.0, 0.0,
                                        c.blur_sigma, 0.0, c.mean, c.std)
-        for i in range(0, len(images), self.batch):
+        sizes = np.array([images.shape[-1:-3:-1]] * self.batch, dtype=np.int64)  # (width, height) of each digit
+        for b, i in enumerate(range(0, len(images), self.batch)):
             x = images[i:i + self.batch]
             if copy < 0:
                 yield data_stage.eval_view(x, c.image_size, c.mean, c.std, channels_last=False)
             else:
-                g = torch.Generator().manual_seed((self.seed * 1_000_003 + copy) * 1_000_003 + i)
-                yield data_stage.augment(x, recipe, g, channels_last=False)
+                p = params.draw(recipe, sizes[:len(x)], params.rng(self.seed, "eval", _SPLITS[split], copy, b))
+                yield data_stage.augment(x, recipe, p, channels_last=False)
 
 
 class FolderSet(LabelledSet):
@@ -77,10 +83,10 @@ class FolderSet(LabelledSet):
     classes are matched to the training classes by folder name; a validation class the training tree lacks is an
     error naming it."""
 
-    def __init__(self, train_root: str, val_root: str, data_cfg, *, workers: int = 2, batch: int = 256):
+    def __init__(self, train_root: str, val_root: str, data_cfg, *, seed: int, workers: int = 2, batch: int = 256):
         from ..data import folder
 
-        self.cfg, self.workers, self.batch = data_cfg, workers, batch
+        self.cfg, self.seed, self.workers, self.batch = data_cfg, seed, workers, batch
         self.tr, self.va = (_index_of(r, data_cfg) for r in (train_root, val_root))
         missing = sorted(set(self.va.classes) - set(self.tr.classes))
         used = {self.va.classes[i] for i in np.unique(self.va.labels)}
@@ -97,7 +103,7 @@ class FolderSet(LabelledSet):
 
     def batches(self, split: str, copy: int) -> Iterator[torch.Tensor]:
         idx = self.tr if split == "train" else self.va
-        ds = _FolderViews(idx, self.cfg, copy, self.batch)
+        ds = _FolderViews(idx, self.cfg, copy, self.batch, (self.seed, _SPLITS[split]))
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.workers)
         yield from loader
 
@@ -115,8 +121,8 @@ def _index_of(root: str, data_cfg):
 
 
 class _FolderViews(torch.utils.data.Dataset):
-    def __init__(self, idx, cfg, copy: int, batch: int):
-        self.idx, self.cfg, self.copy, self.batch = idx, cfg, copy, batch
+    def __init__(self, idx, cfg, copy: int, batch: int, seed_split: tuple[int, int]):
+        self.idx, self.cfg, self.copy, self.batch, self.seed_split = idx, cfg, copy, batch, seed_split
 
     def __len__(self) -> int:
         return math.ceil(len(self.idx) / self.batch)
@@ -124,12 +130,13 @@ class _FolderViews(torch.utils.data.Dataset):
     def __getitem__(self, b: int) -> torch.Tensor:
         from PIL import Image
 
-        from ..data import fallback, folder, params
+        from ..data import fallback, folder
 
         c, size = self.cfg, self.cfg.image_size
         rows = range(b * self.batch, min(len(self.idx), (b + 1) * self.batch))
         if self.copy >= 0:
-            rng = np.random.default_rng([c.image_size, self.copy, b, 0xE7A1])
+            seed, split = self.seed_split
+            rng = params.rng(seed, "eval", split, self.copy, b)
             boxes = params.crop_boxes(rng, self.idx.sizes[list(rows)], c.crop_scale)
             flips = rng.random(len(rows)) < c.flip_p
         out = np.empty((len(rows), size, size, 3), np.uint8)
