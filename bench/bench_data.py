@@ -91,14 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         index_path = folder.default_index_path(root) if args.root else Path(tmp) / "index.json"
         idx = folder.load(index_path, root) if index_path.exists() else \
             folder.check(root, out=index_path, workers=workers)
-        cfg = config.load(None, [f"data.image_size={args.size}"]).data
+        cfg = config.load(None, [f"data.image_size={args.size}", f"data.workers={workers}", "data.roi_decode=true",
+                                 "data.read_workers=0"]).data
         recipes = data_stage.recipes(cfg, local_crops=args.local_crops)
         plan = Plan.of_index(idx, recipes, args.batch, 0, 0, 1, str(index_path))
         variants = []  # (name, loader, DALI decode device, where the photometric steps run)
         if "dali" in loaders:
             if device.type == "cuda":
                 variants.append(("dali-mixed", "dali", "mixed", "dali"))
-            why = kernels.why_no_photometric_kernel()
+            why = kernels.why_not("photometric_augment", "cuda", torch.device("cpu"))
             if why is None:
                 variants.append(("dali-cpu", "dali", "cpu", "kernel"))
             else:
@@ -109,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         stamp = harness.env(device)
         rows, results = [], {}
         for name, loader, dali_device, photometric in variants:
-            stage = files.FileViews(plan, loader, device, True, cfg.mean, cfg.std, workers=workers,
-                                    prefetch=cfg.prefetch, dali_device=dali_device, roi_decode=True,
-                                    hw_decoder_load=cfg.hw_decoder_load, read_workers=0, photometric=photometric)
+            stage = files.FileViews(plan, cfg, device, True, loader=loader, dali_device=dali_device,
+                                    photometric=photometric)
             rates = measure(stage, args.steps, args.warmup, args.repeats, device)
             q = torch.tensor(rates).quantile(torch.tensor([0.2, 0.5, 0.8])).tolist()
             results[name] = q

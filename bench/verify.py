@@ -44,7 +44,7 @@ from fusedssl.kernels import (
     simsiam_loss,
     vicreg_covariance,
     vicreg_loss,
-    why_no_photometric_kernel,
+    why_not,
 )
 
 # The one table of tolerance floors (relative, see above); tests/conftest.py imports it.
@@ -256,7 +256,7 @@ def check_photometric(n: int, h: int, w: int, gen: torch.Generator) -> Row:
     x = torch.randint(0, 256, (n, h, w, 3), generator=gen, dtype=torch.uint8)
     p = random_photo_params(gen, n, max_sigma=max(2.0, max(h, w) / 8))
     ref = photometric_augment_ref(x, p, PHOTO_MEAN, PHOTO_STD)
-    out = photometric_augment(x, p, PHOTO_MEAN, PHOTO_STD, kernel=True)
+    out = photometric_augment(x, p, PHOTO_MEAN, PHOTO_STD, backend="cuda")
     return Row("photometric", "cpp-cpu", "float32", f"{n}x{h}x{w}", "NHWC", "value", _err(out, ref),
                FLOORS[torch.float32])
 
@@ -321,8 +321,9 @@ def run(*, device: torch.device, full: bool = False, cases: list[str] | None = N
                 for row in check_predictor(backend, d, rank, gen, device):
                     rows.append(_print(row, out))
     if not cases or "photometric" in cases:
-        if why_no_photometric_kernel():
-            skipped.append(f"photometric: {why_no_photometric_kernel()}")
+        why = why_not("photometric_augment", "cuda", torch.device("cpu"))
+        if why:
+            skipped.append(f"photometric: {why}")
         else:
             for n, h, w in PHOTO_FULL_SHAPES if full else PHOTO_SHAPES:
                 rows.append(_print(check_photometric(n, h, w, gen), out))

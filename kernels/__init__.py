@@ -12,10 +12,11 @@ Objective per method (the spec is ../shared/docs/methods.md of the project):
   SimCLR                 nt_xent_loss
   BYOL, SimSiam          byol_loss, simsiam_loss
   DirectPred, DirectCopy correlation_ema + predictor_weight (mode "directpred" / "directcopy")
-and the CPU data pipeline's fused photometric augmentation: photometric_augment (photo_params, colour_matrix).
+and the CPU data pipeline's fused photometric augmentation: photometric_augment (its parameters: PhotoParams from
+photo_params, with colour_matrix, gaussian_taps, LUMA and TO_YIQ, which the pipelines share with it).
 """
 
-from ._backend import BACKENDS, BackendUnavailable, available, resolve_all
+from ._backend import BACKENDS, BackendUnavailable, available, resolve_all, why_not
 from ._cuda import status as extension_status
 from ._triton import tf32_enabled
 from .contrastive import nt_xent_loss, nt_xent_loss_ref
@@ -51,11 +52,10 @@ from .photometric import (
     photo_params,
     photometric_augment,
     photometric_augment_ref,
-    why_no_photometric_kernel,
 )
 
 __all__ = [
-    "BACKENDS", "BackendUnavailable", "available", "resolve_all", "extension_status", "tf32_enabled",
+    "BACKENDS", "BackendUnavailable", "available", "resolve_all", "why_not", "extension_status", "tf32_enabled",
     "barlow_twins_loss", "barlow_twins_loss_ref", "vicreg_loss", "vicreg_loss_ref", "vicreg_invariance",
     "vicreg_variance", "vicreg_covariance",
     "frossl_loss", "frossl_loss_ref", "log_frobenius",
@@ -67,5 +67,5 @@ __all__ = [
     "col_normalize", "row_normalize", "COL_MODES",
     "lars_step_", "ema_",
     "photometric_augment", "photometric_augment_ref", "PhotoParams", "photo_params", "colour_matrix", "gaussian_taps",
-    "why_no_photometric_kernel", "LUMA", "TO_YIQ",
+    "LUMA", "TO_YIQ",
 ]

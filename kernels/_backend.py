@@ -8,6 +8,10 @@ committed GPU record measured fastest on that GPU model (``preferences.json``, w
 from a record under bench/results/; "torch" for every op and GPU that has no measurement). Asking for a backend that
 cannot run the op raises ``BackendUnavailable`` with the reason and the fix; nothing falls back silently.
 
+A provider may bring its own availability check (``register(..., why_not=)``): the photometric augmentation's
+compiled provider is a CPU kernel in the same extension, so the "cuda" rule (CUDA tensors) does not apply to it, and
+``register(..., cpu_auto=True)`` makes it "auto"'s choice for CPU tensors where it can run.
+
 ``resolve_all`` is what a training run calls, once: it maps every op the run uses to the backend that will serve it,
 with the one fallback rule (a run that asks for "triton" or "cuda" runs the ops that backend has no kernel for on
 "torch", and says so), and the engine logs the result.
@@ -27,6 +31,8 @@ from ._triton import why_unavailable
 BACKENDS: tuple[str, ...] = ("torch", "triton", "cuda")
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
+_CHECKS: dict[tuple[str, str], Callable[[torch.device], str | None]] = {}  # (op, backend) -> its own why-not
+_CPU_AUTO: dict[str, str] = {}  # op -> the backend "auto" takes for CPU tensors where it can run (else "torch")
 
 
 def _load_preferences() -> dict[str, dict[str, str]]:
@@ -53,13 +59,19 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run this op here; the message says why and how to fix it."""
 
 
-def register(op: str, backend: str) -> Callable[[Callable], Callable]:
-    """Decorator: register ``fn`` as the ``backend`` implementation of the public op ``op``."""
+def register(op: str, backend: str, *, why_not: Callable[[torch.device], str | None] | None = None,
+             cpu_auto: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as the ``backend`` implementation of the public op ``op``. ``why_not(device)``
+    replaces the backend's own availability rule for this provider; ``cpu_auto``: "auto" takes it on the CPU."""
     if backend not in BACKENDS:
         raise ValueError(f"register: backend={backend!r} is not one of {BACKENDS}")
 
     def wrap(fn: Callable) -> Callable:
         _REGISTRY.setdefault(op, {})[backend] = fn
+        if why_not is not None:
+            _CHECKS[(op, backend)] = why_not
+        if cpu_auto:
+            _CPU_AUTO[op] = backend
         return fn
 
     return wrap
@@ -84,21 +96,27 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
         raise KeyError(f"no op named {op!r} is registered")
     if backend == "auto":
         if device.type != "cuda":
-            return "torch"  # the interpreter is for verification, never an automatic choice
+            cpu = _CPU_AUTO.get(op, "torch")  # the interpreter is for verification, never an automatic choice
+            return cpu if why_not(op, cpu, device) is None else "torch"
         if not _PREFERENCE:
             return "torch"
         best = _PREFERENCE.get(gpu_model(device), {}).get(op, "torch")
-        return best if best in impls and _why_not(best, device) is None else "torch"
+        return best if best in impls and why_not(op, best, device) is None else "torch"
     if backend not in impls:
         raise BackendUnavailable(f"backend={backend!r} cannot run {op}: {_WHY_MISSING[backend]}. Use backend='torch'.")
-    reason = _why_not(backend, device)
+    reason = why_not(op, backend, device)
     if reason:
         raise BackendUnavailable(f"backend={backend!r} cannot run {op}: {reason}")
     return backend
 
 
-def _why_not(backend: str, device: torch.device) -> str | None:
-    """Why ``backend`` cannot run on ``device`` at all (None if it can)."""
+def why_not(op: str, backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run ``op`` on ``device`` (None if it can): the provider's own check, else the
+    backend's (no Triton or no GPU for "triton"; no extension or no CUDA tensors for "cuda")."""
+    if backend in _REGISTRY.get(op, {}) and (op, backend) in _CHECKS:
+        return _CHECKS[(op, backend)](device)
+    if backend != "torch" and backend not in _REGISTRY.get(op, {}):
+        return f"{_WHY_MISSING[backend]}"
     return {"torch": lambda d: None, "triton": why_unavailable, "cuda": _cuda.why_unavailable}[backend](device)
 
 

@@ -13,7 +13,7 @@ The constants make the value equal the code's (the trace normalisation is a cons
 the code takes it with ``.item()``, which fusedssl never does). ||Z'Z||_F = ||ZZ'||_F: the reference forms whichever of
 D x D or N x N is smaller, so the cost is 2 N D min(N, D) per view.
 
-Triton (backend "triton"): ||X'X||_F^2 is the covariance-loss kernel of covariance.py with weight 1/2 on every entry
+Triton (backend "triton"): ||X'X||_F^2 is the covariance-loss primitive of _gram.py with weight 1/2 on every entry
 and target 0 (its forward returns ||K||^2/2 and writes G = K; its hand-written backward is d||K||^2/dX); on the
 N x N side the kernel reads Z^' through the strides. The column normalisation is normalize.py's Triton kernel; the
 O(ND) invariance term stays in torch.
@@ -32,7 +32,7 @@ import torch
 
 from . import _backend
 from ._checks import check_choice, check_embeddings, check_number, check_views, full_precision
-from .covariance import _cov_loss_cuda_op, _kernel_operand, cov_loss, frob2_cross
+from ._gram import _cov_loss_cuda_op, _kernel_operand, cov_loss, frob2_cross
 from .normalize import col_normalize_cuda, col_normalize_ref, col_normalize_triton
 
 FROSSL_VARIANTS = ("multiview", "legacy")
@@ -41,27 +41,12 @@ FROSSL_VARIANTS = ("multiview", "legacy")
 # ----------------------------------------------------------------------------------------------------------- references
 
 
-def frossl_loss_ref(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview",
-                    frob2=None, norm=None) -> torch.Tensor:
-    """Plain-PyTorch reference of ``frossl_loss`` (``frob2`` and ``norm`` swap in other implementations of
-    ||z'z||_F^2 and of the column normalisation)."""
-    frob2 = frob2 or (lambda z: frob2_cross(z, z))
+def frossl_loss_ref(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
+                    ) -> torch.Tensor:
+    """Plain-PyTorch reference of ``frossl_loss`` (the module note gives both variants)."""
     with full_precision(views[0]) as dt:
-        norm = norm or (lambda z, mode: col_normalize_ref(z.to(dt), mode))
-        n, d = views[0].shape
-        v = len(views)
-        if variant == "legacy":
-            za, zb = (norm(z, "std_l2") for z in views)
-            inv = invariance_weight * (za - zb).pow(2).sum() / (n * d)
-            reg = sum(torch.log(frob2(z)) - 4.0 * math.log(d) for z in (za, zb))
-            return inv + reg
-        zs = [norm(z, "l2") for z in views]
-        mean = torch.stack(zs).mean(0)
-        loss = 0.0
-        for z in zs:
-            loss = loss + torch.log(frob2(z)) - 2.0 * math.log(d)
-            loss = loss + (v * invariance_weight / n) * (z - mean).pow(2).sum()
-        return loss
+        return _frossl(views, invariance_weight, variant, lambda z: frob2_cross(z, z),
+                       lambda z, mode: col_normalize_ref(z.to(dt), mode))
 
 
 def log_frobenius_ref(z: torch.Tensor) -> torch.Tensor:
@@ -71,6 +56,25 @@ def log_frobenius_ref(z: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ launchers and helpers
+
+
+def _frossl(views: Sequence[torch.Tensor], invariance_weight: float, variant: str, frob2, norm) -> torch.Tensor:
+    """The FroSSL loss composed from ``frob2(z)`` = ||z'z||_F^2 and ``norm(z, mode)``, the column normalisation: the
+    reference and every provider call this with their own implementations of the two."""
+    n, d = views[0].shape
+    v = len(views)
+    if variant == "legacy":
+        za, zb = (norm(z, "std_l2") for z in views)
+        inv = invariance_weight * (za - zb).pow(2).sum() / (n * d)
+        reg = sum(torch.log(frob2(z)) - 4.0 * math.log(d) for z in (za, zb))
+        return inv + reg
+    zs = [norm(z, "l2") for z in views]
+    mean = torch.stack(zs).mean(0)
+    loss = 0.0
+    for z in zs:
+        loss = loss + torch.log(frob2(z)) - 2.0 * math.log(d)
+        loss = loss + (v * invariance_weight / n) * (z - mean).pow(2).sum()
+    return loss
 
 
 def _frob2_triton(z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -97,18 +101,18 @@ _backend.register("log_frobenius", "torch")(log_frobenius_ref)
 def frossl_loss_triton(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
                        ) -> torch.Tensor:
     """Triton provider: column normalisation and Frobenius norms in Triton kernels, the O(ND) rest in torch."""
-    dt = torch.float64 if views[0].dtype == torch.float64 else torch.float32
-    return frossl_loss_ref(views, invariance_weight, variant, frob2=lambda z: _frob2_triton(z, views[0]),
-                           norm=lambda z, mode: col_normalize_triton(z.to(dt), mode))  # fp32 out: invariance
+    with full_precision(views[0]) as dt:  # fp32 normalised views: the invariance term
+        return _frossl(views, invariance_weight, variant, lambda z: _frob2_triton(z, views[0]),
+                       lambda z, mode: col_normalize_triton(z.to(dt), mode))
 
 
 @_backend.register("frossl_loss", "cuda")
 def frossl_loss_cuda(views: Sequence[torch.Tensor], invariance_weight: float = 1.0, variant: str = "multiview"
                      ) -> torch.Tensor:
     """CUDA C++ provider: the CUDA column normalisation and Frobenius norms (csrc/), the O(ND) rest in torch."""
-    dt = torch.float64 if views[0].dtype == torch.float64 else torch.float32
-    return frossl_loss_ref(views, invariance_weight, variant, frob2=_frob2_cuda,
-                           norm=lambda z, mode: col_normalize_cuda(z.to(dt), mode))
+    with full_precision(views[0]) as dt:
+        return _frossl(views, invariance_weight, variant, _frob2_cuda,
+                       lambda z, mode: col_normalize_cuda(z.to(dt), mode))
 
 
 @_backend.register("log_frobenius", "triton")

@@ -29,6 +29,7 @@ The teacher outputs are constants (stop-gradient): every function here detaches 
 Distributed semantics: computed on the all-gathered batch (m = global batch), redundantly on every rank, as the
 reference code does; with a gradient-preserving gather the DDP gradient equals the global-batch gradient.
 Precision: float32 (float64 for float64 inputs) outside autocast (methods.md §16.6).
+Shared primitive: ``frob2_cross`` of _gram.py (a Frobenius norm of a cross-product, from the smaller side).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ import torch
 
 from . import _backend, _triton
 from ._checks import check_embeddings, check_number, check_pair, full_precision
+from ._gram import frob2_cross
 from ._triton import HAS_TRITON, dot_precision, k_tile, tile, tl, triton
-from .covariance import frob2_cross
 from .normalize import col_normalize_triton, row_normalize_ref, row_normalize_triton
 
 # ----------------------------------------------------------------------------------------------------------- references

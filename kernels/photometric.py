@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import _cuda
+from . import _backend, _cuda
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights: the grayscale of every pipeline
 TO_YIQ = (LUMA, (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))  # RGB -> YIQ: the hue is a rotation of (I, Q)
@@ -67,6 +67,34 @@ def _reflect101(i: torch.Tensor, n: int) -> torch.Tensor:
     period = 2 * (n - 1)
     i = i.remainder(period)
     return torch.where(i < n, i, period - i)
+
+
+def _why_no_kernel(device: torch.device) -> str | None:
+    """None if the C++ kernel can run on ``device`` (a CPU kernel: CUDA tensors are refused), else why not."""
+    ext = _cuda.ext()
+    if ext is None:
+        return f"the C++ extension fusedssl.kernels._C is unavailable ({_cuda._IMPORT_ERROR}); build it: {_cuda.BUILD}"
+    if not hasattr(ext, "photometric"):
+        return f"the built fusedssl.kernels._C predates the photometric kernel; rebuild it: {_cuda.BUILD}"
+    if device.type != "cpu":
+        return f"the photometric kernel runs on the CPU after CPU decoding; the views are on {device.type}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ providers (one per backend)
+
+
+@_backend.register("photometric_augment", "torch")
+def photometric_augment_torch(x: torch.Tensor, p: PhotoParams, mean, std) -> torch.Tensor:
+    """The reference, returned in float32 like the kernel (it computes in float64)."""
+    return photometric_augment_ref(x, p, mean, std).float()
+
+
+@_backend.register("photometric_augment", "cuda", why_not=_why_no_kernel, cpu_auto=True)
+def photometric_augment_cpp(x: torch.Tensor, p: PhotoParams, mean, std) -> torch.Tensor:
+    """The fused C++ kernel of the extension (csrc/photometric.cpp), on the CPU."""
+    return _cuda.ext().photometric(x.contiguous(), p.bright, p.contrast, p.matrix, p.colour, p.taps, p.radius,
+                                   p.solarize, [float(v) for v in mean], [float(v) for v in std])
 
 
 # ----------------------------------------------------------------------------------------------------------- public ops
@@ -116,35 +144,6 @@ def gaussian_taps(sigma: np.ndarray, blur: np.ndarray) -> tuple[np.ndarray, np.n
     return taps, radius
 
 
-def why_no_photometric_kernel() -> str | None:
-    """None if the C++ kernel can run here, else why not and the fix."""
-    ext = _cuda.ext()
-    if ext is None:
-        return f"the C++ extension fusedssl.kernels._C is unavailable ({_cuda._IMPORT_ERROR}); build it: {_cuda.BUILD}"
-    if not hasattr(ext, "photometric"):
-        return f"the built fusedssl.kernels._C predates the photometric kernel; rebuild it: {_cuda.BUILD}"
-    return None
-
-
-def photometric_augment(x: torch.Tensor, p: PhotoParams, mean, std, *, kernel: bool | None = None) -> torch.Tensor:
-    """Normalised float32 (n, h, w, 3) views from uint8 (n, h, w, 3) ``x`` on the CPU (see the module note).
-
-    ``kernel``: True runs the C++ kernel (an error saying why where it is not built), False the reference in float32,
-    None the kernel where it is built.
-    """
-    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3 or x.device.type != "cpu":
-        raise ValueError(f"x: expected uint8 (n, h, w, 3) on the CPU, got {x.dtype} {tuple(x.shape)} on {x.device}")
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean, std: expected 3 values each, got {len(mean)} and {len(std)}")
-    why = why_no_photometric_kernel()
-    if kernel and why:
-        raise RuntimeError(f"photometric_augment(kernel=True): {why}")
-    if kernel is False or why:
-        return photometric_augment_ref(x, p, mean, std).float()
-    return _cuda.ext().photometric(x.contiguous(), p.bright, p.contrast, p.matrix, p.colour, p.taps, p.radius,
-                                   p.solarize, [float(v) for v in mean], [float(v) for v in std])
-
-
 def photo_params(bright, contrast, saturation, hue, gray, blur, sigma, solarize) -> PhotoParams:
     """``PhotoParams`` from per-sample jitter factors (identity: 1, 1, 1, 0), flags and blur sigmas (numpy arrays)."""
     bright, contrast = np.asarray(bright, np.float32), np.asarray(contrast, np.float32)
@@ -156,3 +155,17 @@ def photo_params(bright, contrast, saturation, hue, gray, blur, sigma, solarize)
         matrix=torch.from_numpy(colour_matrix(np.where(gray, 0.0, saturation), hue)),
         colour=torch.from_numpy(colour.astype(np.uint8)), taps=torch.from_numpy(taps),
         radius=torch.from_numpy(radius), solarize=torch.from_numpy(np.asarray(solarize, np.uint8)))
+
+
+
+def photometric_augment(x: torch.Tensor, p: PhotoParams, mean, std, *, backend: str = "auto") -> torch.Tensor:
+    """Normalised float32 (n, h, w, 3) views from uint8 (n, h, w, 3) ``x`` on the CPU (see the module note).
+
+    ``backend``: "cuda" the extension's fused C++ kernel (an error saying why where it is not built), "torch" the
+    reference in float32, "auto" the kernel where it is built.
+    """
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3 or x.device.type != "cpu":
+        raise ValueError(f"x: expected uint8 (n, h, w, 3) on the CPU, got {x.dtype} {tuple(x.shape)} on {x.device}")
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean, std: expected 3 values each, got {len(mean)} and {len(std)}")
+    return _backend.dispatch("photometric_augment", backend, x.device)(x, p, mean, std)

@@ -5,7 +5,7 @@ import torch
 from conftest import FLOORS, assert_close, check_triton_case, randn
 from fusedssl import kernels
 from fusedssl.bench import originals
-from fusedssl.kernels.covariance import frob2_cross
+from fusedssl.kernels._gram import frob2_cross
 
 SHAPES = [(2, 3), (16, 7), (7, 16), (33, 33), (5, 40)]  # N > D, N < D (Gram side), N = D, N = 2
 
@@ -122,7 +122,7 @@ def test_half_precision_inputs_compute_in_float32():
 # -------------------------------------------------------------------------------------------------------- Triton kernel
 
 from fusedssl.bench import verify  # noqa: E402
-from fusedssl.kernels.covariance import _cov_loss_bwd_op, _cov_loss_op, cov_loss  # noqa: E402
+from fusedssl.kernels._gram import _cov_loss_bwd_op, _cov_loss_op, cov_loss  # noqa: E402
 
 TRITON_CASES = [c for c in verify.CASES if c.op in ("barlow_twins_loss", "vicreg_covariance")]  # this family
 
@@ -208,7 +208,7 @@ def test_triton_views_of_different_dtypes_meet_in_fp32(kernel_device):
 def test_split_k_forward_equals_the_single_program_forward(kernel_device):
     """A small D x D side with a long K (FroSSL's N x N side) splits K over programs and adds the partial tiles in a
     fixed order; loss and G equal the unsplit forward, including a split that leaves the last part short."""
-    from fusedssl.kernels.covariance import cov_loss_fwd
+    from fusedssl.kernels._gram import cov_loss_fwd
 
     a = torch.randn(150, 20, device=kernel_device)
     b = torch.randn(150, 20, device=kernel_device)

@@ -42,6 +42,13 @@ def _stage(root, loader, *extra, rank=0, world=1):
     return data_stage.build(cfg, seed=5, rank=rank, world=world, device=torch.device("cpu"), channels_last=True)
 
 
+def _pixels(root, loader, *extra, step: int, rank=0, world=1) -> list[torch.Tensor]:
+    """The views of ``step`` as 8-bit images (n, size, size, 3): a stage normalising with mean 0 and std 1/255."""
+    st = _stage(root, loader, "data.mean=[0,0,0]", f"data.std=[{1 / 255!r},{1 / 255!r},{1 / 255!r}]", *extra,
+                rank=rank, world=world)
+    return [v.permute(0, 2, 3, 1).round().to(torch.uint8) for v in st.views(step)]
+
+
 def _jpeg(path: Path, img: Image.Image, **kw) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, **kw)
@@ -236,18 +243,18 @@ def test_views_are_channels_last_float_and_differ(tree, loader):
 @pytest.mark.parametrize("loader", LOADERS)
 def test_resume_reproduces_the_same_batches(tree, loader):
     a = _stage(tree, loader)
-    straight = [a.raw(s) for s in range(6)]  # 6 steps: crosses the epoch boundary at step 4
+    straight = [a.views(s) for s in range(6)]  # 6 steps: crosses the epoch boundary at step 4
     b = _stage(tree, loader)
-    resumed = [b.raw(s) for s in (3, 4, 5)]  # a fresh pipeline started at step 3, as after a resume
+    resumed = [b.views(s) for s in (3, 4, 5)]  # a fresh pipeline started at step 3, as after a resume
     for x, y in zip(straight[3:], resumed, strict=True):
         assert all(torch.equal(u, w) for u, w in zip(x, y, strict=True))
-    assert all(torch.equal(u, w) for u, w in zip(b.raw(1), straight[1], strict=True))  # going back restarts too
+    assert all(torch.equal(u, w) for u, w in zip(b.views(1), straight[1], strict=True))  # going back restarts too
 
 
 @pytest.mark.parametrize("loader", LOADERS)
 def test_two_ranks_together_make_the_single_process_batch(tree, loader):
-    whole = _stage(tree, loader).raw(2)
-    parts = [_stage(tree, loader, rank=r, world=2).raw(2) for r in range(2)]
+    whole = _stage(tree, loader).views(2)
+    parts = [_stage(tree, loader, rank=r, world=2).views(2) for r in range(2)]
     for v in range(2):
         assert torch.equal(torch.cat([parts[0][v], parts[1][v]]), whole[v])
 
@@ -255,10 +262,10 @@ def test_two_ranks_together_make_the_single_process_batch(tree, loader):
 @pytest.mark.parametrize("loader", LOADERS)
 def test_grayscale_and_solarisation_do_what_they_say(tree, loader):
     off = ["data.jitter_p=0", "data.blur_p=[0,0]", "data.solarize_p=[0,0]"]
-    gray = _stage(tree, loader, *off, "data.gray_p=1").raw(0)[0].int()
+    gray = _pixels(tree, loader, *off, "data.gray_p=1", step=0)[0].int()
     assert (gray[..., 0] - gray[..., 1]).abs().max() <= 1 and (gray[..., 1] - gray[..., 2]).abs().max() <= 1
-    plain = _stage(tree, loader, *off, "data.gray_p=0").raw(0)
-    sol = _stage(tree, loader, *off[:2], "data.gray_p=0", "data.solarize_p=[0,1]").raw(0)
+    plain = _pixels(tree, loader, *off, "data.gray_p=0", step=0)
+    sol = _pixels(tree, loader, *off[:2], "data.gray_p=0", "data.solarize_p=[0,1]", step=0)
     assert torch.equal(sol[0], plain[0])  # view 1 has p = 0
     assert torch.equal(sol[1], torch.where(plain[1] >= 128, 255 - plain[1], plain[1]))
 
@@ -270,15 +277,16 @@ def test_dali_and_the_fallback_agree_sample_by_sample(tree, graph, monkeypatch):
     ``graph``: DALI's crop and resize then the fused photometric kernel (the CPU default), or every step in DALI
     operators with the CPU graph's or the GPU graph's colour and blur variants (all run on the CPU here)."""
     if graph == "kernel":
-        if kernels.why_no_photometric_kernel():
-            pytest.skip(kernels.why_no_photometric_kernel())
+        why = kernels.why_not("photometric_augment", "cuda", torch.device("cpu"))
+        if why:
+            pytest.skip(why)
         extra = "data.photometric=kernel"
     else:
         pipeline = dali.pipeline
         monkeypatch.setattr(dali, "pipeline", lambda *a, **k: pipeline(*a, **{**k, "graph": graph[:3]}))
         extra = "data.photometric=dali"
-    a = _stage(tree, "dali", "data.batch_size=12", extra).raw(1)
-    b = _stage(tree, "torch", "data.batch_size=12").raw(1)
+    a = _pixels(tree, "dali", "data.batch_size=12", extra, step=1)
+    b = _pixels(tree, "torch", "data.batch_size=12", step=1)
     for x, y in zip(a, b, strict=True):
         per_image = (x.float() - y.float()).abs().mean(dim=(1, 2, 3))
         assert per_image.max() < 6.0, per_image  # grey levels; measured mean 1.4, max 3.7 (decoders, filters, clamps)
@@ -288,7 +296,7 @@ def test_dali_and_the_fallback_agree_sample_by_sample(tree, graph, monkeypatch):
 
 @needs_dali
 def test_where_the_photometric_steps_run_is_chosen_and_checked(tree, monkeypatch):
-    built = kernels.why_no_photometric_kernel() is None
+    built = kernels.why_not("photometric_augment", "cuda", torch.device("cpu")) is None
     assert _stage(tree, "dali").photometric == ("kernel" if built else "dali")  # auto: the kernel on CPU decoding
     assert _stage(tree, "dali", "data.photometric=dali").photometric == "dali"
     with pytest.raises(folder.DatasetError, match="data.photometric=kernel runs on the CPU.*dali_device is mixed"):
@@ -296,7 +304,9 @@ def test_where_the_photometric_steps_run_is_chosen_and_checked(tree, monkeypatch
     assert files.choose_photometric(_cfg(tree), "mixed", torch.device("cuda")) == "dali"
     # a GPU run decoding on the CPU: uint8 views from DALI go over PCIe, not the kernel's float32 ones
     assert files.choose_photometric(_cfg(tree), "cpu", torch.device("cuda")) == "dali"
-    monkeypatch.setattr(kernels, "why_no_photometric_kernel", lambda: "the extension is not built (test)")
+    real = kernels.why_not
+    monkeypatch.setattr(kernels, "why_not", lambda op, *a: "the extension is not built (test)"
+                        if op == "photometric_augment" else real(op, *a))
     with pytest.raises(folder.DatasetError, match="data.photometric=kernel: the extension is not built"):
         _stage(tree, "dali", "data.photometric=kernel")
     assert _stage(tree, "dali").photometric == "dali"  # auto without the kernel: DALI's operators
@@ -304,16 +314,16 @@ def test_where_the_photometric_steps_run_is_chosen_and_checked(tree, monkeypatch
 
 @needs_dali
 def test_roi_decode_and_full_decode_give_the_same_views(tree):
-    a = _stage(tree, "dali", "data.roi_decode=true").raw(0)
-    b = _stage(tree, "dali", "data.roi_decode=false").raw(0)
+    a = _pixels(tree, "dali", "data.roi_decode=true", step=0)
+    b = _pixels(tree, "dali", "data.roi_decode=false", step=0)
     for x, y in zip(a, b, strict=True):
         assert (x.float() - y.float()).abs().mean() < 1.0
 
 
 @needs_dali
 def test_dali_read_workers_give_the_same_views(tree):
-    a = _stage(tree, "dali").raw(2)
-    b = _stage(tree, "dali", "data.read_workers=1").raw(2)
+    a = _stage(tree, "dali").views(2)
+    b = _stage(tree, "dali", "data.read_workers=1").views(2)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
@@ -327,17 +337,16 @@ def test_exif_orientation_is_applied_before_cropping(tmp_path, loader):
     idx = folder.check(tmp_path)
     assert idx.sizes.tolist() == [[64, 96], [64, 96]]
     st = _stage(tmp_path, loader, "data.batch_size=2", "data.jitter_p=0", "data.gray_p=0", "data.blur_p=[0,0]",
-                "data.solarize_p=[0,0]", "data.crop_scale=[1.0,1.0]", "data.flip_p=0")
-    rotated, upright = st.raw(0)[0].float()[st.plan.rows(0).argsort()]
+                "data.solarize_p=[0,0]", "data.crop_scale=[1.0,1.0]", "data.flip_p=0", "data.mean=[0,0,0]",
+                f"data.std=[{1 / 255!r},{1 / 255!r},{1 / 255!r}]")
+    rotated, upright = st.views(0)[0][st.plan.rows(0).argsort()]
     assert (rotated - upright).abs().mean() < 6.0  # JPEG re-encoding of a rotated image differs a little
 
 
 def test_multicrop_views_from_the_data_stage(tree):
     plan = _plan(tree, local_crops=2, local_size=16)
     assert [r.size for r in plan.recipes] == [SIZE, SIZE, 16, 16]
-    st = files.FileViews(plan, LOADERS[0], torch.device("cpu"), True, plan.recipes[0].mean, plan.recipes[0].std,
-                         workers=1, prefetch=1, dali_device="cpu", roi_decode=True, hw_decoder_load=0.65,
-                         read_workers=0)
+    st = files.FileViews(plan, _cfg(tree), torch.device("cpu"), True, loader=LOADERS[0])
     assert [tuple(v.shape[2:]) for v in st.views(0)] == [(SIZE, SIZE), (SIZE, SIZE), (16, 16), (16, 16)]
     with pytest.raises(config.ConfigError, match="data.local_crops"):  # not a training option
         config.load(None, ["data.local_crops=2"])

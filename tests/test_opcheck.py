@@ -10,7 +10,7 @@ custom op without an entry in SAMPLES fails ``test_every_custom_op_has_samples``
 import pytest
 import torch
 from conftest import EmulatedExtension
-from fusedssl.kernels import _cuda, covariance, matrix_log, normalize
+from fusedssl.kernels import _cuda, _gram, matrix_log, normalize
 
 N, D = 10, 12
 LAYOUTS = ("contiguous", "transposed", "strided")
@@ -71,10 +71,10 @@ def _mm_shift(layout, dtype):
 
 
 SAMPLES = {
-    "cov_loss": _cov_loss(covariance._cov_loss_op),
-    "cov_loss_bwd": _cov_loss_bwd(covariance._cov_loss_bwd_op),
-    "cov_loss_cuda": _cov_loss(covariance._cov_loss_cuda_op),
-    "cov_loss_bwd_cuda": _cov_loss_bwd(covariance._cov_loss_bwd_cuda_op),
+    "cov_loss": _cov_loss(_gram._cov_loss_op),
+    "cov_loss_bwd": _cov_loss_bwd(_gram._cov_loss_bwd_op),
+    "cov_loss_cuda": _cov_loss(_gram._cov_loss_cuda_op),
+    "cov_loss_bwd_cuda": _cov_loss_bwd(_gram._cov_loss_bwd_cuda_op),
     "col_norm": _col_norm(normalize._col_norm_op),
     "col_norm_bwd": _col_norm_bwd(normalize._col_norm_op, normalize._col_norm_bwd_op),
     "col_norm_cuda": _col_norm(normalize._col_norm_cuda_op),

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import FLOAT32_VS_FLOAT64
+from fusedssl import kernels
 from fusedssl.bench.verify import random_photo_params
 from fusedssl.engine.data import fallback
 from fusedssl.kernels import photometric as photo
 from PIL import Image, ImageOps
 
-WHY = photo.why_no_photometric_kernel()
+WHY = kernels.why_not("photometric_augment", "cuda", torch.device("cpu"))
 needs_kernel = pytest.mark.skipif(WHY is not None, reason=str(WHY))
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IDENTITY = (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)  # out on the 0..255 scale
@@ -31,7 +32,7 @@ def test_kernel_matches_the_float64_reference(shape):
     x[0] = 255  # a saturated image: brightness clamps everywhere
     p = random_photo_params(gen, n, max_sigma=max(h, w) / 2)  # windows up to several times the image
     ref = photo.photometric_augment_ref(x, p, MEAN, STD)
-    out = photo.photometric_augment(x, p, MEAN, STD, kernel=True)
+    out = photo.photometric_augment(x, p, MEAN, STD, backend="cuda")
     assert out.dtype == torch.float32 and out.shape == x.shape
     err = (out.double() - ref).abs().max().item()
     assert err < FLOAT32_VS_FLOAT64 * ref.abs().max().item(), (seed, err)
@@ -94,7 +95,7 @@ def test_reference_path_and_argument_errors():
     x = torch.randint(0, 256, (3, 9, 7, 3), generator=gen, dtype=torch.uint8)
     p = random_photo_params(gen, 3)
     ref = photo.photometric_augment_ref(x, p, MEAN, STD).float()
-    assert torch.equal(photo.photometric_augment(x, p, MEAN, STD, kernel=False), ref)
+    assert torch.equal(photo.photometric_augment(x, p, MEAN, STD, backend="torch"), ref)
     with pytest.raises(ValueError, match="x: expected uint8"):
         photo.photometric_augment(x.float(), p, MEAN, STD)
     with pytest.raises(ValueError, match="x: expected uint8"):
@@ -118,3 +119,20 @@ def test_kernel_argument_errors_name_the_argument():
         ext.photometric(x, *args[:4], p.taps[:, :1].contiguous(), p.radius, p.solarize, list(MEAN), list(STD))
     with pytest.raises(RuntimeError, match="std: expected > 0"):
         ext.photometric(x, *args, list(MEAN), [0.2, 0.0, 0.2])
+
+
+def test_the_kernel_is_the_registry_s_cpu_choice_where_it_is_built(monkeypatch):
+    """"auto" takes the extension's CPU kernel where it can run and the reference where not; asking for the kernel
+    where it cannot run names why."""
+    from fusedssl.kernels import _backend
+
+    cpu = torch.device("cpu")
+    assert kernels.available("photometric_augment") == ["torch", "cuda"]
+    assert _backend.resolve("photometric_augment", "auto", cpu) == ("cuda" if WHY is None else "torch")
+    assert _backend.resolve("barlow_twins_loss", "auto", cpu) == "torch"  # the other ops keep the reference on CPU
+    monkeypatch.setattr(photo._cuda, "ext", lambda: None)
+    assert _backend.resolve("photometric_augment", "auto", cpu) == "torch"
+    x = torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
+    p = random_photo_params(torch.Generator().manual_seed(3), 2)
+    with pytest.raises(kernels.BackendUnavailable, match=r"cannot run photometric_augment: the C\+\+ extension"):
+        photo.photometric_augment(x, p, MEAN, STD, backend="cuda")

@@ -74,8 +74,8 @@ def choose_photometric(cfg, dali_device: str, device: torch.device) -> str:
     """Where the photometric steps run: "kernel" (the fused C++ kernel, CPU decoding) or "dali" (DALI operators).
     ``auto`` takes the kernel only for a CPU run: on a GPU run it would send float32 views over PCIe, four times the
     bytes of the uint8 views that DALI's operators leave for the GPU to normalise."""
+    why = kernels.why_not("photometric_augment", "cuda", torch.device("cpu"))  # the extension's CPU kernel
     if cfg.photometric == "kernel":
-        why = kernels.why_no_photometric_kernel()
         if why:
             raise folder.DatasetError(f"data.photometric=kernel: {why}; or set data.photometric=dali")
         if dali_device == "mixed":
@@ -83,8 +83,7 @@ def choose_photometric(cfg, dali_device: str, device: torch.device) -> str:
                                       "data.dali_device is mixed (GPU decoding): set data.photometric=dali (or auto)")
         return "kernel"
     if cfg.photometric == "auto":
-        return ("kernel" if dali_device == "cpu" and device.type == "cpu" and kernels.why_no_photometric_kernel() is
-                None else "dali")
+        return "kernel" if dali_device == "cpu" and device.type == "cpu" and why is None else "dali"
     return "dali"
 
 
@@ -94,17 +93,19 @@ class FileViews:
     train = None  # the kNN monitor needs an in-memory labelled split; file datasets are evaluated by fusedssl eval
     test = None
 
-    def __init__(self, plan: Plan, loader: str, device: torch.device, channels_last: bool, mean, std, *,
-                 workers: int, prefetch: int, dali_device: str, roi_decode: bool, hw_decoder_load: float,
-                 read_workers: int, photometric: str = "dali"):
+    def __init__(self, plan: Plan, cfg, device: torch.device, channels_last: bool, *, loader: str,
+                 dali_device: str = "cpu", photometric: str = "dali"):
+        """``cfg``: the ``data`` section; ``loader``, ``dali_device`` and ``photometric``: its choices resolved
+        (``build`` resolves them)."""
         self.plan, self.loader, self.device, self.channels_last = plan, loader, device, channels_last
         self.steps_per_epoch = plan.steps_per_epoch
-        self.mean, self.std = tuple(mean), tuple(std)
-        mean_t, std_t = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (mean, std))
+        self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
+        mean_t, std_t = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (cfg.mean, cfg.std))
         self._scale, self._shift = 1.0 / (255.0 * std_t), -mean_t / std_t  # (x / 255 - mean) / std on uint8 x
         self.photometric = photometric if loader == "dali" else "pil"
-        self._opts = {"workers": workers, "prefetch": prefetch, "dali_device": dali_device, "roi_decode": roi_decode,
-                      "hw_decoder_load": hw_decoder_load, "read_workers": read_workers}
+        self._opts = {"workers": cfg.workers, "prefetch": cfg.prefetch, "dali_device": dali_device,
+                      "roi_decode": cfg.roi_decode, "hw_decoder_load": cfg.hw_decoder_load,
+                      "read_workers": cfg.read_workers}
         self._it, self._pipe, self._next = None, None, None
 
     def describe(self) -> str:
@@ -143,14 +144,8 @@ class FileViews:
     def _fused(self, step: int, mean, std) -> list[torch.Tensor]:
         """The geometric views of ``step`` from DALI through the fused photometric kernel: float NHWC."""
         geometry = self._pipeline_out(step)
-        return [kernels.photometric_augment(x, _kernel_params(p), mean, std)
+        return [kernels.photometric_augment(x, _kernel_params(p), mean, std, backend="cuda")
                 for x, p in zip(geometry, self.plan.params(step), strict=True)]
-
-    def raw(self, step: int) -> list[torch.Tensor]:
-        """The uint8 (n, size, size, 3) views of ``step`` before normalisation (on the CPU or the GPU)."""
-        if self.photometric == "kernel":  # the kernel's 0..255 output, rounded as an 8-bit image would be
-            return [v.round_().to(torch.uint8) for v in self._fused(step, (0.0,) * 3, (1 / 255,) * 3)]
-        return self._pipeline_out(step)
 
     @property
     def num_classes(self) -> int:
@@ -229,9 +224,8 @@ def build(cfg, recipes: list[ViewRecipe], *, seed: int, rank: int, world: int, d
         raise folder.DatasetError("data.dali_device=mixed decodes on the GPU, but the run's device is "
                                   f"{device.type}: set data.dali_device=cpu (or auto)")
     photometric = choose_photometric(cfg, dali_device, device) if loader == "dali" else "dali"
-    stage = FileViews(plan, loader, device, channels_last, cfg.mean, cfg.std, workers=cfg.workers,
-                      prefetch=cfg.prefetch, dali_device=dali_device, roi_decode=cfg.roi_decode,
-                      hw_decoder_load=cfg.hw_decoder_load, read_workers=cfg.read_workers, photometric=photometric)
+    stage = FileViews(plan, cfg, device, channels_last, loader=loader, dali_device=dali_device,
+                      photometric=photometric)
     log.info("data: %s; %d steps per epoch", stage.describe(), plan.steps_per_epoch)
     return stage
 
