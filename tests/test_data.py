@@ -224,6 +224,22 @@ def test_parameters_honour_the_probabilities(tree):
     assert not np.array_equal(other.box, p.box)
 
 
+def test_subpixel_boxes_for_tensors_stay_inside_the_image():
+    """The in-memory sources' boxes: inside the image, sub-pixel, area at most the drawn fraction and at least that
+    fraction over the widest ratio's clamp."""
+    rng = np.random.default_rng(0)
+    sizes = np.stack([np.full(5000, 28), np.full(5000, 40)], 1)
+    left, top, w, h = params.subpixel_boxes(rng, sizes, (0.3, 1.0)).T
+    assert np.all((left >= 0) & (top >= 0) & (left + w <= sizes[:, 0] + 1e-9) & (top + h <= sizes[:, 1] + 1e-9))
+    area = w * h / (sizes[:, 0] * sizes[:, 1])
+    assert area.max() <= 1.0 + 1e-9 and area.min() >= 0.3 / (4 / 3) ** 0.5 - 1e-9
+    free = w < sizes[:, 0]  # a side clamped to the image is whole and starts at 0
+    assert 0.5 < free.mean() < 1 and np.mean(left[free] != np.round(left[free])) > 0.99
+    assert np.mean(w[free] != np.round(w[free])) > 0.99
+    again = params.subpixel_boxes(np.random.default_rng(0), sizes, (0.3, 1.0))
+    assert np.array_equal(again[:, 2], w)
+
+
 # ------------------------------------------------------------------------------------------------------ the loaders
 
 

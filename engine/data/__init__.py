@@ -69,7 +69,7 @@ class TwoViewData:
                  rank: int, world: int, device: torch.device, channels_last: bool):
         h, w = train.images.shape[-2:]
         sizes = np.tile(np.array([[w, h]], dtype=np.int64), (len(train.labels), 1))
-        self.plan = Plan(sizes, recipes, batch_size, seed, rank, world, what="training images")
+        self.plan = Plan(sizes, recipes, batch_size, seed, rank, world, what="training images", subpixel=True)
         self.train, self.test, self.recipes = train, test, recipes
         self.device, self.channels_last = device, channels_last
         self.steps_per_epoch = self.plan.steps_per_epoch

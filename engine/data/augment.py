@@ -61,7 +61,8 @@ def _on_device(p: ViewParams, device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def _crop_flip(x: torch.Tensor, size: int, d: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Resize the crop box (pixels) to size x size, flipped where drawn, as one bilinear affine resampling."""
+    """Resize the crop box (in pixels, sub-pixel allowed) to size x size, flipped where drawn, as one bilinear affine
+    resampling."""
     n, _, H, W = x.shape
     sign = 1.0 - 2.0 * d["flip"]
     # theta maps the output's normalised coordinates [-1, 1] onto the box's in the input (align_corners=False).

@@ -72,7 +72,8 @@ class DigitsSet(LabelledSet):
             if copy < 0:
                 yield data_stage.eval_view(x, c.image_size, c.mean, c.std, channels_last=False)
             else:
-                p = params.draw(recipe, sizes[:len(x)], params.rng(self.seed, "eval", _SPLITS[split], copy, b))
+                p = params.draw(recipe, sizes[:len(x)], params.rng(self.seed, "eval", _SPLITS[split], copy, b),
+                                subpixel=True)
                 yield data_stage.augment(x, recipe, p, channels_last=False)
 
 
