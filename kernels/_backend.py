@@ -116,7 +116,7 @@ def why_not(op: str, backend: str, device: torch.device) -> str | None:
     if backend in _REGISTRY.get(op, {}) and (op, backend) in _CHECKS:
         return _CHECKS[(op, backend)](device)
     if backend != "torch" and backend not in _REGISTRY.get(op, {}):
-        return f"{_WHY_MISSING[backend]}"
+        return _WHY_MISSING[backend]
     return {"torch": lambda d: None, "triton": why_unavailable, "cuda": _cuda.why_unavailable}[backend](device)
 
 

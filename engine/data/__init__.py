@@ -75,16 +75,19 @@ class TwoViewData:
         self.steps_per_epoch = self.plan.steps_per_epoch
         self._train_dev = train.images.to(device)
         self._labels_dev = train.labels.to(device)
+        self._rows: tuple[int, torch.Tensor] | None = None  # (step, its rows on the device): views and labels share
 
     def describe(self) -> str:
         return f"in-memory, {len(self.train.labels)} images augmented on {self.device.type}"
 
     def indices(self, step: int) -> torch.Tensor:
-        """This rank's sample indices at ``step`` (the plan's rows), on the device."""
-        rows = torch.from_numpy(self.plan.rows(step))
-        if self.device.type == "cuda":  # pinned, so the copy does not wait for the stream
-            rows = rows.pin_memory()
-        return rows.to(self.device, non_blocking=True)
+        """This rank's sample indices at ``step`` (the plan's rows), on the device, copied once per step."""
+        if self._rows is None or self._rows[0] != step:
+            rows = torch.from_numpy(self.plan.rows(step))
+            if self.device.type == "cuda":  # pinned, so the copy does not wait for the stream
+                rows = rows.pin_memory()
+            self._rows = (step, rows.to(self.device, non_blocking=True))
+        return self._rows[1]
 
     @property
     def num_classes(self) -> int:
