@@ -38,7 +38,7 @@ from ._triton import HAS_TRITON, interpreting, tl, triton
 COL_MODES = ("bn", "std", "l2", "center", "std_l2")
 _DEFAULT_EPS = {"bn": 1e-5, "l2": 1e-12, "std_l2": 1e-12}
 
-_MODE_ID = {"center": 0, "bn": 1, "std": 2, "l2": 3, "std_l2": 4}
+MODE_ID = {"center": 0, "bn": 1, "std": 2, "l2": 3, "std_l2": 4}
 
 
 # ----------------------------------------------------------------------------------------------------------- references
@@ -73,7 +73,9 @@ if HAS_TRITON:
 
     @triton.jit
     def _col_stats_kernel(z_ptr, y_ptr, mean_ptr, r_ptr, beta_ptr, N, D, s_zn, s_zd, s_yn, s_yd, eps, sqrt_d,
-                          MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                          MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                          WRITE_Y: tl.constexpr):
+        # WRITE_Y = False: the statistics alone, for a GEMM that normalises z while loading it (_gram.py)
         offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         # shift by the first row: sums of (z - z_0) keep var = E[x^2] - E[x]^2 well conditioned. The l2 mode needs
@@ -119,12 +121,14 @@ if HAS_TRITON:
         tl.store(mean_ptr + offs_d, mean, mask=dmask)
         tl.store(r_ptr + offs_d, r, mask=dmask)
         tl.store(beta_ptr + offs_d, beta, mask=dmask)
-        for n0 in range(0, N, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            mask = (offs_n[:, None] < N) & dmask[None, :]
-            z = tl.load(z_ptr + offs_n[:, None] * s_zn + offs_d[None, :] * s_zd, mask=mask, other=0.0)
-            y = (z.to(tl.float32) - mean[None, :]) * r[None, :]
-            tl.store(y_ptr + offs_n[:, None] * s_yn + offs_d[None, :] * s_yd, y.to(y_ptr.dtype.element_ty), mask=mask)
+        if WRITE_Y:
+            for n0 in range(0, N, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                mask = (offs_n[:, None] < N) & dmask[None, :]
+                z = tl.load(z_ptr + offs_n[:, None] * s_zn + offs_d[None, :] * s_zd, mask=mask, other=0.0)
+                y = (z.to(tl.float32) - mean[None, :]) * r[None, :]
+                tl.store(y_ptr + offs_n[:, None] * s_yn + offs_d[None, :] * s_yd, y.to(y_ptr.dtype.element_ty),
+                         mask=mask)
 
     @triton.jit
     def _col_norm_bwd_kernel(g_ptr, z_ptr, mean_ptr, r_ptr, beta_ptr, dz_ptr, N, D, s_gn, s_gd, s_zn, s_zd, s_dn,
@@ -232,6 +236,34 @@ def _as_rows(x: torch.Tensor, rows: bool) -> tuple[int, int, int, int]:
     return (d, n, x.stride(1), x.stride(0)) if rows else (n, d, x.stride(0), x.stride(1))
 
 
+def col_stats(z: torch.Tensor, mode: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the column statistics alone: (mean, r, beta), fp32 D-vectors of the (y = (z - c mean) r, beta)
+    contract, for a kernel that applies them while loading z (z: fp32 or half precision, any strides)."""
+    n, d = z.shape
+    mean = torch.empty(d, dtype=torch.float32, device=z.device)
+    r, beta = torch.empty_like(mean), torch.empty_like(mean)
+    bn, bd = _blocks(n, d)
+    with _triton.on_device(z):
+        _col_stats_kernel[(triton.cdiv(d, bd),)](z, z, mean, r, beta, n, d, z.stride(0), z.stride(1), 0, 0, eps,
+                                                 float(d) ** 0.5, MODE=mode, BLOCK_N=bn, BLOCK_D=bd, WRITE_Y=False)
+    return mean, r, beta
+
+
+def col_norm_bwd(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, r: torch.Tensor, beta: torch.Tensor,
+                 center: bool) -> torch.Tensor:
+    """Launch the closed-form column-normalisation backward: dz (z's dtype, fp32 for fp64) from g = dL/dy and the
+    saved statistics; y is recomputed from z."""
+    zz = z if z.dtype != torch.float64 else z.to(torch.float32)
+    dz = torch.empty(zz.shape, dtype=zz.dtype, device=z.device)
+    n, d = zz.shape
+    bn, bd = _blocks(n, d)
+    with _triton.on_device(z):
+        _col_norm_bwd_kernel[(triton.cdiv(d, bd),)](g, zz, mean, r, beta, dz, n, d, g.stride(0), g.stride(1),
+                                                    zz.stride(0), zz.stride(1), dz.stride(0), dz.stride(1),
+                                                    CENTER=center, BLOCK_N=bn, BLOCK_D=bd)
+    return dz
+
+
 # -------------------------------------------------------------------------------- custom ops (torch.compile sees these)
 
 
@@ -246,7 +278,7 @@ def _col_norm_op(z: torch.Tensor, mode: int, eps: float, rows: bool
     mean = torch.empty(d, dtype=torch.float32, device=z.device)
     r, beta = torch.empty_like(mean), torch.empty_like(mean)
     with _triton.on_device(z):
-        if rows and mode == _MODE_ID["l2"]:  # row_normalize: a row kernel ("d" here is the number of rows)
+        if rows and mode == MODE_ID["l2"]:  # row_normalize: a row kernel ("d" here is the number of rows)
             mean.zero_()
             br, bd = _row_blocks(d, n)
             _row_stats_kernel[(triton.cdiv(d, br),)](zz, y, r, beta, d, n, zz.stride(0), zz.stride(1), y.stride(0),
@@ -254,7 +286,7 @@ def _col_norm_op(z: torch.Tensor, mode: int, eps: float, rows: bool
         else:
             bn, bd = _blocks(n, d)
             _col_stats_kernel[(triton.cdiv(d, bd),)](zz, y, mean, r, beta, n, d, s_zn, s_zd, s_yn, s_yd, eps,
-                                                     float(d) ** 0.5, MODE=mode, BLOCK_N=bn, BLOCK_D=bd)
+                                                     float(d) ** 0.5, MODE=mode, BLOCK_N=bn, BLOCK_D=bd, WRITE_Y=True)
     return y, mean, r, beta
 
 
@@ -295,7 +327,7 @@ def _col_norm_setup(ctx, inputs, output):
     z, mode, _, rows = inputs
     _, mean, r, beta = output
     ctx.save_for_backward(z, mean, r, beta)
-    ctx.center, ctx.rows = mode != _MODE_ID["l2"], rows
+    ctx.center, ctx.rows = mode != MODE_ID["l2"], rows
 
 
 def _col_norm_backward(bwd_op):
@@ -352,11 +384,11 @@ def _providers(backend: str, op):
     @_backend.register("col_normalize", backend)
     def col(z: torch.Tensor, mode: str = "bn", eps: float | None = None) -> torch.Tensor:
         eps = _DEFAULT_EPS.get(mode, 0.0) if eps is None else eps
-        return op(z, _MODE_ID[mode], float(eps), False)[0]
+        return op(z, MODE_ID[mode], float(eps), False)[0]
 
     @_backend.register("row_normalize", backend)
     def row(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-        return op(z, _MODE_ID["l2"], float(eps), True)[0]
+        return op(z, MODE_ID["l2"], float(eps), True)[0]
 
     return col, row
 
