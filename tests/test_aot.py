@@ -30,7 +30,8 @@ def test_every_gpu_kernel_compiles_for_hopper_and_ampere_without_spills(tmp_path
         data = json.loads(report.read_text())
         kernels = {r["kernel"] for r in data["results"]}
         assert {"_cov_loss_fwd_kernel", "_cov_loss_bwd_kernel", "_mm_shift_kernel", "_col_stats_kernel",
-                "_col_norm_bwd_kernel"} <= kernels, kernels
+                "_col_norm_bwd_kernel", "_gram_fwd_kernel", "_gram_finish_kernel", "_gram_bwd_kernel"
+                } <= kernels, kernels
         failures += data["failures"]
         assert p.returncode == (1 if data["failures"] else 0), out[-4000:]
     assert not failures, "\n".join(failures)

@@ -64,6 +64,22 @@ def _col_norm_bwd(fwd, op):
     return samples
 
 
+def _gram_loss(layout, dtype):
+    for mode, t_off in ((_gram.GRAM_NONE, 0.0), (1, -0.5)):  # raw inputs; "bn" on load with the row-sum terms
+        a, b = _matrix(N, D + 5, layout, dtype, True), _matrix(N, D + 5, layout, dtype, True)
+        yield _gram._gram_loss_op, (a, b, mode, 1e-5, 0.1, 1.0, 1.0, 0.02, t_off, False)
+    z = _matrix(N, D + 5, layout, dtype, True)  # the auto-covariance: one Gram, empty Gb and B statistics
+    yield _gram._gram_loss_op, (z, z, 0, 0.0, 0.5, 0.0, 0.0, 0.1, 0.0, True)
+
+
+def _gram_loss_bwd(layout, dtype):
+    for op, args in _gram_loss(layout, dtype):
+        a, b, mode, *_, t_off, auto = args
+        saved = [t.detach() for t in op(*args)[1:]]
+        yield _gram._gram_loss_bwd_op, (a.detach(), b.detach(), saved, torch.tensor(1.5), mode, 0.1, 0.02, t_off,
+                                        auto)
+
+
 def _mm_shift(layout, dtype):
     if dtype != torch.float32:  # the Matrix-SSL chain is fp32 by design; other dtypes are refused (tested below)
         return
@@ -79,6 +95,8 @@ SAMPLES = {
     "col_norm_bwd": _col_norm_bwd(normalize._col_norm_op, normalize._col_norm_bwd_op),
     "col_norm_cuda": _col_norm(normalize._col_norm_cuda_op),
     "col_norm_bwd_cuda": _col_norm_bwd(normalize._col_norm_cuda_op, normalize._col_norm_bwd_cuda_op),
+    "gram_loss": _gram_loss,
+    "gram_loss_bwd": _gram_loss_bwd,
     "mm_shift": _mm_shift,
 }
 
