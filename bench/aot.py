@@ -145,6 +145,8 @@ def _op_scenarios(n: int, d: int, dtype, layout: str = "contiguous") -> dict[str
 # 8192 projector; FroSSL on both sides of N = D; Matrix-SSL / Kernel-SSL at m 256 and 1024, D 2048.
 PUBLISHED = [
     (("barlow_twins_loss", "vicreg_covariance"), [(256, 8192), (2048, 8192)]),
+    # the D x D side: a gathered batch over a narrow projector (N > D, few tiles, a long K split over programs)
+    (("barlow_twins_loss", "vicreg_covariance"), [(4096, 512)]),
     (("barlow_twins_loss[hsic,tsai]",), [(2048, 8192)]),
     (("frossl_loss", "frossl_loss[legacy]", "log_frobenius"), [(256, 2048), (2048, 1024)]),
     (("matrix_ssl_loss",), [(256, 2048), (1024, 2048)]),

@@ -11,9 +11,16 @@ matrix_log.py) are all this form; each of those family files lists this file in 
   * Triton backward ``_cov_loss_bwd_kernel``: a single-accumulator GEMM per (rows, columns) tile, launched once for
     dA = s B G' and once for dB = s A G (auto mode: once, 2 s A G), scaled by the incoming gradient read on the
     device (no host sync); bf16/fp16 operands with fp32 accumulation run on the tensor cores.
+  * Triton N x N side (``gram_loss``, for N < D, where the D x D side costs D/N times more): with y = norm(z) the
+    column normalisation applied while loading the raw z (statistics from one pass of normalize.py's kernel),
+        ||c||_F^2 = s^2 <Ya Ya', Yb Yb'>,   c_kk = s sum_n ya_nk yb_nk,   1'c1 = s (Ya 1)'(Yb 1),
+    so ``_gram_fwd_kernel`` computes only the upper-triangle tiles of both N x N Grams (the mirror is stored), the
+    diagonal tiles add the column dots and row sums of the operands they load, and ``_gram_finish_kernel`` forms the
+    loss. The backward dL/dYa = s (2 w_o s Gb Ya + Yb diag(h) - 2 w_o t_o (Yb 1) 1') is one GEMM per view with the
+    last two terms in its epilogue, then the normalisation's closed-form backward; no normalised copy is written.
   * CUDA C++ (csrc/covariance.cu): C from a cuBLAS GEMM in fp32, then one fused pass writes the loss and overwrites
     C with G in place; the backward is two cuBLAS GEMMs scaled by the incoming gradient on the device.
-Both are custom ops with fakes (torch.compile traces them) and a registered backward.
+All are custom ops with fakes (torch.compile traces them) and a registered backward.
 """
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ Efficient formulation (what the reference computes; the Triton/CUDA providers fu
 
 Providers (backends "triton" and "cuda"; methods.md §16.3 kernels 1-2): one covariance-loss primitive serves Barlow
 Twins, the HSIC variant and VICReg's covariance term, ``L = sum_i w_d (c_ii - t_d)^2 + sum_{i!=j} w_o (c_ij - t_o)^2``
-with c = s A'B, fused with G = dL/dC in the forward epilogue (shared primitive: _gram.py, with csrc/covariance.cu).
-The column normalisation (BN / Tsai's rowL2 + std) runs in normalize.py's Triton kernels before the GEMM (fp32
-statistics, closed-form backward).
+with c = s A'B (shared primitive: _gram.py, with csrc/covariance.cu). The Triton providers take the cheaper side for
+the shape (``_gram.gram_side``): for N < D the N x N Gram loss, which applies BN or centring while loading the raw
+views (Tsai's rowL2 + std is materialised by the reference ops first); otherwise the D x D loss with G = dL/dC in the
+forward epilogue after normalize.py's Triton normalisation (fp32 statistics, closed-form backward). The CUDA
+providers run the D x D side.
 
 Distributed semantics (how engine/methods.py calls these; methods.md §13):
   * Barlow Twins / HSIC: computed on the all-gathered batch of both views, redundantly on every rank (equivalent to
@@ -29,8 +31,8 @@ import torch.nn.functional as F
 
 from . import _backend
 from ._checks import check_choice, check_embeddings, check_number, check_pair, full_precision
-from ._gram import _cov_loss_cuda_op, _kernel_operand, cov_loss, frob2_cross
-from .normalize import col_normalize_cuda, col_normalize_ref, col_normalize_triton, row_normalize_ref
+from ._gram import GRAM_NONE, _cov_loss_cuda_op, _kernel_operand, cov_loss, frob2_cross, gram_loss, gram_side
+from .normalize import MODE_ID, col_normalize_cuda, col_normalize_ref, col_normalize_triton, row_normalize_ref
 
 BT_NORMALIZE = ("bn", "tsai", "none")
 
@@ -113,13 +115,21 @@ _backend.register("vicreg_covariance", "torch")(vicreg_covariance_ref)
 @_backend.register("barlow_twins_loss", "triton")
 def barlow_twins_loss_triton(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.0051, normalize: str = "bn",
                              off_diagonal_target: float = 0.0) -> torch.Tensor:
-    """Triton provider: the Triton column normalisation (fp32 statistics, output in the input's half precision),
-    then the fused covariance loss (G written in the forward)."""
+    """Triton provider, on the cheaper side for the shape (``_gram.gram_side``). N x N side: the raw views go to the
+    fused Gram loss, which normalises them while loading ("bn"); D x D side: the Triton column normalisation (fp32
+    statistics, output in the input's half precision), then the fused covariance loss (G written in the forward)."""
     with full_precision(za):
+        n, d = za.shape
+        kw = dict(scale=1.0 / n, w_diag=1.0, t_diag=1.0, w_off=lam, t_off=float(off_diagonal_target))
+        if gram_side(n, d):
+            if normalize == "tsai":  # two normalisations in a row: materialised by the reference ops (_bt_normalize)
+                a, b = (_kernel_operand(_bt_normalize(z, normalize), za, zb) for z in (za, zb))
+                return gram_loss(a, b, mode=GRAM_NONE, eps=0.0, **kw)
+            mode = MODE_ID["bn"] if normalize == "bn" else GRAM_NONE
+            return gram_loss(_kernel_operand(za, za, zb), _kernel_operand(zb, za, zb), mode=mode, eps=1e-5, **kw)
         a = _kernel_operand(_bt_normalize(za, normalize, col_normalize_triton), za, zb)
         b = _kernel_operand(_bt_normalize(zb, normalize, col_normalize_triton), za, zb)
-        return cov_loss(a, b, scale=1.0 / a.shape[0], w_diag=1.0, t_diag=1.0, w_off=lam,
-                        t_off=float(off_diagonal_target))
+        return cov_loss(a, b, **kw)
 
 
 @_backend.register("barlow_twins_loss", "cuda")
@@ -134,11 +144,16 @@ def barlow_twins_loss_cuda(za: torch.Tensor, zb: torch.Tensor, lam: float = 0.00
 
 @_backend.register("vicreg_covariance", "triton")
 def vicreg_covariance_triton(z: torch.Tensor) -> torch.Tensor:
-    """Triton provider: the Triton centring kernel, then the fused auto-covariance loss with diagonal weight 0."""
+    """Triton provider: N x N side, the fused Gram loss centring the raw z while loading it; D x D side, the Triton
+    centring kernel, then the fused auto-covariance loss. Diagonal weight 0 on both."""
     with full_precision(z):
+        n, d = z.shape
+        kw = dict(scale=1.0 / (n - 1), w_diag=0.0, t_diag=0.0, w_off=1.0 / d, t_off=0.0)
+        if gram_side(n, d):
+            x = _kernel_operand(z, z)
+            return gram_loss(x, x, mode=MODE_ID["center"], eps=0.0, **kw)
         x = _kernel_operand(col_normalize_triton(z, "center"), z)
-        n, d = x.shape
-        return cov_loss(x, x, scale=1.0 / (n - 1), w_diag=0.0, t_diag=0.0, w_off=1.0 / d, t_off=0.0)
+        return cov_loss(x, x, **kw)
 
 
 @_backend.register("vicreg_covariance", "cuda")

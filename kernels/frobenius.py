@@ -14,9 +14,9 @@ the code takes it with ``.item()``, which fusedssl never does). ||Z'Z||_F = ||ZZ
 D x D or N x N is smaller, so the cost is 2 N D min(N, D) per view.
 
 Triton (backend "triton"): ||X'X||_F^2 is the covariance-loss primitive of _gram.py with weight 1/2 on every entry
-and target 0 (its forward returns ||K||^2/2 and writes G = K; its hand-written backward is d||K||^2/dX); on the
-N x N side the kernel reads Z^' through the strides. The column normalisation is normalize.py's Triton kernel; the
-O(ND) invariance term stays in torch.
+and target 0 (its hand-written backward is d||K||^2/dX), on the cheaper side: for N < D the symmetric N x N Gram loss
+(half the Gram tiles), else the D x D loss. The column normalisation is normalize.py's Triton kernel; the O(ND)
+invariance term stays in torch.
 CUDA C++ (backend "cuda"): the same identity through csrc/covariance.cu's epilogue after a cuBLAS GEMM.
 
 Distributed semantics: per GPU (the loss of the local batch; DDP averages, so the gradient is that of the mean of the
@@ -32,7 +32,7 @@ import torch
 
 from . import _backend
 from ._checks import check_choice, check_embeddings, check_number, check_views, full_precision
-from ._gram import _cov_loss_cuda_op, _kernel_operand, cov_loss, frob2_cross
+from ._gram import GRAM_NONE, _cov_loss_cuda_op, _kernel_operand, cov_loss, frob2_cross, gram_loss, gram_side
 from .normalize import col_normalize_cuda, col_normalize_ref, col_normalize_triton
 
 FROSSL_VARIANTS = ("multiview", "legacy")
@@ -78,10 +78,13 @@ def _frossl(views: Sequence[torch.Tensor], invariance_weight: float, variant: st
 
 
 def _frob2_triton(z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """||z'z||_F^2 through the covariance kernel, on the smaller side (the N x N side reads z' via strides)."""
+    """||z'z||_F^2 through the covariance kernels, on the cheaper side: N < D the symmetric Gram loss (half the
+    tiles of z z'), else the D x D covariance loss."""
     x = _kernel_operand(z, like)
-    x = x if x.shape[1] <= x.shape[0] else x.T
-    return 2.0 * cov_loss(x, x, scale=1.0, w_diag=0.5, t_diag=0.0, w_off=0.5, t_off=0.0)
+    kw = dict(scale=1.0, w_diag=0.5, t_diag=0.0, w_off=0.5, t_off=0.0)
+    if gram_side(*x.shape):
+        return 2.0 * gram_loss(x, x, mode=GRAM_NONE, eps=0.0, **kw)
+    return 2.0 * cov_loss(x, x, **kw)
 
 
 def _frob2_cuda(z: torch.Tensor) -> torch.Tensor:

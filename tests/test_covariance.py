@@ -217,3 +217,131 @@ def test_split_k_forward_equals_the_single_program_forward(kernel_device):
         loss, g = cov_loss_fwd(a, b, 0.1, 1.0, 1.0, 0.02, -0.5, split=split)
         assert_close(loss.cpu(), ref_loss.cpu(), tol=FLOORS[torch.float32], what=f"loss, split {split}")
         assert_close(g.cpu(), ref_g.cpu(), tol=FLOORS[torch.float32], what=f"G, split {split}")
+
+
+# ---------------------------------------------------------------------------------------------- the N x N (Gram) side
+
+from fusedssl.kernels._gram import GRAM_NONE, gram_loss, gram_loss_fwd  # noqa: E402
+from fusedssl.kernels.normalize import MODE_ID, col_normalize_ref  # noqa: E402
+
+GRAM_MODES = ["none", "bn", "center", "std", "l2", "std_l2"]
+GRAM_EPS = {"bn": 1e-5, "l2": 1e-12, "std_l2": 1e-12}
+
+
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "column-major":
+        return x.T.contiguous().T
+    if layout == "strided":
+        return torch.cat([x, torch.zeros_like(x)], dim=1)[:, : x.shape[1]]  # row stride 2D, column stride 1
+    return x
+
+
+def _gram_dense_ref(a, b, mode, scale, w_diag, t_diag, w_off, t_off):
+    """The covariance loss in float64 on the D x D side, normalised by the reference op: what gram_loss must equal."""
+    norm = (lambda z: z) if mode == "none" else (lambda z: col_normalize_ref(z, mode, GRAM_EPS.get(mode, 0.0)))
+    c = scale * norm(a).T @ norm(b)
+    eye = torch.eye(c.shape[0], dtype=torch.bool, device=c.device)
+    return (w_diag * (c - t_diag) ** 2)[eye].sum() + (w_off * (c - t_off) ** 2)[~eye].sum()
+
+
+def _check_gram(n, d, mode, auto, t_off, device, layout="contiguous", dtype=torch.float32):
+    kw = dict(scale=0.7 / n, w_diag=0.9, t_diag=0.4, w_off=1.3, t_off=t_off)
+    a = _layout(torch.randn(n, d, device=device) + 0.5, layout).to(dtype).requires_grad_()
+    b = a if auto else _layout(torch.randn(n, d, device=device), layout).to(dtype).requires_grad_()
+    loss = gram_loss(a, b, mode=MODE_ID[mode] if mode != "none" else GRAM_NONE, eps=GRAM_EPS.get(mode, 0.0), **kw)
+    grads = torch.autograd.grad(loss, (a,) if auto else (a, b))
+    a64 = a.detach().double().requires_grad_()
+    b64 = a64 if auto else b.detach().double().requires_grad_()
+    ref = _gram_dense_ref(a64, b64, mode, **kw)
+    refs = torch.autograd.grad(ref, (a64,) if auto else (a64, b64))
+    tol = FLOORS[dtype]
+    what = f"{n}x{d} {mode} {'auto' if auto else 'cross'} t_off={t_off} {layout} {dtype}"
+    assert_close(loss.cpu(), ref.cpu(), tol=tol, what=f"loss, {what}")
+    for g, r, name in zip(grads, refs, "ab", strict=False):
+        assert g.dtype == dtype and g.shape == (n, d)
+        assert_close(g.cpu(), r.cpu(), tol=tol, what=f"d{name}, {what}")
+
+
+@pytest.mark.parametrize("mode", GRAM_MODES)
+@pytest.mark.parametrize("auto", [False, True], ids=["cross", "auto"])
+def test_gram_loss_every_normalisation_against_dense_formula(mode, auto, kernel_device):
+    """The N x N side with the normalisation applied on load equals the float64 D x D formula, forward and backward,
+    with a non-zero off-diagonal target (the row-sum terms) and two row tiles (one off-diagonal tile)."""
+    _check_gram(70, 90, mode, auto, -0.4, kernel_device)
+
+
+@pytest.mark.parametrize("n,d", [(2, 7), (5, 13), (33, 50), (130, 200)])
+@pytest.mark.parametrize("t_off", [0.0, 0.6])
+def test_gram_loss_shapes_against_dense_formula(n, d, t_off, kernel_device):
+    """N = 2 up to three row tiles (three diagonal and three mirrored off-diagonal tiles), both target branches."""
+    _check_gram(n, d, "bn", False, t_off, kernel_device)
+
+
+@pytest.mark.parametrize("layout", ["column-major", "strided"])
+def test_gram_loss_reads_any_strides(layout, kernel_device):
+    _check_gram(24, 40, "bn", False, 0.0, kernel_device, layout)
+    _check_gram(24, 40, "center", True, 0.0, kernel_device, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gram_loss_half_precision(dtype, kernel_device):
+    """Half-precision operands (tensor cores on a GPU), fp32 accumulation: within the dtype's floor of float64 on the
+    same rounded inputs."""
+    _check_gram(40, 72, "bn", False, 0.0, kernel_device, dtype=dtype)
+    _check_gram(40, 72, "none", True, 0.0, kernel_device, dtype=dtype)
+
+
+def test_gram_split_k_equals_the_single_program_forward(kernel_device):
+    """K = D split over programs, partial tiles added in a fixed order: loss, both Grams, h and the row sums equal
+    the unsplit forward, including a split that leaves the last part short."""
+    a = torch.randn(130, 200, device=kernel_device)
+    b = torch.randn(130, 200, device=kernel_device)
+    args = (a, b, MODE_ID["bn"], 1e-5, 1 / 130, 1.0, 1.0, 0.02, -0.5)
+    ref = gram_loss_fwd(*args, split=1)
+    for split in (2, 3):
+        got = gram_loss_fwd(*args, split=split)
+        for i, (g, r) in enumerate(zip(got[:5], ref[:5], strict=True)):
+            assert_close(g.cpu(), r.cpu(), tol=FLOORS[torch.float32], what=f"output {i}, split {split}")
+
+
+@pytest.mark.parametrize("n,d", [(8, 24), (24, 8)], ids=["gram side", "covariance side"])
+def test_providers_take_the_cheaper_side_and_agree(n, d, kernel_device, monkeypatch):
+    """Each covariance-family Triton provider runs the Gram kernels when N < D and the D x D kernels otherwise, and
+    both equal the torch reference in value and gradient."""
+    from fusedssl.kernels import _gram as gram_mod
+
+    ran = []
+    for name in ("gram_loss_fwd", "cov_loss_fwd"):
+        real = getattr(gram_mod, name)
+        monkeypatch.setattr(gram_mod, name, lambda *a, _real=real, _name=name, **k: ran.append(_name) or _real(*a, **k))
+    za = torch.randn(n, d, device=kernel_device, dtype=torch.float64, requires_grad=True)
+    zb = torch.randn(n, d, device=kernel_device, dtype=torch.float64, requires_grad=True)
+    ops = [("barlow_twins_loss", lambda a, b, be: kernels.barlow_twins_loss(a.float(), b.float(), backend=be)),
+           ("hsic", lambda a, b, be: kernels.barlow_twins_loss(a.float(), b.float(), lam=0.1, normalize="tsai",
+                                                              off_diagonal_target=-1.0, backend=be)),
+           ("vicreg_covariance", lambda a, b, be: kernels.vicreg_covariance(a.float(), backend=be)),
+           ("frossl_loss", lambda a, b, be: kernels.frossl_loss([a.float(), b.float()], backend=be))]
+    for name, fn in ops:
+        ran.clear()
+        got = fn(za, zb, "triton")
+        assert ran and set(ran) == {"gram_loss_fwd" if n < d else "cov_loss_fwd"}, (name, ran)
+        ref = fn(za, zb, "torch")
+        assert_close(got.cpu(), ref.cpu(), tol=FLOORS[torch.float32], what=f"{name} value")
+        for g, r in zip(torch.autograd.grad(got, (za, zb), allow_unused=True),
+                        torch.autograd.grad(ref, (za, zb), allow_unused=True), strict=True):
+            if r is not None:
+                assert_close(g.cpu(), r.cpu(), tol=FLOORS[torch.float32], what=f"{name} grad")
+
+
+def test_torch_compile_traces_the_gram_kernels(kernel_device):
+    za, zb = torch.randn(8, 24, device=kernel_device), torch.randn(8, 24, device=kernel_device)
+    for fn in (lambda a, b: kernels.barlow_twins_loss(a, b, backend="triton", check_finite=False),
+               lambda a, b: kernels.vicreg_covariance(a, backend="triton", check_finite=False)):
+        compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+        a, b = za.clone().requires_grad_(), zb.clone().requires_grad_()
+        got = compiled(a, b)
+        ga = torch.autograd.grad(got, a)[0]
+        ra, rb = za.clone().requires_grad_(), zb.clone().requires_grad_()
+        ref = fn(ra, rb)
+        assert_close(got.cpu(), ref.detach().cpu(), tol=FLOORS[torch.float32], what="compiled")
+        assert_close(ga.cpu(), torch.autograd.grad(ref, ra)[0].cpu(), tol=FLOORS[torch.float32], what="compiled grad")
