@@ -22,8 +22,10 @@ Triton (backend "triton", series only): a Triton GEMM with a fused scale + diago
 through strides) runs the D x D chain: uniformity forms X, X^2, X^3 (the value needs up to X^ceil(K/2), the backward
 X^(K-1)) and returns the closed-form G_U (+ 2h C_x for Kernel-SSL's HSIC term); alignment forms P, X and, by the
 recurrence S_1 = P, S_(k+1) = P X^k + X S_k, G_A in 3 + 2(K-1) GEMMs; one GEMM per call maps G back to the rows.
-The GEMM is the custom op ``fusedssl::mm_shift`` (with a fake), so torch.compile traces the chain. Traces are
-elementwise reductions in torch, and the m x m Gram side runs in torch (Inductor fuses its elementwise work).
+For m < D the provider runs the m x m Gram-side algebra of the reference instead, every product a Triton GEMM and
+the backward through the GEMM's registered one (no D x D matrix; the same FLOPs as the efficient reference).
+The GEMM is the custom op ``fusedssl::mm_shift`` (with a fake and a backward), so torch.compile traces both sides.
+Traces are elementwise reductions in torch (Inductor fuses them under torch.compile), not GEMM epilogues yet.
 
 The teacher outputs are constants (stop-gradient): every function here detaches them.
 Distributed semantics: computed on the all-gathered batch (m = global batch), redundantly on every rank, as the
@@ -40,7 +42,7 @@ import torch
 
 from . import _backend, _triton
 from ._checks import check_embeddings, check_number, check_pair, full_precision
-from ._gram import frob2_cross
+from ._gram import frob2_cross, gram_side
 from ._triton import HAS_TRITON, dot_precision, k_tile, tile, tl, triton
 from .normalize import col_normalize_triton, row_normalize_ref, row_normalize_triton
 
@@ -157,8 +159,9 @@ def _prep(z: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     return z - z.mean(dim=0, keepdim=True)
 
 
-def _uniformity(t: torch.Tensor, o: torch.Tensor, lam: float, mu: float, order: int, exact: bool) -> torch.Tensor:
-    """U on prepared (row-L2, centred) teacher t and online o, each (m, D)."""
+def _uniformity(t: torch.Tensor, o: torch.Tensor, lam: float, mu: float, order: int, exact: bool,
+                mm=torch.matmul) -> torch.Tensor:
+    """U on prepared (row-L2, centred) teacher t and online o, each (m, D); ``mm`` forms the Gram-side products."""
     m, d = o.shape
     if exact:
         if d <= m:
@@ -171,12 +174,14 @@ def _uniformity(t: torch.Tensor, o: torch.Tensor, lam: float, mu: float, order: 
         x = x + (mu - 1.0) * torch.eye(d, dtype=o.dtype, device=o.device)
         traces = trace_powers(x, order)
     else:
-        traces = _shift_traces(trace_powers(o @ t.T / m, order), float(d), mu - 1.0, order)
+        traces = _shift_traces(_traces_from_powers(_powers(mm(o, t.T) / m, (order + 1) // 2, mm), order), float(d),
+                               mu - 1.0, order)
     return -lam * sum(_series_coeff(k + 1) * traces[k] for k in range(order))
 
 
-def _alignment(t: torch.Tensor, o: torch.Tensor, mu: float, order: int, exact: bool) -> torch.Tensor:
-    """A on prepared teacher t and online o, each (m, D)."""
+def _alignment(t: torch.Tensor, o: torch.Tensor, mu: float, order: int, exact: bool, mm=torch.matmul
+               ) -> torch.Tensor:
+    """A on prepared teacher t and online o, each (m, D); ``mm`` forms the Gram-side products."""
     m, d = o.shape
     if exact or d <= m:
         eye = torch.eye(d, dtype=o.dtype, device=o.device)
@@ -192,13 +197,13 @@ def _alignment(t: torch.Tensor, o: torch.Tensor, mu: float, order: int, exact: b
         pxp = [p] + [p @ xj for xj in xp[: order // 2]]  # P X^0 .. P X^(order//2)
         traces = [(pxp[k // 2] * xp[(k + 1) // 2 - 1]).sum() for k in range(1, order + 1)]
     else:
-        a = o @ o.T / m                               # m x m, eigenvalues of C_o plus zeros
-        b = t @ o.T / m
-        tr_co = trace_powers(a, order)                # tr C_o^j, j >= 1
+        a = mm(o, o.T) / m                            # m x m, eigenvalues of C_o plus zeros
+        b = mm(t, o.T) / m
+        tr_co = _traces_from_powers(_powers(a, (order + 1) // 2, mm), order)  # tr C_o^j, j >= 1
         tr_ctco, y = [], b                            # tr(C_t C_o^j) = <B A^(j-1), B>
         for j in range(1, order + 1):
             if j > 1:
-                y = y @ a
+                y = mm(y, a)
             tr_ctco.append((y * b).sum())
         tr_p = t.pow(2).sum() / m + mu * d            # tr P = tr C_t + mu D
         tr_pco = [tr_ctco[j] + mu * tr_co[j] for j in range(order)]
@@ -236,6 +241,23 @@ def _mm_shift_op(a: torch.Tensor, b: torch.Tensor, alpha: float, shift: float) -
 @_mm_shift_op.register_fake
 def _(a, b, alpha, shift):
     return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.float32)
+
+
+def _mm_shift_setup(ctx, inputs, output):
+    a, b, alpha, _ = inputs
+    ctx.save_for_backward(a, b)
+    ctx.alpha = alpha
+
+
+def _mm_shift_backward(ctx, g):
+    # the shift is a constant; only the inputs that need it get a GEMM (the teacher side of the chain does not)
+    a, b = ctx.saved_tensors
+    ga = _mm_shift_op(g, b.T, ctx.alpha, 0.0) if ctx.needs_input_grad[0] else None
+    gb = _mm_shift_op(a.T, g, ctx.alpha, 0.0) if ctx.needs_input_grad[1] else None
+    return ga, gb, None, None
+
+
+_mm_shift_op.register_autograd(_mm_shift_backward, setup_context=_mm_shift_setup)
 
 
 class _UniformityTriton(torch.autograd.Function):
@@ -338,9 +360,9 @@ _backend.register("matrix_ssl_loss", "torch")(matrix_ssl_loss_ref)
 @_backend.register("matrix_ssl_loss", "triton")
 def matrix_ssl_loss_triton(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0, gamma=1.0, order=4, exact=False,
                            hsic_weight=0.0) -> torch.Tensor:
-    """Triton provider: the D x D GEMM chain with the closed-form G (module docstring). ``exact=True`` keeps the
-    LU / eigh path of the reference (no Triton eigendecomposition); the m x m Gram side is not in Triton yet, so
-    m < D runs the D x D chain (correct, more FLOPs)."""
+    """Triton provider on the cheaper side: m < D the reference's m x m Gram-side algebra with every product a Triton
+    GEMM (backward through mm_shift's registered one), else the D x D GEMM chain with the closed-form G (module
+    docstring). ``exact=True`` keeps the LU / eigh path of the reference (no Triton eigendecomposition)."""
     if exact:
         return matrix_ssl_loss_ref(online1, online2, teacher1, teacher2, lam, mu, gamma, order, exact, hsic_weight)
     with full_precision(online1):
@@ -350,6 +372,16 @@ def matrix_ssl_loss_triton(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0
 
         o1, o2 = prep(online1), prep(online2)
         t1, t2 = prep(teacher1.detach()), prep(teacher2.detach())
+        if gram_side(*o1.shape):
+            loss = 0.5 * (_uniformity(t2, o1, lam, mu, order, False, mm_shift)
+                          + _uniformity(t1, o2, lam, mu, order, False, mm_shift))
+            loss = loss + 0.5 * gamma * (_alignment(t2, o1, mu, order, False, mm_shift)
+                                         + _alignment(t1, o2, mu, order, False, mm_shift))
+            if hsic_weight:  # ||T'O||_F^2 = <T T', O O'>
+                m = o1.shape[0]
+                h = sum((mm_shift(t, t.T) * mm_shift(o, o.T)).sum() for t, o in ((t2, o1), (t1, o2))) / (m * m)
+                loss = loss - hsic_weight * (1.0 + gamma) / 2.0 * h
+            return loss
         h = -2.0 * hsic_weight * (1.0 + gamma) / 2.0  # each uniformity call carries weight 1/2
         loss = 0.5 * (_UniformityTriton.apply(t2, o1, lam, mu, order, h) + _UniformityTriton.apply(t1, o2, lam, mu,
                                                                                                     order, h))

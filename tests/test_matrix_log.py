@@ -166,11 +166,13 @@ def test_triton_three_way(case, dtype, kernel_device):
     check_triton_case(case, dtype, kernel_device, layouts=("contiguous",))
 
 
+@pytest.mark.parametrize("m,d", [(48, 20), (20, 48)], ids=["D x D chain", "m x m Gram side"])
 @pytest.mark.parametrize("mu", [1.0, 0.7])
 @pytest.mark.parametrize("order", [1, 2, 3, 5])
-def test_triton_closed_form_backward_every_order(mu, order, kernel_device):
-    """The closed-form G_U / G_A (and the HSIC term) of the Triton chain for orders other than the default 4."""
-    xs = [torch.randn(48, 20, dtype=torch.float64, device=kernel_device) for _ in range(4)]
+def test_triton_closed_form_backward_every_order(mu, order, m, d, kernel_device):
+    """The Triton chain on both sides for orders other than the default 4: the closed-form G_U / G_A (and the HSIC
+    term) when m >= D, the Gram-side algebra through the GEMM's own backward when m < D."""
+    xs = [torch.randn(m, d, dtype=torch.float64, device=kernel_device) for _ in range(4)]
 
     def run(backend):
         o1, o2 = (x.float().requires_grad_() for x in xs[:2])
@@ -188,17 +190,18 @@ def test_torch_compile_traces_the_triton_chain(kernel_device):
     from fusedssl.kernels.matrix_log import _mm_shift_op
     a, b = torch.randn(16, 24, device=kernel_device), torch.randn(24, 32, device=kernel_device)
     torch.library.opcheck(_mm_shift_op, (a, b, 0.5, 0.1), test_utils=("test_schema", "test_faketensor"))
-    xs = [torch.randn(24, 16, device=kernel_device) for _ in range(4)]
     fn = torch.compile(lambda *x: kernels.kernel_ssl_loss(*x, backend="triton", check_finite=False),
                        backend="aot_eager", fullgraph=True)
-    got = [x.clone().requires_grad_(i < 2) for i, x in enumerate(xs)]
-    ref = [x.double().requires_grad_(i < 2) for i, x in enumerate(xs)]
-    v, r = fn(*got), kernels.kernel_ssl_loss(*ref, backend="torch")
-    v.backward()
-    r.backward()
-    assert_close(v, r, 1e-4, what="compiled value")
-    for i in range(2):
-        assert_close(got[i].grad, ref[i].grad, 1e-4, what=f"compiled grad[{i}]")
+    for m, d in ((24, 16), (16, 24)):  # the D x D chain, the m x m Gram side
+        xs = [torch.randn(m, d, device=kernel_device) for _ in range(4)]
+        got = [x.clone().requires_grad_(i < 2) for i, x in enumerate(xs)]
+        ref = [x.double().requires_grad_(i < 2) for i, x in enumerate(xs)]
+        v, r = fn(*got), kernels.kernel_ssl_loss(*ref, backend="torch")
+        v.backward()
+        r.backward()
+        assert_close(v, r, 1e-4, what=f"compiled value {m}x{d}")
+        for i in range(2):
+            assert_close(got[i].grad, ref[i].grad, 1e-4, what=f"compiled grad[{i}] {m}x{d}")
 
 
 def test_triton_chain_ignores_the_global_default_dtype(kernel_device):
