@@ -4,8 +4,9 @@ Providers: ``original`` (dense m x m centring matrix rebuilt per call, order-4 s
 yifanzhang-pro/Matrix-SSL does), ``eager`` (the efficient reference: trace identities, Gram side when m < D),
 ``compile`` (torch.compile of it), ``triton`` (the Triton GEMM chain; GPU only: the interpreter's timings mean
 nothing) and ``exact`` (log|det| + eigh with the Daleckii-Krein backward). All fp32, the
-full loss of one step (four calls: two uniformity, two alignment), forward + backward. FLOPs are not modelled per
-provider (they differ by design); the table gives times and speedups over ``original``.
+full loss of one step (four calls: two uniformity, two alignment), forward + backward. Each row set carries the
+FLOPs and bytes of that provider's own algorithm (bench/flops.py; the Triton provider's counted, not timed, on a
+CPU); the table gives times and speedups over ``original``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,21 @@ def providers(device: torch.device) -> dict:
     return out
 
 
+def _cost_rows(base: dict, name: str, fn, m: int, d: int, p50: float | None, device: torch.device) -> list[dict]:
+    """FLOPs and bytes of the provider's own algorithm (bench/flops.py; compile: the eager FLOPs, bytes unknown),
+    with the achieved rates when it was timed."""
+    from . import flops
+
+    backend = "triton" if name == "triton" else "torch"
+    orig = fn if name in ("original", "exact") else None
+    c = flops.objective_cost("matrix_ssl_loss", backend, m, d, torch.float32, op=orig, device=device)
+    out = [("flops", c.flops, "FLOP")] + ([] if name == "compile" else [("bytes", c.bytes, "B")])
+    if p50:
+        out.append(("tflops", c.flops / p50 / 1e9, "TFLOP/s"))
+        out += [] if name == "compile" else [("gbs", c.bytes / p50 / 1e6, "GB/s")]
+    return [{**base, "metric": k, "value": f"{v:.6g}", "unit": u} for k, v, u in out]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fusedssl bench matrix_log", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/results")
@@ -58,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             table[(m, d, name)] = p50
             base = dict(op="matrix_ssl_loss", provider=name, mode="fwd+bwd", n=m, d=d, dtype="float32", **stamp)
             rows += harness.ms_rows(base, p20, p50, p80)
+            rows += _cost_rows(base, name, fn, m, d, p50, device)
+        if "triton" not in provs and device.type == "cpu" and "triton" in (args.providers or "triton"):
+            base = dict(op="matrix_ssl_loss", provider="triton", mode="fwd+bwd", n=m, d=d, dtype="float32", **stamp)
+            rows += _cost_rows(base, "triton", None, m, d, None, device)
     print(f"matrix_ssl_loss (4 calls, fwd+bwd, fp32) on {stamp['device']}, torch {stamp['torch']}; "
           "median ms (speedup vs original)")
     print(f"{'m x D':>11s} " + " ".join(f"{n:>18s}" for n in provs))

@@ -141,20 +141,32 @@ def count(call: Callable[[], object], fake: bool = False) -> Cost:
 
 
 def fwd_bwd(op: Callable[..., torch.Tensor], shapes: list[tuple[int, ...]], dtype: torch.dtype,
-            grads: int | None = None) -> Callable[[], None]:
-    """A call running ``op`` on fresh CPU inputs of ``shapes`` and its backward to the first ``grads`` inputs (all
-    by default): what ``count`` takes."""
+            grads: int | None = None, backward: bool = True, device: str | torch.device = "cpu"
+            ) -> Callable[[], None]:
+    """A call running ``op`` on fresh inputs of ``shapes`` and (``backward``) its backward to the first ``grads``
+    inputs (all by default): what ``count`` takes."""
 
     def call():
-        xs = [torch.randn(*s, dtype=dtype).requires_grad_() for s in shapes]
-        torch.autograd.grad(op(*xs), xs[: len(xs) if grads is None else grads])
+        xs = [torch.randn(*s, dtype=dtype, device=device).requires_grad_(backward) for s in shapes]
+        if not backward:
+            with torch.no_grad():
+                op(*xs)
+            return
+        out = op(*xs)
+        torch.autograd.grad(out, xs[: len(xs) if grads is None else grads], grad_outputs=upstream(out))
 
     return call
 
 
+def upstream(out: torch.Tensor) -> torch.Tensor | None:
+    """The gradient fed to a backward: none for a loss, ones for an op with a tensor output (a normalisation)."""
+    return None if out.dim() == 0 else torch.ones_like(out)
+
+
 def objectives(backend: str) -> dict[str, tuple[Callable[..., torch.Tensor], int, int | None]]:
-    """The fused objectives by the names bench/aot.py's PUBLISHED uses: (op on ``backend``, inputs, inputs that
-    take gradients (None: all)). Matrix-SSL / Kernel-SSL: two online views and two (constant) teacher views."""
+    """The fused ops by the names bench/aot.py's PUBLISHED uses: (op on ``backend``, inputs, inputs that take
+    gradients (None: all)). Matrix-SSL / Kernel-SSL: two online views and two (constant) teacher views; the
+    normalisations return a tensor (their backward is fed ``upstream``)."""
     from fusedssl import kernels
 
     kw = {"backend": backend, "check_finite": False}
@@ -168,11 +180,24 @@ def objectives(backend: str) -> dict[str, tuple[Callable[..., torch.Tensor], int
         "log_frobenius": (lambda z: kernels.log_frobenius(z, **kw), 1, None),
         "matrix_ssl_loss": (lambda *x: kernels.matrix_ssl_loss(*x, **kw), 4, 2),
         "kernel_ssl_loss": (lambda *x: kernels.kernel_ssl_loss(*x, **kw), 4, 2),
+        **{f"col_normalize[{m}]": (lambda z, m=m: kernels.col_normalize(z, m, **kw), 1, None)
+           for m in ("bn", "std", "l2", "center", "std_l2")},
+        "row_normalize": (lambda z: kernels.row_normalize(z, **kw), 1, None),
     }
 
 
-def objective_cost(name: str, backend: str, n: int, d: int, dtype: torch.dtype) -> Cost:
-    """Forward + backward cost of one objective at (N, D): the torch provider counted on fake tensors, a kernel
-    provider through its recorded launches (CPU tensors, nothing computed on the GPU path)."""
-    op, inputs, grads = objectives(backend)[name]
-    return count(fwd_bwd(op, [(n, d)] * inputs, dtype, grads), fake=backend == "torch")
+def objective_cost(name: str, backend: str, n: int, d: int, dtype: torch.dtype, backward: bool = True,
+                   op: Callable[..., torch.Tensor] | None = None, device: str | torch.device = "cpu") -> Cost:
+    """Forward (+ backward) cost of one objective at (N, D): the torch provider counted on fake tensors, a kernel
+    provider through its recorded launches (CPU tensors, nothing computed on the GPU path). ``op``: another torch
+    formulation of the same objective (the original code's), counted like the torch provider, or, where it indexes
+    with data-dependent shapes (boolean masks) that fake tensors cannot follow, by running it on ``device``."""
+    from torch._subclasses.fake_tensor import DynamicOutputShapeException
+
+    fn, inputs, grads = objectives(backend)[name]
+    if backend != "torch" and op is None:
+        return count(fwd_bwd(fn, [(n, d)] * inputs, dtype, grads, backward))
+    try:
+        return count(fwd_bwd(op or fn, [(n, d)] * inputs, dtype, grads, backward), fake=True)
+    except DynamicOutputShapeException:
+        return count(fwd_bwd(op or fn, [(n, d)] * inputs, dtype, grads, backward, device))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import platform
 import subprocess
 import time
@@ -133,3 +134,185 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------ objective benchmarks (kernels)
+
+OBJECTIVE_MODES = ("fwd", "bwd", "fwd+bwd")
+OBJECTIVE_PROVIDERS = ("original", "eager", "compile", "triton", "cuda")
+
+
+def objective_providers(op: str, device: torch.device, original: Callable | None = None
+                        ) -> tuple[dict[str, Callable], list[str]]:
+    """The providers of one objective: the original code's formulation (when given), the efficient eager reference,
+    torch.compile of it, Triton (GPU only: interpreter timings mean nothing) and CUDA C++ (where built)."""
+    from fusedssl import kernels
+
+    from . import flops
+
+    eager = flops.objectives("torch")[op][0]
+    out = ({"original": original} if original else {}) | {"eager": eager, "compile": torch.compile(eager)}
+    notes = []
+    if device.type == "cuda":
+        out["triton"] = flops.objectives("triton")[op][0]
+    else:
+        notes.append(f"{op} triton: not timed on CPU (the interpreter's timing is meaningless); run on a GPU")
+    reason = kernels.why_not(op.split("[")[0], "cuda", device)  # "frossl_loss[legacy]": a variant of frossl_loss
+    if reason is None:
+        out["cuda"] = flops.objectives("cuda")[op][0]
+    else:
+        notes.append(f"{op} cuda: not timed ({reason})")
+    return out, notes
+
+
+@functools.cache
+def _costs(op: str, provider: str, fn: Callable, n: int, d: int, dtype: torch.dtype, device: torch.device):
+    """(forward, forward + backward) Costs of ``provider``'s algorithm, None for the CUDA C++ provider."""
+    from . import flops
+
+    if provider == "cuda":
+        return None
+    backend = "triton" if provider == "triton" else "torch"
+    orig = fn if provider == "original" else None
+    return tuple(flops.objective_cost(op, backend, n, d, dtype, backward=b, op=orig, device=device)
+                 for b in (False, True))
+
+
+def _cost(op: str, provider: str, fn: Callable, n: int, d: int, dtype: torch.dtype, mode: str,
+          device: torch.device):
+    """(FLOPs, bytes) of ``provider``'s algorithm in ``mode`` (bench/flops.py), None where it cannot be counted:
+    compile keeps the eager FLOPs (Inductor fuses the elementwise work, not the products) with bytes unknown, and
+    the CUDA C++ provider's cuBLAS calls are not visible to the counter."""
+    from . import flops
+
+    costs = _costs(op, provider, fn, n, d, dtype, device)
+    if costs is None:
+        return None
+    fwd, both = costs
+    c = {"fwd": fwd, "fwd+bwd": both, "bwd": flops.Cost(both.flops - fwd.flops, both.bytes - fwd.bytes)}[mode]
+    return (c.flops, None) if provider == "compile" else (c.flops, c.bytes)
+
+
+def _objective_inputs(n: int, d: int, count: int, grads: int | None, dtype, device, sets: int = 4):
+    need = count if grads is None else grads
+    return [[torch.randn(n, d, device=device, dtype=dtype, requires_grad=i < need) for i in range(count)]
+            for _ in range(sets)]
+
+
+def measure_objective(fn: Callable, mode: str, inputs: list[list[torch.Tensor]], grads: int | None,
+                      device: torch.device) -> tuple[tuple[float, float, float], float]:
+    """(p20, p50, p80) ms and peak MiB of one provider in one mode, over the rotating input sets."""
+    from . import flops
+
+    sets = len(inputs)
+
+    def wrt(xs):
+        return xs if grads is None else xs[:grads]
+
+    def prepare(i):
+        xs = inputs[i % sets]
+        return (fn(*xs), xs) if mode == "bwd" else xs  # bwd: a fresh forward graph, not timed
+
+    def run(x):
+        if mode == "fwd":
+            with torch.no_grad():
+                return fn(*x)
+        if mode == "bwd":
+            out, xs = x
+            return torch.autograd.grad(out, wrt(xs), grad_outputs=flops.upstream(out))
+        out = fn(*x)
+        return torch.autograd.grad(out, wrt(x), grad_outputs=flops.upstream(out))
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    q = time_fn(run, device=device, prepare=prepare)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return q, peak
+
+
+def objective_bench(argv: list[str] | None, *, prog: str, description: str, family: str, ops: dict[str, Callable],
+                    gpu_grid: list[tuple[int, int]], cpu_grid: list[tuple[int, int]]) -> int:
+    """The benchmark of one objective family: every op of ``ops`` (name -> the original code's formulation, or
+    None) x shape x mode x provider. Each row set has the times, the FLOPs and bytes of that provider's own
+    algorithm (bench/flops.py), the achieved TFLOP/s and GB/s, and the roofline bound at this device's measured
+    ceilings (``roofline_ms``: the time the algorithm needs at peak FLOP/s or bandwidth, whichever binds)."""
+    import argparse
+
+    from . import flops
+    from .suite import ceilings
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--out", default="bench/results", help=f"results folder (a <device>/{family}.csv inside)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                   help="input dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--shapes", default=None, help="N x D list like 128x256,256x512 (default: the device's grid)")
+    p.add_argument("--ops", default=None, help=f"comma list of {', '.join(ops)} (default: all)")
+    p.add_argument("--providers", default=None, help=f"comma list of {', '.join(OBJECTIVE_PROVIDERS)} "
+                                                      "(default: all that run)")
+    args = p.parse_args(argv)
+    try:
+        grid = ([tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")] if args.shapes else None)
+    except ValueError:
+        p.error(f"--shapes: {args.shapes!r} is not a comma list of N x D like 128x256")
+    for flag, value, known in (("--ops", args.ops, ops), ("--providers", args.providers, OBJECTIVE_PROVIDERS)):
+        unknown = [w for w in (value or "").split(",") if value and w not in known]
+        if unknown:
+            p.error(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    grid = grid or (gpu_grid if device.type == "cuda" else cpu_grid)
+    stamp = env(device)
+    ceil = {r["metric"]: float(r["value"]) for r in ceilings(device, quick=device.type != "cuda")}
+    peak_flops, peak_bw = ceil["matmul_tflops"] * 1e12, ceil["bandwidth_gbs"] * 1e9
+    rows, notes, table = [], [], {}
+    for op in (args.ops.split(",") if args.ops else ops):
+        provs, more = objective_providers(op, device, ops[op])
+        notes += more
+        if args.providers:
+            provs = {k: v for k, v in provs.items() if k in args.providers.split(",")}
+        _, count, grads = flops.objectives("torch")[op]
+        for n, d in grid:
+            inputs = _objective_inputs(n, d, count, grads, dtype, device)
+            for mode in OBJECTIVE_MODES:
+                for name, fn in provs.items():
+                    try:
+                        (p20, p50, p80), peak = measure_objective(fn, mode, inputs, grads, device)
+                    except torch.OutOfMemoryError:
+                        notes.append(f"{op} {name} {mode} {n}x{d}: out of memory")
+                        continue
+                    table[(op, n, d, mode, name)] = p50
+                    base = dict(op=op, provider=name, mode=mode, n=n, d=d, dtype=str(dtype)[6:], **stamp)
+                    rows += ms_rows(base, p20, p50, p80)
+                    rows.append({**base, "metric": "peak_mem", "value": f"{peak:.6g}", "unit": "MiB"})
+                    cost = _cost(op, name, fn, n, d, dtype, mode, device)
+                    if cost is None:
+                        continue
+                    fl, nb = cost
+                    bound = max(fl / peak_flops, (nb or 0) / peak_bw) * 1e3
+                    extra = [("flops", fl, "FLOP"), ("tflops", fl / p50 / 1e9, "TFLOP/s")]
+                    if nb is not None:
+                        extra += [("bytes", nb, "B"), ("gbs", nb / p50 / 1e6, "GB/s"), ("roofline_ms", bound, "ms"),
+                                  ("of_roofline", bound / p50, "fraction")]
+                    rows += [{**base, "metric": m, "value": f"{v:.6g}", "unit": u} for m, v, u in extra]
+                if "triton" not in provs and device.type == "cpu" and "triton" in (args.providers or "triton"):
+                    # not timed here, but its algorithm's cost is the same on any device: the FLOPs to compare
+                    fl, nb = _cost(op, "triton", None, n, d, dtype, mode, device)
+                    base = dict(op=op, provider="triton", mode=mode, n=n, d=d, dtype=str(dtype)[6:], **stamp)
+                    rows += [{**base, "metric": "flops", "value": f"{fl:.6g}", "unit": "FLOP"},
+                             {**base, "metric": "bytes", "value": f"{nb:.6g}", "unit": "B"}]
+    print(f"{family} on {stamp['device']}, {dtype}, torch {stamp['torch']}, triton {stamp['triton']}; ceilings "
+          f"{ceil['matmul_tflops']:.3g} TFLOP/s, {ceil['bandwidth_gbs']:.3g} GB/s; median ms (speedup vs eager)")
+    for op in dict.fromkeys(k[0] for k in table):
+        names = list(dict.fromkeys(k[4] for k in table if k[0] == op))
+        print(f"{op}\n{'N x D':>12s} {'mode':8s} " + " ".join(f"{x:>18s}" for x in names))
+        for n, d in grid:
+            for mode in OBJECTIVE_MODES:
+                eager = table.get((op, n, d, mode, "eager"))
+                cells = []
+                for name in names:
+                    t = table.get((op, n, d, mode, name))
+                    cells.append(f"{'-':>18s}" if t is None else
+                                 f"{t:9.3f} ({eager / t:5.2f}x)" if eager else f"{t:18.3f}")
+                print(f"{f'{n}x{d}':>12s} {mode:8s} " + " ".join(cells))
+    finish(args.out, stamp, family, rows, notes)
+    return 0

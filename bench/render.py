@@ -7,8 +7,9 @@ Reads every ``*.csv`` of a results folder (a dated suite folder ``bench/results/
   * training step: images/s per variant and the objective's share of the step;
   * data loading: images/s per loader; device ceilings; verify pass/fail counts;
   * ``speedup_<op>.png``: speedup against the eager reference versus D, one line per provider, mode and N;
-  * ``roofline.png``: each kernel measurement at its arithmetic intensity (FLOPs over the minimum bytes moved, from
-    the op's cost model below) against the measured bandwidth and FLOP/s ceilings of ``ceilings.csv``.
+  * ``roofline.png``: each kernel measurement at its arithmetic intensity (FLOPs over bytes moved: the provider's
+    own algorithm as counted in its rows, else the op's cost model below) against the measured bandwidth and FLOP/s
+    ceilings of ``ceilings.csv``.
 Every table and plot names the device and the versions (torch, triton, fusedssl, git) of the rows it shows.
 """
 
@@ -187,11 +188,17 @@ def plots(rows: list[dict], groups: dict, out: Path) -> list[Path]:
             ax.legend(fontsize=6, ncol=2)
         written.append(save_figure(fig, out / f"speedup_{op}.png", caption, fontsize=6))
     ceil = {r["metric"]: _num(r["value"]) for r in rows if r["op"] == "ceiling"}
+    counted = {(r["op"], r["mode"], int(r["n"]), int(r["d"]), r["dtype"], r["provider"], r["metric"]): _num(r["value"])
+               for r in rows if r["metric"] in ("flops", "bytes") and str(r.get("n")).isdigit()
+               and str(r.get("d")).isdigit()}
     pts = []
     for (op, mode, n, d, dt), provs in groups.items():
-        fb = _flops_bytes(op, mode, n, d, dt)
-        if fb:
-            pts += [(name, fb[0] / fb[1], fb[0] / (ms * 1e-3) / 1e12) for name, ms in provs.items()]
+        for name, ms in provs.items():
+            # the provider's own counted algorithm where the row has it (bench/flops.py), else the op's cost model
+            fl, nb = (counted.get((op, mode, n, d, dt, name, m)) for m in ("flops", "bytes"))
+            fb = (fl, nb) if fl and nb else _flops_bytes(op, mode, n, d, dt)
+            if fb:
+                pts.append((name, fb[0] / fb[1], fb[0] / (ms * 1e-3) / 1e12))
     if pts:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name in sorted({p[0] for p in pts}):

@@ -8,8 +8,8 @@ budget left covers its estimate, and every stage that did not run is recorded wi
   ceilings     the device's own copy bandwidth and matmul FLOP/s, the roofline every kernel figure is read against
   verify       every op and backend against the float64 reference; on a GPU a reduced grid (bf16 + fp32, one
                published-sized and one odd shape) that keeps the cold Triton compiles few
-  kernels:*    ``bench kernels`` (covariance family), ``bench step`` comes next, then ``bench matrix_log``,
-               ``bench directpred``, ``bench lars``
+  kernels:*    ``bench kernels`` and ``bench frobenius`` (one stage, the covariance and frobenius families);
+               ``bench step`` comes next, then ``bench matrix_log``, ``bench directpred``, ``bench lars``
   step         ``bench step``: GPU: ResNet-50, Barlow Twins with the 8192 projector, 224 px, bf16 channels-last, on
                device-resident views (model alone) and with the data stage, plus the objective at 8 GPUs' gathered N
   data         ``bench data``: the PIL fallback, and DALI where it is installed
@@ -176,6 +176,7 @@ def stages(device: torch.device, quick: bool, folder: Path) -> list[Stage]:
     raw = str(folder / "_raw")
     if quick:
         args = {"kernels:covariance": ["--shapes", "64x128", "--providers", "eager"],
+                "kernels:frobenius": ["--shapes", "64x128", "--providers", "eager"],
                 "kernels:matrix_log": ["--shapes", "64x64", "--providers", "original,eager"],
                 "kernels:lars": ["--reps", "3", "--backbone", "resnet18", "--projector", "256"],
                 "kernels:directpred": ["--dims", "32", "--rows", "64", "--reps", "3"],
@@ -184,7 +185,8 @@ def stages(device: torch.device, quick: bool, folder: Path) -> list[Stage]:
                 "step": ["--config", str(ROOT / "configs" / "smoke.yaml"), "--steps", "2", "--warmup", "1",
                          "--variants", "reference"]}
     elif gpu:
-        args = {"kernels:covariance": ["--shapes", "256x2048,256x8192,2048x8192"],
+        args = {"kernels:covariance": ["--shapes", "256x8192,2048x8192"],
+                "kernels:frobenius": ["--shapes", "256x2048,2048x1024"],
                 "kernels:matrix_log": ["--providers", "original,eager,compile,triton,exact", "--shapes",
                                        "1024x2048,256x2048"],
                 "kernels:lars": [], "kernels:directpred": [],
@@ -194,15 +196,20 @@ def stages(device: torch.device, quick: bool, folder: Path) -> list[Stage]:
                          "data.image_size=224", "--set", "data.batch_size=256", "--steps", "10", "--warmup", "5",
                          "--variants", "reference,fused", "--world", "8"]}
     else:
-        args = {"kernels:covariance": [], "kernels:matrix_log": [], "kernels:lars": [], "kernels:directpred": [],
+        args = {"kernels:covariance": [], "kernels:frobenius": [], "kernels:matrix_log": [], "kernels:lars": [],
+                "kernels:directpred": [],
                 "data": [], "step": ["--config", str(ROOT / "configs" / "demo.yaml"), "--steps", "3", "--warmup",
                                      "1"]}
-    module = {"kernels:covariance": "bench_covariance", "kernels:matrix_log": "bench_matrix_log",
+    module = {"kernels:covariance": "bench_covariance", "kernels:frobenius": "bench_frobenius",
+              "kernels:matrix_log": "bench_matrix_log",
               "kernels:lars": "bench_lars", "kernels:directpred": "bench_directpred", "data": "bench_data",
               "step": "bench_step"}
 
     def bench(name):
         return _bench(module[name], ["--out", raw, *args[name]])
+
+    def kernels():  # the covariance and frobenius families: one stage, one estimate
+        return bench("kernels:covariance")() or bench("kernels:frobenius")()
 
     est = {  # gpu: planning figures for one H200 with cold Triton caches; quick: 2 CPU cores
         "smoke": {"gpu": 100, "cpu": 0, "quick": 0}, "ceilings": {"gpu": 10, "cpu": 15, "quick": 5},
@@ -213,7 +220,7 @@ def stages(device: torch.device, quick: bool, folder: Path) -> list[Stage]:
     runs = {"smoke": lambda: smoke(device, folder),
             "ceilings": lambda: harness.append_csv(folder / "ceilings.csv", ceilings(device, quick)) and None,
             "verify": lambda: verify_rows(device, quick, folder) and "failed checks",
-            **{name: bench(name) for name in module}}
+            **{name: bench(name) for name in module}, "kernels:covariance": kernels}
     order = ["smoke", "ceilings", "verify", "kernels:covariance", "step", "kernels:matrix_log", "kernels:directpred",
              "kernels:lars", "data"]
     return [Stage(name, est[name], runs[name]) for name in order]

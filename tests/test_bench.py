@@ -10,19 +10,56 @@ from fusedssl.engine import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TIMED = {"p20", "p50", "p80", "peak_mem", "flops", "tflops", "bytes", "gbs", "roofline_ms", "of_roofline"}
+
+
 def test_bench_writes_long_format_csv(tmp_path, capsys):
-    args = ["bench", "kernels", "--out", str(tmp_path), "--shapes", "16x24", "--providers", "eager"]
+    args = ["bench", "kernels", "--out", str(tmp_path), "--shapes", "16x24", "--providers", "eager",
+            "--ops", "barlow_twins_loss"]
     assert cli.main(args) == 0
     (path,) = tmp_path.glob("*/covariance.csv")
     rows = list(csv.DictReader(open(path)))
-    assert len(rows) == 3 * 5  # 3 modes x (p20, p50, p80, tflops, peak_mem)
-    assert {r["metric"] for r in rows} == {"p20", "p50", "p80", "tflops", "peak_mem"}
+    assert len(rows) == 3 * len(TIMED)  # 3 modes x the metrics of a timed provider
+    assert {r["metric"] for r in rows} == TIMED
     assert all(r["torch"] and r["device"] and r["date"] for r in rows)
     p50 = [float(r["value"]) for r in rows if r["metric"] == "p50"]
     assert all(v > 0 for v in p50)
     assert "16x24" in capsys.readouterr().out
     assert cli.main(args) == 0
-    assert len(list(csv.DictReader(open(path)))) == 15  # same key: replaced
+    assert len(list(csv.DictReader(open(path)))) == 3 * len(TIMED)  # same key: replaced
+
+
+def test_bench_counts_each_providers_own_algorithm(tmp_path):
+    """Every provider row carries the FLOPs of its own algorithm: at N < D the original code forms the D x D
+    cross-correlation, the eager reference the N x N Grams, the Triton provider (counted, not timed, on a CPU) half
+    the Gram tiles; each timed row has its roofline bound as a fraction of the time."""
+    n, d = 16, 96
+    assert cli.main(["bench", "kernels", "--out", str(tmp_path), "--shapes", f"{n}x{d}", "--ops",
+                     "barlow_twins_loss", "--providers", "original,eager,triton"]) == 0
+    (path,) = tmp_path.glob("*/covariance.csv")
+    rows = list(csv.DictReader(open(path)))
+    fl = {r["provider"]: float(r["value"]) for r in rows if r["metric"] == "flops" and r["mode"] == "fwd+bwd"}
+    assert fl["original"] == 6 * n * d * d and fl["eager"] == 12 * n * n * d
+    assert 0 < fl["triton"] < fl["eager"] < fl["original"]
+    assert {r["metric"] for r in rows if r["provider"] == "triton"} == {"flops", "bytes"}
+    frac = [float(r["value"]) for r in rows if r["metric"] == "of_roofline"]
+    assert len(frac) == 2 * 3 and all(f > 0 for f in frac)
+
+
+def test_bench_frobenius(tmp_path, capsys):
+    args = ["bench", "frobenius", "--out", str(tmp_path), "--shapes", "16x24", "--providers", "original,eager"]
+    assert cli.main(args) == 0
+    (path,) = tmp_path.glob("*/frobenius.csv")
+    rows = list(csv.DictReader(open(path)))
+    assert {r["op"] for r in rows} == {"frossl_loss", "frossl_loss[legacy]", "log_frobenius"}
+    assert {r["provider"] for r in rows if r["op"] == "frossl_loss"} == {"original", "eager"}
+    assert "log_frobenius" in capsys.readouterr().out
+
+
+def test_bench_refuses_unknown_names(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "kernels", "--ops", "barlow,vicreg_covariance"])
+    assert "--ops: unknown barlow (choose from barlow_twins_loss" in capsys.readouterr().err
 
 
 def test_bench_matrix_log(tmp_path, capsys):
@@ -30,7 +67,10 @@ def test_bench_matrix_log(tmp_path, capsys):
     assert cli.main(args) == 0
     (path,) = tmp_path.glob("*/matrix_log.csv")
     rows = list(csv.DictReader(open(path)))
-    assert {r["provider"] for r in rows} == {"original", "eager"} and len(rows) == 6
+    assert {r["provider"] for r in rows} == {"original", "eager"}
+    assert {r["metric"] for r in rows} == {"p20", "p50", "p80", "flops", "bytes", "tflops", "gbs"}
+    fl = {r["provider"]: float(r["value"]) for r in rows if r["metric"] == "flops"}
+    assert fl["eager"] < fl["original"]  # the trace identities against the original's explicit matrix powers
     assert "16x8" in capsys.readouterr().out
 
 
@@ -188,3 +228,17 @@ def test_the_archive_is_complete_after_every_stage_and_skips_are_recorded(tmp_pa
     assert {r["stage"] for r in stages} == {"smoke", "ceilings", "verify", "kernels:covariance", "step",
                                             "kernels:matrix_log", "kernels:directpred", "kernels:lars", "data"}
     assert "## Stages of this record" in (arch2 / "tables.md").read_text()
+
+
+def test_bench_normalize_counts_bytes(tmp_path):
+    """A normalisation has no matrix products: its rows carry bytes (eager moves its intermediates, so more than the
+    one read and one write of z any implementation needs) and zero FLOPs."""
+    n, d = 32, 24
+    assert cli.main(["bench", "normalize", "--out", str(tmp_path), "--shapes", f"{n}x{d}", "--providers",
+                     "original,eager", "--ops", "col_normalize[bn],row_normalize"]) == 0
+    (path,) = tmp_path.glob("*/normalize.csv")
+    rows = list(csv.DictReader(open(path)))
+    got = {(r["op"], r["provider"], r["metric"]): float(r["value"]) for r in rows if r["mode"] == "fwd"}
+    assert got[("col_normalize[bn]", "original", "flops")] == 0
+    assert got[("col_normalize[bn]", "eager", "bytes")] > 2 * n * d * 4
+    assert ("row_normalize", "original", "p50") not in got and got[("row_normalize", "eager", "p50")] > 0

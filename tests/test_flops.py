@@ -1,5 +1,6 @@
 """The fused providers use the cheapest algorithm for the shape: at the published shapes their matrix-product FLOPs,
-counted from the launches they make (bench/flops.py), do not exceed the efficient reference's by more than 10 %."""
+counted from the launches they make (bench/flops.py), do not exceed the efficient reference's by more than 10 %; the
+normalisations, which have none, move no more bytes than the eager reference."""
 
 import pytest
 import torch
@@ -14,7 +15,11 @@ def test_fused_provider_does_no_more_matrix_work_than_the_efficient_reference(op
     ref = flops.objective_cost(op, "torch", n, d, torch.float32)
     dtype = torch.float32 if "ssl" in op else torch.bfloat16  # the Matrix-SSL chain runs in fp32 by design
     fused = flops.objective_cost(op, "triton", n, d, dtype)
-    assert ref.flops > 0 and fused.launches > 0
+    assert fused.launches > 0
+    if op.startswith(("col_normalize", "row_normalize")):  # no products: the memory traffic is the cost
+        assert ref.flops == fused.flops == 0 and 0 < fused.bytes <= ref.bytes, (ref, fused)
+        return
+    assert ref.flops > 0
     assert fused.flops <= 1.1 * ref.flops, (f"{op} at {n}x{d}: the Triton provider does {fused.flops / 1e9:.2f} "
                                             f"GFLOP against the reference's {ref.flops / 1e9:.2f}")
 
