@@ -11,7 +11,8 @@ from . import config
 # the interpreter set up before fusedssl.kernels is imported, on a machine without a GPU)
 BENCHES = {"all": ("suite", True), "render": ("render", False), "aot": ("aot", False),
            "kernels": ("bench_covariance", False), "frobenius": ("bench_frobenius", False),
-           "normalize": ("bench_normalize", False), "matrix_log": ("bench_matrix_log", False),
+           "normalize": ("bench_normalize", False), "photometric": ("bench_photometric", False),
+           "matrix_log": ("bench_matrix_log", False),
            "directpred": ("bench_directpred", False), "step": ("bench_step", False), "data": ("bench_data", False),
            "quality": ("bench_quality", False), "lars": ("bench_lars", False),
            "checkpoint": ("bench_checkpoint", False)}

@@ -242,3 +242,16 @@ def test_bench_normalize_counts_bytes(tmp_path):
     assert got[("col_normalize[bn]", "original", "flops")] == 0
     assert got[("col_normalize[bn]", "eager", "bytes")] > 2 * n * d * 4
     assert ("row_normalize", "original", "p50") not in got and got[("row_normalize", "eager", "p50")] > 0
+
+
+def test_bench_photometric(tmp_path, capsys):
+    """Every provider that runs here gets its times, images/s and GB/s."""
+    args = ["bench", "photometric", "--out", str(tmp_path), "--shapes", "4x16", "--reps", "2"]
+    assert cli.main(args) == 0
+    (path,) = tmp_path.glob("*/photometric.csv")
+    rows = list(csv.DictReader(open(path)))
+    provs = {r["provider"] for r in rows}
+    assert {"original", "eager"} <= provs
+    assert {r["metric"] for r in rows} == {"p20", "p50", "p80", "images_per_s", "bytes", "gbs"}
+    assert all(float(r["value"]) > 0 for r in rows)
+    assert "4x16" in capsys.readouterr().out
