@@ -170,8 +170,8 @@ def suite_scenarios() -> Iterator[Scenario]:
     a cache compiled from them (``--cache``) holds every specialisation the record needs."""
     import torch
 
-    from . import verify
-    from .suite import RECORD_SHAPES
+    from . import bench_covariance, bench_frobenius, flops, verify
+    from .suite import RECORD_KERNEL_SHAPES, RECORD_SHAPES
 
     def run_verify():
         verify.run(device=torch.device("cpu"), backends=("triton",), dtypes=("bfloat16", "float32"),
@@ -179,9 +179,13 @@ def suite_scenarios() -> Iterator[Scenario]:
 
     # verify deliberately feeds odd sizes and strided views: an edge scenario (compile errors fail, spills are listed)
     yield Scenario("verify record grid", False, run_verify)
-    for n, d in [(256, 2048), (256, 8192), (2048, 8192)]:
-        for dt in (torch.bfloat16, torch.float32):
-            yield Scenario(f"bench kernels {n}x{d}", True, _op_scenarios(n, d, dt)["barlow_twins_loss"])
+    for stage, ops in (("kernels:covariance", bench_covariance.OPS), ("kernels:frobenius", bench_frobenius.OPS)):
+        for n, d in RECORD_KERNEL_SHAPES[stage]:
+            for op in ops:  # bf16, the benchmarks' dtype on a GPU; forward alone and forward + backward
+                fn, count, grads = flops.objectives("triton")[op]
+                for backward in (False, True):
+                    yield Scenario(f"bench {op} {n}x{d}", True,
+                                   flops.fwd_bwd(fn, [(n, d)] * count, torch.bfloat16, grads, backward))
     for m, d in [(1024, 2048), (256, 2048)]:
         yield Scenario(f"bench matrix_log {m}x{d}", True, _op_scenarios(m, d, torch.float32)["matrix_ssl_loss"])
 
@@ -320,6 +324,10 @@ def compile_launches(launches: list[Launch], arch: int) -> list[Result]:
 
     previous = driver._active  # None without a GPU: reset_active() would then look for a real driver and fail
     driver.set_active(_TargetDriver(arch))
+    # each JIT function keeps its compiled kernels per device in memory, and the stand-in driver calls every target
+    # device 0: without this, a second architecture in one process got the first one's kernels, never compiled
+    for fn in {id(ln.fn): ln.fn for ln in launches}.values():
+        fn.device_caches.clear()
     triton.knobs.nvidia.dump_ptxas_log = True
     by_kernel: dict[int, Result] = {}
     out: list[Result] = []
@@ -418,6 +426,8 @@ def judge(results: list[Result], arch: int, expected_kernels: set[str] | None = 
     for r in results:
         if r.error:
             r.problems.append(f"compile error: {r.error}")
+        elif r.registers < 0:
+            r.problems.append("no ptxas report (a kernel compiled earlier was reused): resources unknown")
         if r.realistic and (r.spill_stores or r.spill_loads):
             r.problems.append(f"spills {r.spill_stores} B stores / {r.spill_loads} B loads")
         if r.realistic and r.stack:

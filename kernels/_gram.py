@@ -434,13 +434,14 @@ def _finish_block(*sizes: int) -> int:
     return 1024 if not interpreting() else min(1024, max(16, triton.next_power_of_2(max(sizes))))
 
 
-def _gram_warps(auto: bool, dtype: torch.dtype, precision: str) -> int:
-    """Warps of a forward Gram program, from ptxas on sm_90 (bench/aot.py): one half-precision Gram fits 4; two
-    accumulators with four operand tiles took 199 registers on 4 warps, so 8; IEEE fp32 FMAs hold the operand tiles
-    in registers too, and two Grams with the row sums still spilled on 8 warps (capped at 128 registers), so 16."""
+def _gram_warps(auto: bool, dtype: torch.dtype, precision: str, rowsum: bool) -> int:
+    """Warps of a forward Gram program, from ptxas on sm_90 and sm_80 (bench/aot.py): one half-precision Gram fits
+    4; two accumulators with four operand tiles took 199 registers on 4 warps, so 8; IEEE fp32 FMAs hold the operand
+    tiles in registers too: two 64-row Grams take 16 warps, and with the row sums 32-row tiles on 8 (every 64-row
+    configuration of that spilled on one of the two architectures)."""
     if dtype in (torch.bfloat16, torch.float16) or precision != "ieee" or interpreting():
         return 4 if auto else 8
-    return 8 if auto else 16
+    return 8 if auto or rowsum else 16
 
 
 def gram_loss_fwd(a: torch.Tensor, b: torch.Tensor, mode: int, eps: float, scale: float, w_diag: float,
@@ -463,9 +464,12 @@ def gram_loss_fwd(a: torch.Tensor, b: torch.Tensor, mode: int, eps: float, scale
     sa = stats_a if mode != GRAM_NONE else (a.new_empty(1, dtype=torch.float32),) * 3  # pointers never read
     sb = stats_a if auto else stats_b if mode != GRAM_NONE else sa
     precision = dot_precision(a.dtype, a.device)
+    rowsum = t_off != 0.0
+    ieee32 = precision == "ieee" and a.dtype not in (torch.bfloat16, torch.float16) and not interpreting()
     bn, bk = tile(n), k_tile(d, a.dtype, precision)
-    if precision == "ieee" and a.dtype not in (torch.bfloat16, torch.float16) and not interpreting():
+    if ieee32:
         bk = min(bk, 16)  # fp32 FMA operand tiles of K 32 spilled beside the row sums on sm_90 (bench/aot.py)
+        bn = min(bn, 32) if rowsum and not auto else bn  # and two 64-row Grams with the row sums spilled on any warps
     elif a.dtype == torch.float32 and not auto:
         bk = min(bk, 32)  # four TF32 operand tiles of K 64 over 3 stages: 196 KiB of shared memory, over sm_80's 163
     t = triton.cdiv(n, bn)
@@ -473,7 +477,6 @@ def gram_loss_fwd(a: torch.Tensor, b: torch.Tensor, mode: int, eps: float, scale
     split = split or _triton.split_k(tiles, triton.cdiv(d, bk), a.device)
     k_split = triton.cdiv(triton.cdiv(d, bk), split) * bk
     split = triton.cdiv(d, k_split)  # no empty splits
-    rowsum = t_off != 0.0
     f32 = dict(dtype=torch.float32, device=a.device)
     ga = torch.empty(n, n, dtype=_g_dtype(a.dtype), device=a.device)
     gb = a.new_empty(0, dtype=ga.dtype) if auto else torch.empty_like(ga)
@@ -486,7 +489,7 @@ def gram_loss_fwd(a: torch.Tensor, b: torch.Tensor, mode: int, eps: float, scale
             a, b, sa[0], sa[1], sb[0], sb[1], ga, gb if not auto else ga, part, cd, rs, gp, n, d, t, k_split,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), BLOCK_N=bn, BLOCK_K=bk, SPLIT=split, AUTO=auto,
             NORM=mode != GRAM_NONE, ROWSUM=rowsum, PRECISION=precision, UPCAST=interpreting(),
-            num_warps=_gram_warps(auto, a.dtype, precision))
+            num_warps=_gram_warps(auto, a.dtype, precision, rowsum))
         if split > 1:
             _gram_split_epilogue_kernel[(tiles,)](gp, ga, gb if not auto else ga, part, n, t, BLOCK_N=bn,
                                                   SPLIT=split, AUTO=auto)
