@@ -201,3 +201,35 @@ def objective_cost(name: str, backend: str, n: int, d: int, dtype: torch.dtype, 
         return count(fwd_bwd(op or fn, [(n, d)] * inputs, dtype, grads, backward), fake=True)
     except DynamicOutputShapeException:
         return count(fwd_bwd(op or fn, [(n, d)] * inputs, dtype, grads, backward, device))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``fusedssl bench flops``: the counted FLOPs and bytes, forward + backward, of the eager reference and the Triton
+    provider of every objective at the published shapes (bench/aot.py), and their ratio; no GPU needed."""
+    import argparse
+
+    from . import aot, harness
+
+    p = argparse.ArgumentParser(prog="fusedssl bench flops", description=main.__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/results", help="results folder (a <device>/flops.csv inside)")
+    args = p.parse_args(argv)
+    stamp = harness.env(torch.device("cpu"))
+    stamp["device"] = "counted"  # a property of the algorithms, not of this machine
+    rows = []
+    print(f"{'op':32s} {'N x D':>11s} {'eager GFLOP':>12s} {'triton GFLOP':>13s} {'ratio':>6s} {'eager MB':>9s} "
+          f"{'triton MB':>10s}")
+    for ops, shapes in aot.PUBLISHED:
+        for op in ops:
+            for n, d in shapes:
+                dtype = torch.float32 if "ssl" in op else torch.bfloat16  # the Matrix-SSL chain is fp32
+                ref = objective_cost(op, "torch", n, d, torch.float32)
+                fused = objective_cost(op, "triton", n, d, dtype)
+                for name, c, dt in (("eager", ref, torch.float32), ("triton", fused, dtype)):
+                    base = dict(op=op, provider=name, mode="fwd+bwd", n=n, d=d, dtype=str(dt)[6:], **stamp)
+                    rows += [{**base, "metric": "flops", "value": f"{c.flops:.6g}", "unit": "FLOP"},
+                             {**base, "metric": "bytes", "value": f"{c.bytes:.6g}", "unit": "B"}]
+                ratio = fused.flops / ref.flops if ref.flops else float("nan")
+                print(f"{op:32s} {f'{n}x{d}':>11s} {ref.flops / 1e9:12.3f} {fused.flops / 1e9:13.3f} {ratio:6.3f} "
+                      f"{ref.bytes / 1e6:9.1f} {fused.bytes / 1e6:10.1f}")
+    harness.finish(args.out, stamp, "flops", rows)
+    return 0

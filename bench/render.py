@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -186,7 +187,8 @@ def plots(rows: list[dict], groups: dict, out: Path) -> list[Path]:
         ax.set(xscale="log", xlabel="D", ylabel="speedup vs eager reference", title=f"{op}")
         if lines:
             ax.legend(fontsize=6, ncol=2)
-        written.append(save_figure(fig, out / f"speedup_{op}.png", caption, fontsize=6))
+        stem = re.sub(r"[^A-Za-z0-9_]+", "_", op).strip("_")  # variant names hold brackets and commas
+        written.append(save_figure(fig, out / f"speedup_{stem}.png", caption, fontsize=6))
     ceil = {r["metric"]: _num(r["value"]) for r in rows if r["op"] == "ceiling"}
     counted = {(r["op"], r["mode"], int(r["n"]), int(r["d"]), r["dtype"], r["provider"], r["metric"]): _num(r["value"])
                for r in rows if r["metric"] in ("flops", "bytes") and str(r.get("n")).isdigit()
@@ -196,7 +198,9 @@ def plots(rows: list[dict], groups: dict, out: Path) -> list[Path]:
         for name, ms in provs.items():
             # the provider's own counted algorithm where the row has it (bench/flops.py), else the op's cost model
             fl, nb = (counted.get((op, mode, n, d, dt, name, m)) for m in ("flops", "bytes"))
-            fb = (fl, nb) if fl and nb else _flops_bytes(op, mode, n, d, dt)
+            if fl is not None and not nb:
+                continue  # counted FLOPs but unknown bytes (torch.compile): no intensity to place it at
+            fb = (fl, nb) if fl else _flops_bytes(op, mode, n, d, dt)
             if fb:
                 pts.append((name, fb[0] / fb[1], fb[0] / (ms * 1e-3) / 1e12))
     if pts:

@@ -9,7 +9,7 @@ from . import config
 
 # ``fusedssl bench NAME``: the module of fusedssl.bench that runs it, and whether it runs Triton kernels (which need
 # the interpreter set up before fusedssl.kernels is imported, on a machine without a GPU)
-BENCHES = {"all": ("suite", True), "render": ("render", False), "aot": ("aot", False),
+BENCHES = {"all": ("suite", True), "render": ("render", False), "aot": ("aot", False), "flops": ("flops", False),
            "kernels": ("bench_covariance", False), "frobenius": ("bench_frobenius", False),
            "normalize": ("bench_normalize", False), "photometric": ("bench_photometric", False),
            "matrix_log": ("bench_matrix_log", False),

@@ -57,3 +57,15 @@ def test_every_dot_kernel_has_a_formula():
             if callable(fn) and getattr(fn, "__name__", "").endswith("_kernel") and flops.has_dot(v):
                 dots.add(fn.__name__)
     assert {"_gram_fwd_kernel", "_mm_shift_kernel"} <= dots and dots <= set(flops.DOT_FLOPS), sorted(dots)
+
+
+def test_bench_flops_writes_both_providers_at_every_published_shape(tmp_path, capsys):
+    import csv
+
+    from fusedssl.engine import cli
+
+    assert cli.main(["bench", "flops", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("counted/flops.csv")
+    rows = list(csv.DictReader(open(path)))
+    assert len(rows) == 2 * 2 * len(PUBLISHED)  # (eager, triton) x (flops, bytes)
+    assert "matrix_ssl_loss" in capsys.readouterr().out
