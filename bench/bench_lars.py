@@ -3,7 +3,8 @@
 Providers: ``loop`` (a per-parameter Python loop with a host-side trust ratio, as solo-learn's LARS and apex's LARC
 run it), ``foreach`` (kernels.lars_step_ backend "torch": the multi-tensor reference engine/optim.py uses) and
 ``cuda`` (csrc/optim.cu, GPU only). Same tensors, same process, warm-up excluded, median with p20/p80 over
-repetitions. The fused kernel exists to beat the loop by a wide margin (5x is the goal) on a GPU. Rows go to
+repetitions, with the bytes each provider's update moves and the GB/s that makes (``_bytes``). The fused kernel
+exists to beat the loop by a wide margin (5x is the goal) on a GPU. Rows go to
 bench/results/<device>/lars.csv (harness.FIELDS: op lars_step_ or ema_, n = tensors, d = values).
 """
 
@@ -32,6 +33,17 @@ def _loop_lars(params, grads, bufs, lr, momentum, wd, eta, adapt):
 def _loop_ema(teacher, online, tau):
     for t, o in zip(teacher, online, strict=True):
         t.mul_(tau).add_(o, alpha=1 - tau)
+
+
+def _bytes(op: str, provider: str, fn, numel: int) -> int:
+    """Bytes one update moves: the torch providers' aten ops counted as they run (bench/flops.py: every input and
+    output of each op, norms and temporaries included); the fused kernel's minimum, each fp32 tensor read or written
+    once (LARS: parameters, gradients and momentum read, parameters and momentum written; EMA: 2 read, 1 written)."""
+    from . import flops
+
+    if provider == "cuda":
+        return 4 * numel * (5 if op == "lars_step_" else 3)
+    return flops.count(lambda: fn(0)).bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,5 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             base = dict(op=op, provider=name, mode=f"{args.backbone}+{w}", n=len(shapes), d=numel, dtype="float32",
                         **stamp)
             rows += harness.ms_rows(base, p20, p50, p80)
+            moved = _bytes(op, name, fn, numel)
+            rows += [{**base, "metric": "bytes", "value": f"{moved:.6g}", "unit": "B"},
+                     {**base, "metric": "gbs", "value": f"{moved / p50 / 1e6:.6g}", "unit": "GB/s"}]
     harness.finish(args.out, stamp, "lars", rows, notes)
     return 0

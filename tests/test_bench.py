@@ -123,7 +123,7 @@ def test_bench_lars_times_loop_and_foreach(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "lars_step_  loop" in out and "ema_        foreach" in out and "cuda: not timed" in out
     rows = next(tmp_path.glob("*/lars.csv")).read_text().splitlines()
-    assert len(rows) == 1 + 2 * 2 * 3  # 2 ops x 2 providers x (p20, p50, p80)
+    assert len(rows) == 1 + 2 * 2 * 5  # 2 ops x 2 providers x (p20, p50, p80, bytes, gbs)
 
 
 def test_bench_checkpoint_saves_and_loads_a_real_run_state_holding_it_once(tmp_path):
