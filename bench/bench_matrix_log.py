@@ -43,11 +43,7 @@ def _cost_rows(base: dict, name: str, fn, m: int, d: int, p50: float | None, dev
     backend = "triton" if name == "triton" else "torch"
     orig = fn if name in ("original", "exact") else None
     c = flops.objective_cost("matrix_ssl_loss", backend, m, d, torch.float32, op=orig, device=device)
-    out = [("flops", c.flops, "FLOP")] + ([] if name == "compile" else [("bytes", c.bytes, "B")])
-    if p50:
-        out.append(("tflops", c.flops / p50 / 1e9, "TFLOP/s"))
-        out += [] if name == "compile" else [("gbs", c.bytes / p50 / 1e6, "GB/s")]
-    return [{**base, "metric": k, "value": f"{v:.6g}", "unit": u} for k, v, u in out]
+    return harness.cost_rows(base, c.flops, None if name == "compile" else c.bytes, p50)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -230,6 +230,21 @@ def measure_objective(fn: Callable, mode: str, inputs: list[list[torch.Tensor]],
     return q, peak
 
 
+def cost_rows(base: dict, flops: float, nbytes: float | None, p50: float | None = None,
+              peaks: tuple[float, float] | None = None) -> list[dict]:
+    """The rows of one measurement's cost: FLOPs and bytes (None: not known), with ``p50`` the achieved TFLOP/s and
+    GB/s, with ``peaks`` (FLOP/s, bytes/s) the roofline bound in ms and as a fraction of ``p50``."""
+    out = [("flops", flops, "FLOP")] + ([("bytes", nbytes, "B")] if nbytes is not None else [])
+    if p50:
+        out.append(("tflops", flops / p50 / 1e9, "TFLOP/s"))
+        if nbytes is not None:
+            out.append(("gbs", nbytes / p50 / 1e6, "GB/s"))
+            if peaks:
+                bound = max(flops / peaks[0], nbytes / peaks[1]) * 1e3
+                out += [("roofline_ms", bound, "ms"), ("of_roofline", bound / p50, "fraction")]
+    return [{**base, "metric": m, "value": f"{v:.6g}", "unit": u} for m, v, u in out]
+
+
 def objective_bench(argv: list[str] | None, *, prog: str, description: str, family: str, ops: dict[str, Callable],
                     gpu_grid: list[tuple[int, int]], cpu_grid: list[tuple[int, int]]) -> int:
     """The benchmark of one objective family: every op of ``ops`` (name -> the original code's formulation, or
@@ -287,19 +302,11 @@ def objective_bench(argv: list[str] | None, *, prog: str, description: str, fami
                     cost = _cost(op, name, fn, n, d, dtype, mode, device)
                     if cost is None:
                         continue
-                    fl, nb = cost
-                    bound = max(fl / peak_flops, (nb or 0) / peak_bw) * 1e3
-                    extra = [("flops", fl, "FLOP"), ("tflops", fl / p50 / 1e9, "TFLOP/s")]
-                    if nb is not None:
-                        extra += [("bytes", nb, "B"), ("gbs", nb / p50 / 1e6, "GB/s"), ("roofline_ms", bound, "ms"),
-                                  ("of_roofline", bound / p50, "fraction")]
-                    rows += [{**base, "metric": m, "value": f"{v:.6g}", "unit": u} for m, v, u in extra]
+                    rows += cost_rows(base, *cost, p50, (peak_flops, peak_bw))
                 if "triton" not in provs and device.type == "cpu" and "triton" in (args.providers or "triton"):
                     # not timed here, but its algorithm's cost is the same on any device: the FLOPs to compare
-                    fl, nb = _cost(op, "triton", None, n, d, dtype, mode, device)
                     base = dict(op=op, provider="triton", mode=mode, n=n, d=d, dtype=str(dtype)[6:], **stamp)
-                    rows += [{**base, "metric": "flops", "value": f"{fl:.6g}", "unit": "FLOP"},
-                             {**base, "metric": "bytes", "value": f"{nb:.6g}", "unit": "B"}]
+                    rows += cost_rows(base, *_cost(op, "triton", None, n, d, dtype, mode, device))
     print(f"{family} on {stamp['device']}, {dtype}, torch {stamp['torch']}, triton {stamp['triton']}; ceilings "
           f"{ceil['matmul_tflops']:.3g} TFLOP/s, {ceil['bandwidth_gbs']:.3g} GB/s; median ms (speedup vs eager)")
     for op in dict.fromkeys(k[0] for k in table):
