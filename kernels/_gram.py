@@ -343,6 +343,11 @@ def _check_extent(n: int, d: int) -> None:
         raise ValueError(f"cov_loss: an (N, D) = ({n}, {d}) operand has 2^31 elements or more; split the batch")
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are one tensor (an auto-covariance): the same storage, strides and shape."""
+    return a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a.shape == b.shape
+
+
 def cov_loss_fwd(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, t_diag: float, w_off: float,
                  t_off: float, split: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward: (loss as a 0-d fp32 tensor, G as a D x D tensor in ``_g_dtype``). Inputs (N, D), any
@@ -398,7 +403,7 @@ def cov_loss_bwd(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gout: torch.
     _check_extent(n, d)
     g = g.contiguous()  # the kernel addresses G as a dense row-major D x D matrix
     gout = gout.to(device=a.device, dtype=torch.float32).reshape(1)
-    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
+    if _same(a, b):
         return _bwd_gemm(a, g, gout, 2.0 * scale, False), torch.zeros(n, d, dtype=b.dtype, device=b.device)
     return _bwd_gemm(b, g, gout, scale, True), _bwd_gemm(a, g, gout, scale, False)
 
@@ -424,10 +429,6 @@ def gram_side(n: int, d: int) -> bool:
     """Whether the N x N side is the cheaper algorithm for an (N, D) covariance loss: forward + backward cost about
     6 N^2 D there (half the Gram tiles, by symmetry) against 6 N D^2 on the D x D side."""
     return n < d
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a.shape == b.shape
 
 
 def _finish_block(*sizes: int) -> int:
@@ -535,7 +536,7 @@ def gram_loss_bwd(a: torch.Tensor, b: torch.Tensor, saved: tuple[torch.Tensor, .
 
     def grad(x, sx, y, sy, g, rs_y, s, stats):
         gy = _gram_bwd(g, x, sx, y, sy, h, rs_y, gout, alpha, beta, s, norm, rowsum, out_dtype)
-        return col_norm_bwd(gy, x, *stats, center=mode != MODE_ID["l2"]).to(x.dtype) if norm else gy
+        return col_norm_bwd(gy, x, *stats, center=mode != MODE_ID["l2"]) if norm else gy
 
     if auto:
         da = grad(a, st_a, a, st_a, ga, rsum[1], 2.0 * scale, (ma, ra, ba))
@@ -689,7 +690,7 @@ def _cov_loss_cuda_fake(a, b, scale, w_diag, t_diag, w_off, t_off):
 def _cov_loss_bwd_cuda_op(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, gout: torch.Tensor, scale: float
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     s = gout.to(torch.float32) * scale
-    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():  # auto-covariance: both GEMM outputs summed
+    if _same(a, b):  # auto-covariance: both GEMM outputs summed
         return (a.float() @ (g + g.T) * s).to(a.dtype), b.new_zeros(b.shape)
     return (b.float() @ g.T * s).to(a.dtype), (a.float() @ g * s).to(b.dtype)
 

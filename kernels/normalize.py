@@ -250,18 +250,25 @@ def col_stats(z: torch.Tensor, mode: int, eps: float) -> tuple[torch.Tensor, tor
 
 
 def col_norm_bwd(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, r: torch.Tensor, beta: torch.Tensor,
-                 center: bool) -> torch.Tensor:
-    """Launch the closed-form column-normalisation backward: dz (z's dtype, fp32 for fp64) from g = dL/dy and the
-    saved statistics; y is recomputed from z."""
+                 center: bool, rows: bool = False) -> torch.Tensor:
+    """Launch the closed-form normalisation backward: dz in z's dtype from g = dL/dy and the saved statistics (y is
+    recomputed from z; fp64 runs in fp32). ``rows``: z is normalised along its rows (``_as_rows``)."""
     zz = z if z.dtype != torch.float64 else z.to(torch.float32)
     dz = torch.empty(zz.shape, dtype=zz.dtype, device=z.device)
-    n, d = zz.shape
-    bn, bd = _blocks(n, d)
+    n, d, s_gn, s_gd = _as_rows(g, rows)
+    _, _, s_zn, s_zd = _as_rows(zz, rows)
+    _, _, s_dn, s_dd = _as_rows(dz, rows)
     with _triton.on_device(z):
-        _col_norm_bwd_kernel[(triton.cdiv(d, bd),)](g, zz, mean, r, beta, dz, n, d, g.stride(0), g.stride(1),
-                                                    zz.stride(0), zz.stride(1), dz.stride(0), dz.stride(1),
-                                                    CENTER=center, BLOCK_N=bn, BLOCK_D=bd)
-    return dz
+        if rows and not center:  # the l2 mode of row_normalize
+            br, bd = _row_blocks(d, n)
+            _row_norm_bwd_kernel[(triton.cdiv(d, br),)](g, zz, r, beta, dz, d, n, g.stride(0), g.stride(1),
+                                                        zz.stride(0), zz.stride(1), dz.stride(0), dz.stride(1),
+                                                        BLOCK_R=br, BLOCK_D=bd)
+        else:
+            bn, bd = _blocks(n, d)
+            _col_norm_bwd_kernel[(triton.cdiv(d, bd),)](g, zz, mean, r, beta, dz, n, d, s_gn, s_gd, s_zn, s_zd,
+                                                        s_dn, s_dd, CENTER=center, BLOCK_N=bn, BLOCK_D=bd)
+    return dz.to(z.dtype)
 
 
 # -------------------------------------------------------------------------------- custom ops (torch.compile sees these)
@@ -300,22 +307,7 @@ def _col_norm_fake(z, mode, eps, rows):
 @torch.library.custom_op("fusedssl::col_norm_bwd", mutates_args=())
 def _col_norm_bwd_op(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, r: torch.Tensor, beta: torch.Tensor,
                      center: bool, rows: bool) -> torch.Tensor:
-    zz = z if z.dtype != torch.float64 else z.to(torch.float32)
-    dz = torch.empty(zz.shape, dtype=zz.dtype, device=z.device)
-    n, d, s_gn, s_gd = _as_rows(g, rows)
-    _, _, s_zn, s_zd = _as_rows(zz, rows)
-    _, _, s_dn, s_dd = _as_rows(dz, rows)
-    with _triton.on_device(z):
-        if rows and not center:  # the l2 mode of row_normalize
-            br, bd = _row_blocks(d, n)
-            _row_norm_bwd_kernel[(triton.cdiv(d, br),)](g, zz, r, beta, dz, d, n, g.stride(0), g.stride(1),
-                                                        zz.stride(0), zz.stride(1), dz.stride(0), dz.stride(1),
-                                                        BLOCK_R=br, BLOCK_D=bd)
-        else:
-            bn, bd = _blocks(n, d)
-            _col_norm_bwd_kernel[(triton.cdiv(d, bd),)](g, zz, mean, r, beta, dz, n, d, s_gn, s_gd, s_zn, s_zd,
-                                                        s_dn, s_dd, CENTER=center, BLOCK_N=bn, BLOCK_D=bd)
-    return dz.to(z.dtype)
+    return col_norm_bwd(g, z, mean, r, beta, center, rows)
 
 
 @_col_norm_bwd_op.register_fake
