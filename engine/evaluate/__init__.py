@@ -14,7 +14,7 @@ from .metrics import (
     linear_probe,
 )
 from .offline import (
-    DigitsSet,
+    BundledSet,
     FolderSet,
     LabelledSet,
     Trained,
@@ -27,5 +27,5 @@ from .offline import (
 )
 
 __all__ = ["LinearHead", "ProbeSettings", "effective_rank", "extract", "features", "few_shot_bank", "held_out",
-           "knn_accuracy", "linear_probe", "DigitsSet", "FolderSet", "LabelledSet", "Trained", "cached_features",
+           "knn_accuracy", "linear_probe", "BundledSet", "FolderSet", "LabelledSet", "Trained", "cached_features",
            "load_network", "resolve_checkpoint", "run", "table", "write_results"]

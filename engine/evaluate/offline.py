@@ -1,6 +1,6 @@
-"""Offline evaluation: labelled data sets (the bundled digits split as the run split them, or two ImageFolder trees),
-the feature cache, loading a trained network from a checkpoint or a run folder, and the ``fusedssl eval`` runs with
-their results beside the checkpoint.
+"""Offline evaluation: labelled data sets (the bundled digits or photos split as the run split them, or two ImageFolder
+trees), the feature cache, loading a trained network from a checkpoint or a run folder, and the ``fusedssl eval``
+runs with their results beside the checkpoint.
 
 Every feature set is cached under ``<checkpoint folder>/eval_cache/`` keyed by the checkpoint's SHA-256, the weights
 (backbone or teacher), the data set and the view, so a second evaluation reads features instead of running the net.
@@ -51,22 +51,26 @@ class LabelledSet:
         raise NotImplementedError
 
 
-class DigitsSet(LabelledSet):
-    """The bundled MNIST digits split as the run split them (same seed: the held-out digits were never trained on)."""
+class BundledSet(LabelledSet):
+    """A bundled real set (the run's ``data.source``: digits or photos; digits for any other source) split as the run
+    split it (same seed: the held-out images were never trained on)."""
 
     def __init__(self, data_cfg, seed: int, batch: int = 512):
         self.cfg, self.seed, self.batch = data_cfg, seed, batch
-        self.train, self.val = data_stage.load_digits(data_cfg.test_fraction, seed)
-        self.name, self.classes = "digits", [str(i) for i in range(10)]
+        name = data_cfg.source if data_cfg.source in data_stage.BUNDLED else "digits"
+        self.train, self.val = data_stage.BUNDLED[name](data_cfg.test_fraction, seed)
+        self.name = name
+        self.classes = ([str(i) for i in range(10)] if name == "digits"
+                        else list(data_stage.photos.sources()))
         self.train_y, self.val_y = self.train.labels, self.val.labels
-        self.key = f"digits-seed{seed}-test{data_cfg.test_fraction}-size{data_cfg.image_size}"
+        self.key = f"{name}{len(self.classes)}-seed{seed}-test{data_cfg.test_fraction}-size{data_cfg.image_size}"
 
     def batches(self, split: str, copy: int) -> Iterator[torch.Tensor]:
         c = self.cfg
         images = (self.train if split == "train" else self.val).images
         recipe = data_stage.ViewRecipe(c.image_size, c.crop_scale, c.flip_p, (0.0, 0.0, 0.0, 0.0), 0.0, 0.0, 0.0,
                                        c.blur_sigma, 0.0, c.mean, c.std)
-        sizes = np.array([images.shape[-1:-3:-1]] * self.batch, dtype=np.int64)  # (width, height) of each digit
+        sizes = np.array([images.shape[-1:-3:-1]] * self.batch, dtype=np.int64)  # (width, height) of each image
         for b, i in enumerate(range(0, len(images), self.batch)):
             x = images[i:i + self.batch]
             if copy < 0:
