@@ -29,10 +29,18 @@ from fusedssl.bench import harness, plots
 from fusedssl.engine import checkpoint, config, evaluate, methods, train
 from fusedssl.engine import data as data_stage
 from fusedssl.engine import model as model_stage
+from fusedssl.engine.data import photos
 
 METHODS = tuple(methods.METHODS)  # every method of the registry, each with its configs/<method>_demo.yaml
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PROTOCOLS = ("knn", "knn10shot", "linear", "online_probe")
+# The bundled real sets and what each changes in every recipe: the recipes are written for the digits; the photos get
+# their own pixel statistics (photos.MEAN/STD) and nothing else, so no recipe is tuned to one set.
+DATA = {"digits": [],
+        "photos": ["data.source=photos", f"data.mean={list(photos.MEAN)}", f"data.std={list(photos.STD)}"]}
+# What "learns" means in the table: over random initialisation, at least these gains (points), and an effective rank
+# of at least this share of the random network's.
+LEARNS = {"knn10shot": 10.0, "linear": 3.0, "erank_share": 0.5}
 
 
 def _recipe(method: str) -> Path:
@@ -42,10 +50,10 @@ def _recipe(method: str) -> Path:
     return path
 
 
-def _overrides(name: str, args) -> list[str]:
-    return [f"run.name={name}", f"run.out_dir={args.out_dir}", f"run.epochs={args.epochs}", "run.steps=0",
+def _overrides(name: str, where: Path, args, extra: list[str]) -> list[str]:
+    return [f"run.name={name}", f"run.out_dir={where}", f"run.epochs={args.epochs}", "run.steps=0",
             "log.progress=false", f"run.threads={args.threads}", "evaluate.knn_every_epochs=1",
-            "evaluate.online_probe=true", "checkpoint.every_steps=0", *args.overrides]
+            "evaluate.online_probe=true", "checkpoint.every_steps=0", *extra, *args.overrides]
 
 
 def supervised(cfg: config.Config, run_dir: Path) -> Path:
@@ -86,9 +94,11 @@ def supervised(cfg: config.Config, run_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fusedssl bench quality", description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="all", help="comma-separated methods (default: all 11)")
-    p.add_argument("--epochs", type=int, default=5, help="pretraining epochs per method (31 steps each)")
+    p.add_argument("--data", default="digits", help="comma-separated bundled data sets: digits, photos")
+    p.add_argument("--seeds", default="0", help="comma-separated run seeds (init, split, order, augmentation)")
+    p.add_argument("--epochs", type=int, default=5, help="pretraining epochs per method (digits: 31 steps each)")
     p.add_argument("--linear-epochs", type=int, default=100, help="linear-probe epochs")
-    p.add_argument("--out-dir", default="runs/quality", help="where the runs are written")
+    p.add_argument("--out-dir", default="runs/quality", help="where the runs are written (<data>/seed<s>/<method>)")
     p.add_argument("--results", default=None, help="results folder (default bench/results/<device>)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--no-references", action="store_true", help="skip the random-init and supervised rows")
@@ -102,23 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     methods = METHODS if args.methods == "all" else tuple(m.strip() for m in args.methods.split(","))
     for m in methods:
         _recipe(m)
+    sources = tuple(d.strip() for d in args.data.split(",") if d.strip())
+    for d in sources:
+        if d not in DATA:
+            raise SystemExit(f"fusedssl bench quality: --data {d!r} is not one of {', '.join(DATA)}")
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"fusedssl bench quality: --seeds {args.seeds!r} is not a comma-separated list of "
+                         "integers") from None
+    if not seeds:
+        raise SystemExit("fusedssl bench quality: --seeds names no seed")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     env = harness.env(device)
     results = Path(args.results) if args.results else Path(__file__).resolve().parent / "results" / env["device"]
     probe = evaluate.ProbeSettings(epochs=args.linear_epochs, copies=args.copies)
-    previous = {}  # train_s of earlier rows, for --reuse
-    if (results / "quality.csv").exists():
-        import csv
+    rows, table = [], {}  # table[source][name] = list of per-seed result dicts
 
-        with open(results / "quality.csv", newline="") as f:
-            previous = {r["provider"]: float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "train_s"}
-    rows, table = [], {}
-
-    def evaluate_run(name: str, net: evaluate.Trained, train_s: float, online: float | None) -> None:
+    def evaluate_run(source: str, seed: int, name: str, net: evaluate.Trained, train_s: float,
+                     online: float | None) -> None:
         """kNN (full bank and 10 per class), linear probe and effective rank of one network; a row per number."""
-        lset = evaluate.DigitsSet(net.cfg.data, net.cfg.run.seed)
+        lset = evaluate.BundledSet(net.cfg.data, net.cfg.run.seed)
         got = evaluate.run("knn", net, lset, shots=(10,))
         got.update(evaluate.run("linear", net, lset, probe=probe))
         top1 = {proto.split("/")[0]: 100 * r["top1"] for proto, r in got.items()}
@@ -128,61 +144,101 @@ def main(argv: list[str] | None = None) -> int:
                                        cache_dir=net.results_path.parent / "eval_cache", device=device,
                                        channels_last=net.cfg.run.channels_last)  # a cache hit: run() extracted it
         erank = evaluate.effective_rank(val)
-        if math.isnan(train_s):  # --reuse: the training time measured when the run was trained
-            train_s = previous.get(name, float("nan"))
-        table[name] = {**top1, "steps": net.step, "train_s": train_s, "erank": erank}
-        base = {"op": "quality", "provider": name, "n": net.step, "d": net.cfg.data.image_size, "dtype": "fp32", **env}
-        rows.extend({**base, "mode": proto, "metric": "top1", "value": f"{v:.2f}", "unit": "%"}
+        table.setdefault(source, {}).setdefault(name, []).append(
+            {**top1, "steps": net.step, "train_s": train_s, "erank": erank})
+        base = {"op": "quality", "provider": name, "n": net.step, "d": net.cfg.data.image_size, "dtype": "fp32",
+                **env}
+        tag = f"{source}/{{}}/seed{seed}"
+        rows.extend({**base, "mode": tag.format(proto), "metric": "top1", "value": f"{v:.2f}", "unit": "%"}
                     for proto, v in top1.items())
-        rows.append({**base, "mode": "pretrain", "metric": "train_s", "value": f"{train_s:.0f}", "unit": "s"})
-        rows.append({**base, "mode": "val_features", "metric": "effective_rank", "value": f"{erank:.1f}",
+        rows.append({**base, "mode": tag.format("pretrain"), "metric": "train_s", "value": f"{train_s:.0f}",
+                     "unit": "s"})
+        rows.append({**base, "mode": tag.format("val_features"), "metric": "effective_rank", "value": f"{erank:.1f}",
                      "unit": "dims"})
-        print(f"{name:<14} " + "  ".join(f"{k} {v:.1f}%" for k, v in top1.items()) + f"  ({train_s:.0f} s)",
-              flush=True)
+        print(f"{source:<7} seed {seed} {name:<12} " + "  ".join(f"{k} {v:.1f}%" for k, v in top1.items())
+              + f"  rank {erank:.0f}  ({train_s:.0f} s)", flush=True)
 
-    for m in methods:
-        cfg = config.load(_recipe(m), _overrides(m, args))
-        run_dir = Path(args.out_dir) / m
+    def trained(run_dir: Path, train) -> float:
+        """Train (unless --reuse finds the run finished); the training seconds, kept beside the run for --reuse."""
+        timing = run_dir / "bench_train_s.json"
+        if args.reuse and (run_dir / "summary.json").exists() and timing.exists():
+            return float(json.loads(timing.read_text())["train_s"])
         t0 = time.perf_counter()
-        if not (args.reuse and (run_dir / "summary.json").exists()):
-            train.main(cfg)
-        trained_now = not (args.reuse and (run_dir / "summary.json").exists())
-        train_s = time.perf_counter() - t0 if trained_now else float("nan")
-        summary = json.loads((run_dir / "summary.json").read_text())
-        evaluate_run(m, evaluate.load_network(run_dir), train_s, summary.get("probe_trained"))
-    if not args.no_references:
-        ref = config.load(_recipe("vicreg"), _overrides("supervised", args))
-        evaluate_run("random_init", evaluate.load_network(None, recipe=str(_recipe("vicreg")),
-                                                         overrides=tuple(_overrides("random_init", args))), 0.0, None)
-        t0 = time.perf_counter()
-        sup_dir = Path(args.out_dir) / "supervised"
-        found = checkpoint.latest(sup_dir / "checkpoints") if args.reuse else None
-        ckpt = found[0] if found else supervised(ref, sup_dir)
-        evaluate_run("supervised", evaluate.load_network(ckpt), float("nan") if found else time.perf_counter() - t0,
-                     None)
+        train()
+        train_s = time.perf_counter() - t0
+        timing.write_text(json.dumps({"train_s": train_s}))
+        return train_s
+
+    for source in sources:
+        for seed in seeds:
+            where = Path(args.out_dir) / source / f"seed{seed}"
+            extra = [*DATA[source], f"run.seed={seed}"]
+            for m in methods:
+                cfg = config.load(_recipe(m), _overrides(m, where, args, extra))
+                run_dir = where / m
+                train_s = trained(run_dir, lambda cfg=cfg: train.main(cfg))
+                summary = json.loads((run_dir / "summary.json").read_text())
+                evaluate_run(source, seed, m, evaluate.load_network(run_dir), train_s, summary.get("probe_trained"))
+            if args.no_references:
+                continue
+            ref = config.load(_recipe("vicreg"), _overrides("supervised", where, args, extra))
+            evaluate_run(source, seed, "random_init", evaluate.load_network(
+                None, recipe=str(_recipe("vicreg")), overrides=tuple(_overrides("random_init", where, args, extra))),
+                0.0, None)
+            sup_dir = where / "supervised"
+            sup_dir.mkdir(parents=True, exist_ok=True)
+            train_s = trained(sup_dir, lambda ref=ref, sup_dir=sup_dir: supervised(ref, sup_dir))
+            ckpt = checkpoint.latest(sup_dir / "checkpoints")[0]
+            evaluate_run(source, seed, "supervised", evaluate.load_network(ckpt), train_s, None)
     harness.append_csv(results / "quality.csv", rows)
-    md = render(table, env, args.epochs)
+    md = render(table, env, args.epochs, seeds)
     (results / "quality.md").write_text(md)
-    for path in plots.quality_plots([args.out_dir], results, prefix="quality"):
-        print(f"wrote {path}")
+    for source in sources:
+        for path in plots.quality_plots([str(Path(args.out_dir) / source / f"seed{seeds[0]}")], results,
+                                        prefix=f"quality_{source}"):
+            print(f"wrote {path}")
     print(md)
     return 0
 
 
-def render(table: dict, env: dict, epochs: int) -> str:
-    """The README's quality table from the measured rows."""
-    base = table.get("random_init", {})
+def render(table: dict, env: dict, epochs: int, seeds: tuple[int, ...]) -> str:
+    """The README's quality tables (one per data set) from the measured rows: the mean over seeds, +- the sample
+    standard deviation when there are several; gains are against random initialisation with the same seed."""
     lines = [f"Device {env['device']}, torch {env['torch']}, fusedssl {env['fusedssl']} (git {env['git']}), "
-             f"{env['date']}; {epochs} pretraining epochs per method.", "",
-             "| method | steps | kNN (4,000 bank) | vs random init | kNN, 10 labels/class | vs random init | "
-             "linear probe | vs random init | online probe | effective rank | pretraining |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    def gain(name: str, r: dict, key: str) -> str:
-        return f"{r[key] - base[key]:+.1f} pts" if base and name != "random_init" else "-"
+             f"{env['date']}; {epochs} pretraining epochs per method; seeds {', '.join(map(str, seeds))}. "
+             f"'learns': at least +{LEARNS['knn10shot']:.0f} pts on 10-shot kNN and +{LEARNS['linear']:.0f} pts on "
+             f"the linear probe over random initialisation, and an effective rank of at least "
+             f"{LEARNS['erank_share']:.0%} of the random network's."]
 
-    for name, r in table.items():
-        online = f"{r['online_probe']:.1f} %" if "online_probe" in r else "-"
-        lines.append(f"| {name} | {r['steps']} | {r['knn']:.1f} % | {gain(name, r, 'knn')} | {r['knn10shot']:.1f} % | "
-                     f"{gain(name, r, 'knn10shot')} | {r['linear']:.1f} % | {gain(name, r, 'linear')} | {online} | "
-                     f"{r['erank']:.1f} | {r['train_s']:.0f} s |")
+    def stat(values: list[float], unit: str = "", sign: str = "") -> str:
+        m = sum(values) / len(values)
+        if len(values) < 2:
+            return f"{m:{sign}.1f}{unit}"
+        sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+        return f"{m:{sign}.1f} ± {sd:.1f}{unit}"
+
+    for source, by_name in table.items():
+        base = by_name.get("random_init")
+        lines += ["", f"**{source}**", "",
+                  "| method | steps | kNN (full bank) | vs random init | kNN, 10 labels/class | vs random init | "
+                  "linear probe | vs random init | online probe | effective rank | learns | pretraining |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, runs in by_name.items():
+            paired = base is not None and name != "random_init" and len(base) == len(runs)
+            cells = []
+            for key in ("knn", "knn10shot", "linear"):
+                cells.append(stat([r[key] for r in runs], " %"))
+                cells.append(stat([r[key] - b[key] for r, b in zip(runs, base, strict=True)], " pts", "+")
+                             if paired else "-")
+            cells.append(stat([r["online_probe"] for r in runs], " %") if all("online_probe" in r for r in runs)
+                         else "-")
+            cells.append(stat([r["erank"] for r in runs]))
+            learns = "-"
+            if paired and name != "supervised":
+                ok = [r["knn10shot"] - b["knn10shot"] >= LEARNS["knn10shot"]
+                      and r["linear"] - b["linear"] >= LEARNS["linear"]
+                      and r["erank"] >= LEARNS["erank_share"] * b["erank"] for r, b in zip(runs, base, strict=True)]
+                learns = "yes" if all(ok) else f"no ({sum(ok)}/{len(ok)} seeds)"
+            cells += [learns, stat([r["train_s"] for r in runs], " s")]
+            lines.append(f"| {name} | {runs[0]['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

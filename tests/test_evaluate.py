@@ -244,18 +244,44 @@ def test_bad_checkpoints_and_heads_are_named(tmp_path, capsys):
 
 
 def test_plots_and_quality_table(tmp_path, capsys):
-    assert cli.main(["bench", "quality", "--methods", "barlow", "--epochs", "1", "--linear-epochs", "2",
-                     "--out-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--set",
-                     "run.steps=2", "--set", "data.batch_size=32", "--set", "data.image_size=16", "--set",
+    assert cli.main(["bench", "quality", "--methods", "barlow", "--data", "digits,photos", "--epochs", "1",
+                     "--linear-epochs", "2", "--out-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+                     "--set", "run.steps=2", "--set", "data.batch_size=32", "--set", "data.image_size=16", "--set",
                      "model.projector=32-16", "--copies", "1"]) == 0
     table = (tmp_path / "res" / "quality.md").read_text()
-    for name in ("| barlow | 2 |", "| random_init | 0 |", "| supervised | 2 |"):
-        assert name in table
+    for source in ("digits", "photos"):
+        part = table.split(f"**{source}**")[1].split("**")[0]
+        for name in ("| barlow | 2 |", "| random_init | 0 |", "| supervised | 2 |"):
+            assert name in part, (source, name)
+        for png in ("training", "linear"):
+            assert (tmp_path / "res" / f"quality_{source}_{png}.png").read_bytes()[:4] == b"\x89PNG"
     rows = (tmp_path / "res" / "quality.csv").read_text().splitlines()
-    assert rows[0].startswith("op,provider,mode") and sum(",knn10shot," in r for r in rows) == 3
-    for png in ("quality_training.png", "quality_linear.png"):
-        assert (tmp_path / "res" / png).read_bytes()[:4] == b"\x89PNG"
-    assert cli.main(["eval", "plot", str(tmp_path / "runs"), "--out", str(tmp_path / "plots")]) == 0
+    assert rows[0].startswith("op,provider,mode")
+    assert sum(",digits/knn10shot/seed0," in r for r in rows) == 3
+    assert sum(",photos/linear/seed0," in r for r in rows) == 3
+    runs = str(tmp_path / "runs" / "digits" / "seed0")
+    assert cli.main(["eval", "plot", runs, "--out", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "quality_training.png").exists()
     with pytest.raises(ValueError, match="no run folders"):
         bench_quality.plots.quality_plots([str(tmp_path / "res")], tmp_path / "x")
+    with pytest.raises(SystemExit, match="--data"):
+        bench_quality.main(["--data", "cifar"])
+    with pytest.raises(SystemExit, match="--seeds"):
+        bench_quality.main(["--seeds", "0,x"])
+
+
+def test_quality_table_spread_over_seeds_and_the_learns_column():
+    """Means over seeds with the sample standard deviation; gains paired by seed; 'learns' needs every seed to clear
+    every bar."""
+    def run(knn10, linear, erank):
+        return {"knn": 80.0, "knn10shot": knn10, "linear": linear, "erank": erank, "steps": 5, "train_s": 10.0}
+
+    table = {"digits": {"a": [run(70, 90, 150), run(72, 92, 120)], "b": [run(70, 90, 150), run(60, 92, 150)],
+                        "random_init": [run(58, 85, 200), run(60, 87, 200)]}}
+    md = bench_quality.render(table, {"device": "d", "torch": "t", "fusedssl": "f", "git": "g", "date": "x"}, 5,
+                              (0, 1))
+    a = next(line for line in md.splitlines() if line.startswith("| a |"))
+    b = next(line for line in md.splitlines() if line.startswith("| b |"))
+    assert "| 71.0 ± 1.4 % | +12.0 ± 0.0 pts |" in a and "| 91.0 ± 1.4 % | +5.0 ± 0.0 pts |" in a
+    assert "| 135.0 ± 21.2 | yes |" in a
+    assert "| no (1/2 seeds) |" in b  # seed 1 gains 0 points on 10-shot kNN
