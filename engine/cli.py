@@ -15,7 +15,7 @@ BENCHES = {"all": ("suite", True), "render": ("render", False), "aot": ("aot", F
            "matrix_log": ("bench_matrix_log", False),
            "directpred": ("bench_directpred", False), "step": ("bench_step", False), "data": ("bench_data", False),
            "quality": ("bench_quality", False), "lars": ("bench_lars", False),
-           "checkpoint": ("bench_checkpoint", False)}
+           "checkpoint": ("bench_checkpoint", False), "sidebyside": ("bench_sidebyside", False)}
 
 
 def _bench(argv: list[str]) -> int:
@@ -191,7 +191,7 @@ def _eval(argv: list[str]) -> int:
             lset = evaluate.FolderSet(args.train, args.val, net.cfg.data, seed=net.cfg.run.seed,
                                       workers=args.workers)
         else:
-            lset = evaluate.DigitsSet(net.cfg.data, net.cfg.run.seed)
+            lset = evaluate.BundledSet(net.cfg.data, net.cfg.run.seed)
         if args.kind == "knn":
             shots = tuple(int(s) for s in args.shots.split(",") if s.strip())
             entries = evaluate.run("knn", net, lset, weights=args.weights, k=args.k, temperature=args.temperature,
