@@ -21,6 +21,7 @@ def few_digits(monkeypatch):
         return data.Split(tr.images[::10], tr.labels[::10]), data.Split(te.images[::10], te.labels[::10])
 
     monkeypatch.setattr(data, "load_digits", subset)
+    monkeypatch.setitem(data.BUNDLED, "digits", subset)  # what training and BundledSet read
 
 
 def _train(tmp_path, method="barlow", *extra, name=None):
