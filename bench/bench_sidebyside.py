@@ -49,7 +49,13 @@ class LightlyNet(nn.Module):
             if len(proj) != 2 or len(pred) != 2:
                 raise ValueError(f"lightly's BYOL heads have one hidden layer: model.projector={model_cfg.projector!r}"
                                  f" and model.predictor={model_cfg.predictor!r} must each be 'HIDDEN-OUT'")
-            self.projector = heads.BYOLProjectionHead(feat, proj[0], proj[1])
+            if model_cfg.projector_last_bn:
+                # The recipe ends the projector in BN(affine=False); lightly's generic head builds the same layers.
+                self.projector = heads.ProjectionHead([
+                    (feat, proj[0], nn.BatchNorm1d(proj[0]), nn.ReLU()),
+                    (proj[0], proj[1], nn.BatchNorm1d(proj[1], affine=False), None, model_cfg.projector_bias)])
+            else:
+                self.projector = heads.BYOLProjectionHead(feat, proj[0], proj[1])
             self.predictor = heads.BYOLPredictionHead(proj[1], pred[0], pred[1])
         else:
             if len(proj) != 3 or proj[0] != proj[1] or len(pred) != 2:
