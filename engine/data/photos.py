@@ -21,7 +21,7 @@ from .params import rng
 
 SIDE = 192       # shorter side of every photograph before it is cut into cells
 GRID = 4         # cells per side
-CROPS = 24       # crops per cell
+CROPS = 16       # crops per cell: 13 training cells x 16 x 20 photographs = 4,160 crops, sized like the digits
 STORED = 32      # stored crop side (views are cut from it at data.image_size)
 MEAN, STD = (0.42, 0.42, 0.42), (0.22, 0.22, 0.22)  # pixel statistics of the training crops (seed 0), per channel
 
