@@ -93,7 +93,10 @@ def supervised(cfg: config.Config, run_dir: Path) -> Path:
                                        "loss/total": float(loss.detach())}) + "\n")
     state = {"step": total, "model": model.state_dict(), "teacher": None, "method": {},
              "config": config.to_dict(cfg), "metrics": {"supervised": True}}
-    return checkpoint.save(run_dir / "checkpoints", total, state, keep=1)
+    path = checkpoint.save(run_dir / "checkpoints", total, state, keep=1)
+    # What --reuse looks for beside a finished run, written last as train.main does.
+    (run_dir / "summary.json").write_text(json.dumps({"supervised": True, "last_loss": float(loss.detach())}))
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

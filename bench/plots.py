@@ -98,7 +98,7 @@ def quality_plots(paths: list[str], out: str | Path, prefix: str = "quality") ->
             ax_knn.plot([s / per_epoch for s, _ in few], [100 * v for _, v in few], ls="--", marker=".", color=c)
     ax_loss.set(xlabel="epoch", ylabel="(loss - min) / (max - min)", title="training loss, scaled per method")
     ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)",
-               title="kNN accuracy on held-out images (solid: full bank; dashed: 10 labels per class)")
+               title="held-out kNN (solid: full bank; dashed: 10 labels/class)")
     for ax in (ax_loss, ax_knn):
         ax.grid(alpha=0.3)
     ax_knn.legend(fontsize=7, ncol=2)
