@@ -5,8 +5,9 @@ Providers: ``eager`` (kernels.predictor_weight backend "torch": torch.linalg.eig
 engine/methods.py runs it). F^ follows training: F^ <- 0.3 F^ + 0.7 f'f / N with f = N rows of one fixed D-dimensional
 feature distribution, so consecutive F^ differ by batch noise. The goal: cuda-warm under 1 ms at D = 256 with
 no host synchronisation (tests/test_directpred.py checks the latter with torch's sync debug mode). Also recorded: the
-Jacobi sweeps used (metric ``sweeps``). Rows go to bench/results/<device>/directpred.csv (harness.FIELDS; n = rows
-of f, d = D).
+Jacobi sweeps used (metric ``sweeps``) and each provider's modelled FLOPs and bytes (``model_cost``: eigensolvers are
+iterative, FlopCounterMode does not count eigh, so the count is a model, unit "FLOP (model)"). Rows go to
+bench/results/<device>/directpred.csv (harness.FIELDS; n = rows of f, d = D).
 """
 
 from __future__ import annotations
@@ -30,6 +31,36 @@ def sequence(d: int, rows: int, steps: int, device: torch.device, seed: int = 0)
         corr = kernels.correlation_ema(f, corr, rho=0.3)
         out.append(corr.to(device))
     return out
+
+
+def model_cost(provider: str, d: int, sweeps: float = 0.0) -> tuple[float, float]:
+    """(FLOPs, bytes) of one predictor update by ``provider``'s algorithm, modelled (n = D rounded up to even).
+
+    eager: symmetric QR with eigenvectors, ~9 D^3 (Golub & Van Loan, Matrix Computations 4th ed., section 8.3),
+    plus W = (U p) U' (2 D^3); it reads F^ and writes W and U.
+    cuda-*: the warm-start transform U0' F^ U0 (4 D^3, fp64), per Jacobi sweep n - 1 rounds that rotate every 2x2
+    block of the packed upper triangle (24 FLOPs per block, n^2 / 8 blocks) and replay n / 2 rotations on each of the
+    n rows of V (6 FLOPs each): 6 n^3 per sweep, an upper bound since identity blocks are skipped; then the
+    orthonormalising Newton-Schulz step (4 D^3) and W (2 D^3). Bytes add the recorded rotations (8 B each), written
+    by the sweep kernel and read by the replay, and the basis read and written."""
+    n = d + d % 2
+    if provider == "eager":
+        return 11.0 * d**3, 3 * 4.0 * d * d
+    if not provider.startswith("cuda"):
+        raise ValueError(f"model_cost: provider {provider!r} is not eager, cuda-cold or cuda-warm")
+    rotations = sweeps * (n - 1) * (n // 2)
+    return 10.0 * d**3 + 6.0 * sweeps * n**3, 4 * 4.0 * d * d + 2 * 8.0 * rotations
+
+
+def _cost_rows(meta: dict, provider: str, d: int, sweeps: float, p50: float | None) -> list[dict]:
+    """The modelled FLOPs and bytes of one provider, and with ``p50`` the achieved TFLOP/s and GB/s."""
+    flops, nbytes = model_cost(provider, d, sweeps)
+    rows = [{**meta, "metric": "flops", "value": f"{flops:.6g}", "unit": "FLOP (model)"},
+            {**meta, "metric": "bytes", "value": f"{nbytes:.6g}", "unit": "B (model)"}]
+    if p50:
+        rows += [{**meta, "metric": "tflops", "value": f"{flops / p50 / 1e9:.6g}", "unit": "TFLOP/s (model)"},
+                 {**meta, "metric": "gbs", "value": f"{nbytes / p50 / 1e6:.6g}", "unit": "GB/s (model)"}]
+    return rows
 
 
 def _sweeps(corrs: list[torch.Tensor], warm: bool) -> float:
@@ -76,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             state["basis"] = None
             p20, p50, p80 = harness.time_fn(fn, device=device, warmup=3, reps=args.reps)
             base_ms = base_ms or p50
-            extra = ""
+            extra, sweeps = "", 0.0
             meta = dict(op="predictor_weight", provider=name, mode="directpred", n=args.rows, d=d, dtype="float32",
                         **stamp)
             rows += harness.ms_rows(meta, p20, p50, p80)
@@ -84,13 +115,19 @@ def main(argv: list[str] | None = None) -> int:
                 sweeps = _sweeps(corrs, warm=name == "cuda-warm")
                 rows.append({**meta, "metric": "sweeps", "value": f"{sweeps:g}", "unit": "sweeps"})
                 extra = f"  {sweeps:g} sweeps"
+            rows += _cost_rows(meta, name, d, sweeps, p50)
+            extra += f"  {model_cost(name, d, sweeps)[0] / p50 / 1e9:.3g} TFLOP/s (model)"
             print(f"  D={d:4d} {name:10s} {p50:9.3f} ms ({p20:.3f}-{p80:.3f})  {base_ms / p50:6.2f}x{extra}")
         if why and _cuda.ext() is not None:  # no GPU: the sweep counts from the extension's host run of the schedule
             cpu = [c.cpu() for c in corrs]
             for name in ("cuda-cold", "cuda-warm"):
                 sweeps = _sweeps(cpu, warm=name == "cuda-warm")
-                rows.append(dict(op="predictor_weight", provider=name, mode="directpred-host-schedule", n=args.rows,
-                                 d=d, dtype="float32", metric="sweeps", value=f"{sweeps:g}", unit="sweeps", **stamp))
-                print(f"  D={d:4d} {name:10s} {sweeps:g} Jacobi sweeps (the kernel's schedule run on the host)")
+                meta = dict(op="predictor_weight", provider=name, mode="directpred-host-schedule", n=args.rows, d=d,
+                            dtype="float32", **stamp)
+                rows.append({**meta, "metric": "sweeps", "value": f"{sweeps:g}", "unit": "sweeps"})
+                rows += _cost_rows(meta, name, d, sweeps, None)
+                print(f"  D={d:4d} {name:10s} {sweeps:g} Jacobi sweeps (the kernel's schedule run on the host), "
+                      f"{model_cost(name, d, sweeps)[0] / 1e9:.3g} GFLOP (model; eager "
+                      f"{model_cost('eager', d)[0] / 1e9:.3g})")
     harness.finish(args.out, stamp, "directpred", rows, notes)
     return 0

@@ -46,6 +46,27 @@ def test_bench_counts_each_providers_own_algorithm(tmp_path):
     assert len(frac) == 2 * 3 and all(f > 0 for f in frac)
 
 
+def test_bench_directpred_models_each_providers_cost(tmp_path):
+    """The eigensolvers' FLOPs are a model (FlopCounterMode does not count eigh): every row set carries it, labelled
+    as one; a Jacobi solve costs more with every sweep, so the warm start's fewer sweeps show as fewer FLOPs."""
+    from fusedssl.bench import bench_directpred
+    from fusedssl.kernels import _cuda
+
+    assert cli.main(["bench", "directpred", "--out", str(tmp_path), "--dims", "32", "--reps", "2"]) == 0
+    (path,) = tmp_path.glob("*/directpred.csv")
+    rows = list(csv.DictReader(open(path)))
+    fl = {r["provider"]: float(r["value"]) for r in rows if r["metric"] == "flops"}
+    assert all(r["unit"].endswith("(model)") for r in rows if r["metric"] in ("flops", "bytes", "tflops", "gbs"))
+    assert fl["eager"] == 11 * 32**3
+    one, two = (bench_directpred.model_cost("cuda-warm", 32, k) for k in (1, 2))
+    assert two[0] - one[0] == 6 * 32**3 and two[1] > one[1]
+    if _cuda.ext() is not None:  # the host run of the kernel's schedule gives the sweep counts
+        sweeps = {r["provider"]: float(r["value"]) for r in rows if r["metric"] == "sweeps"}
+        assert sweeps["cuda-warm"] < sweeps["cuda-cold"] and fl["cuda-warm"] < fl["cuda-cold"]
+    with pytest.raises(ValueError, match="provider 'triton'"):
+        bench_directpred.model_cost("triton", 32)
+
+
 def test_bench_frobenius(tmp_path, capsys):
     args = ["bench", "frobenius", "--out", str(tmp_path), "--shapes", "16x24", "--providers", "original,eager"]
     assert cli.main(args) == 0
