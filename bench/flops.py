@@ -10,7 +10,8 @@ between providers ("the fused kernel does not do more work than the efficient re
     paths, so the tiles and splits are the ones a GPU gets), and its ``tl.dot`` FLOPs follow from the grid, the tile
     constexprs and the loop bounds: ``DOT_FLOPS`` has one formula per kernel, written from the kernel's loops, and
     counts padded tiles as the hardware executes them. A kernel with a ``tl.dot`` and no formula is an error. Its
-    bytes are the tensors it is passed, each once (a lower bound: GEMM operand tiles are re-read through L2).
+    bytes are the tensors it is passed, each once, one tensor passed as two arguments (an auto-covariance's A and
+    B) once too (a lower bound: GEMM operand tiles are re-read through L2).
 Custom ops (fusedssl::) are counted through their Triton launches, not as aten ops.
 """
 
@@ -108,7 +109,8 @@ def launch_cost(fn, args: tuple, kwargs: dict, grid) -> Cost:
     if formula is None and has_dot(fn):
         raise KeyError(f"bench/flops.py: {name} has a tl.dot but no DOT_FLOPS formula; add one from its loops")
     flops = formula(named, g) if formula else 0
-    return Cost(flops, sum(_nbytes(v) for v in named.values()), 1)
+    tensors = {(v.data_ptr(), v.numel(), v.dtype): v for v in named.values() if isinstance(v, torch.Tensor)}
+    return Cost(flops, sum(_nbytes(v) for v in tensors.values()), 1)
 
 
 def count(call: Callable[[], object], fake: bool = False) -> Cost:

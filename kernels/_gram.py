@@ -179,6 +179,17 @@ if HAS_TRITON:
             tl.store(gb_ptr + cols, acc_b.to(gb_ptr.dtype.element_ty), mask=mirror)
 
     @triton.jit
+    def _partial_tile(gp_ptr, split, pid, tiles, BLOCK_N: tl.constexpr, AUTO: tl.constexpr):
+        """The (BLOCK_N, BLOCK_N) pointers of split ``split``'s partial of upper tile ``pid`` (then the B Gram's, unless
+        AUTO): packed by tile, so only the computed upper tiles take memory. Rows and columns past N hold the zeros
+        the masked operand loads gave, so neither side masks."""
+        idx = (split * tiles + pid).to(tl.int64)
+        if not AUTO:
+            idx = 2 * idx
+        loc = tl.arange(0, BLOCK_N)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        return gp_ptr + idx * BLOCK_N * BLOCK_N + loc
+
+    @triton.jit
     def _gram_fwd_kernel(a_ptr, b_ptr, ma_ptr, ra_ptr, mb_ptr, rb_ptr, ga_ptr, gb_ptr, part_ptr, cd_ptr, rs_ptr,
                          gp_ptr, N, D, T, K_SPLIT, s_an, s_ad, s_bn, s_bd,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, AUTO: tl.constexpr,
@@ -226,11 +237,10 @@ if HAS_TRITON:
         if SPLIT == 1:
             _gram_epilogue(acc_a, acc_b, offs_i, offs_j, ti, tj, ga_ptr, gb_ptr, part_ptr, pid, N, AUTO)
         else:  # partial tiles, added in a fixed order by _gram_split_epilogue_kernel (deterministic)
-            valid = (offs_i[:, None] < N) & (offs_j[None, :] < N)
-            base = gp_ptr + tl.program_id(1).to(tl.int64) * 2 * N * N + offs_i[:, None] * N + offs_j[None, :]
-            tl.store(base, acc_a, mask=valid)
+            base = _partial_tile(gp_ptr, tl.program_id(1), pid, tl.num_programs(0), BLOCK_N, AUTO)
+            tl.store(base, acc_a)
             if not AUTO:
-                tl.store(base + N * N, acc_b, mask=valid)
+                tl.store(base + BLOCK_N * BLOCK_N, acc_b)
 
     @triton.jit
     def _gram_split_epilogue_kernel(gp_ptr, ga_ptr, gb_ptr, part_ptr, N, T, BLOCK_N: tl.constexpr,
@@ -239,14 +249,13 @@ if HAS_TRITON:
         ti, tj = _tri_tile(pid, T)
         offs_i = ti * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_j = tj * BLOCK_N + tl.arange(0, BLOCK_N)
-        valid = (offs_i[:, None] < N) & (offs_j[None, :] < N)
         acc_a = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
         acc_b = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
         for s in range(SPLIT):
-            base = gp_ptr + s * 2 * N * N + offs_i[:, None] * N + offs_j[None, :]
-            acc_a += tl.load(base, mask=valid, other=0.0)
+            base = _partial_tile(gp_ptr, s, pid, tl.num_programs(0), BLOCK_N, AUTO)
+            acc_a += tl.load(base)
             if not AUTO:
-                acc_b += tl.load(base + N * N, mask=valid, other=0.0)
+                acc_b += tl.load(base + BLOCK_N * BLOCK_N)
         _gram_epilogue(acc_a, acc_b, offs_i, offs_j, ti, tj, ga_ptr, gb_ptr, part_ptr, pid, N, AUTO)
 
     @triton.jit
@@ -483,7 +492,7 @@ def gram_loss_fwd(a: torch.Tensor, b: torch.Tensor, mode: int, eps: float, scale
     gb = a.new_empty(0, dtype=ga.dtype) if auto else torch.empty_like(ga)
     part, cd = torch.empty(tiles, **f32), torch.empty(t, d, **f32)
     rs = torch.empty((split, 2, n) if rowsum else (1,), **f32)
-    gp = torch.empty((split, 2, n, n) if split > 1 else (1,), **f32)
+    gp = torch.empty((split, tiles, 1 if auto else 2, bn, bn) if split > 1 else (1,), **f32)
     loss, h, rsum = torch.empty((), **f32), torch.empty(d, **f32), torch.empty(2, n, **f32)
     with _triton.on_device(a):
         _gram_fwd_kernel[(tiles, split)](
