@@ -15,7 +15,9 @@ Runs are written to <out-dir>/<data>/seed<s>/<method>. Rows go to bench/results/
 harness.FIELDS: op=quality, provider=method, mode=<data>/<protocol>/seed<s>, n=pretraining steps, d=image size,
 metric=top1 in %, train_s or effective_rank), one markdown table per data set to quality.md beside it (the mean over
 seeds with the sample standard deviation, gains paired by seed, and whether the method clears the bars in LEARNS),
-and the plots of ``fusedssl eval plot`` (the first seed's runs) to quality_<data>_*.png.
+and the plots of ``fusedssl eval plot`` (the first seed's runs) to quality_<data>_*.png. ``--table-only`` trains
+and evaluates nothing: it renders quality.md from the rows already in quality.csv (every seed found, or ``--seeds``),
+so seeds measured by separate calls, or on two machines at once, make one table.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fusedssl bench quality", description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="all", help="comma-separated methods (default: all 11)")
     p.add_argument("--data", default="digits", help="comma-separated bundled data sets: digits, photos")
-    p.add_argument("--seeds", default="0", help="comma-separated run seeds (init, split, order, augmentation)")
+    p.add_argument("--seeds", default=None, help="comma-separated run seeds (init, split, order, augmentation); "
+                                                  "default 0, with --table-only every seed in quality.csv")
     p.add_argument("--epochs", type=int, default=5, help="pretraining epochs per method (digits: 31 steps each; "
                                                           "0: each recipe's own run.epochs)")
     p.add_argument("--linear-epochs", type=int, default=100, help="linear-probe epochs")
@@ -116,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="override every recipe (e.g. --set run.steps=2 for a smoke test)")
     p.add_argument("--reuse", action="store_true", help="keep finished runs (summary.json present) instead of "
                                                          "training them again")
+    p.add_argument("--table-only", action="store_true", help="train and evaluate nothing: quality.md (and the plots, "
+                                                              "where --out-dir has the runs) from quality.csv's rows")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     methods = METHODS if args.methods == "all" else tuple(m.strip() for m in args.methods.split(","))
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if d not in DATA:
             raise SystemExit(f"fusedssl bench quality: --data {d!r} is not one of {', '.join(DATA)}")
     try:
-        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+        seeds = tuple(int(x) for x in (args.seeds or "0").split(",") if x.strip())
     except ValueError:
         raise SystemExit(f"fusedssl bench quality: --seeds {args.seeds!r} is not a comma-separated list of "
                          "integers") from None
@@ -137,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     env = harness.env(device)
     results = Path(args.results) if args.results else Path(__file__).resolve().parent / "results" / env["device"]
+    if args.table_only:
+        table, env = table_from_csv(results / "quality.csv", sources, methods, seeds if args.seeds else None)
+        return _write_table(table, env, args.epochs, results, args.out_dir)
     probe = evaluate.ProbeSettings(epochs=args.linear_epochs, copies=args.copies)
-    rows, table = [], {}  # table[source][name] = list of per-seed result dicts
+    rows, table = [], {}  # table[source][name][seed] = result dict
 
     def evaluate_run(source: str, seed: int, name: str, net: evaluate.Trained, train_s: float,
                      online: float | None) -> None:
@@ -153,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                                        cache_dir=net.results_path.parent / "eval_cache", device=device,
                                        channels_last=net.cfg.run.channels_last)  # a cache hit: run() extracted it
         erank = evaluate.effective_rank(val)
-        table.setdefault(source, {}).setdefault(name, []).append(
-            {**top1, "steps": net.step, "train_s": train_s, "erank": erank})
+        table.setdefault(source, {}).setdefault(name, {})[seed] = {**top1, "steps": net.step, "train_s": train_s,
+                                                                   "erank": erank}
         base = {"op": "quality", "provider": name, "n": net.step, "d": net.cfg.data.image_size, "dtype": "fp32",
                 **env}
         tag = f"{source}/{{}}/seed{seed}"
@@ -200,22 +208,77 @@ def main(argv: list[str] | None = None) -> int:
             ckpt = checkpoint.latest(sup_dir / "checkpoints")[0]
             evaluate_run(source, seed, "supervised", evaluate.load_network(ckpt), train_s, None)
     harness.append_csv(results / "quality.csv", rows)
-    md = render(table, env, args.epochs, seeds)
+    return _write_table(table, env, args.epochs, results, args.out_dir)
+
+
+def _write_table(table: dict, env: dict, epochs: int, results: Path, out_dir: str) -> int:
+    """quality.md from ``table``, and each data set's plots from its first seed's runs where ``out_dir`` has them."""
+    md = render(table, env, epochs)
+    results.mkdir(parents=True, exist_ok=True)
     (results / "quality.md").write_text(md)
-    for source in sources:
-        for path in plots.quality_plots([str(Path(args.out_dir) / source / f"seed{seeds[0]}")], results,
-                                        prefix=f"quality_{source}"):
-            print(f"wrote {path}")
+    for source, by_name in table.items():
+        first = min(min(runs) for runs in by_name.values())
+        where = Path(out_dir) / source / f"seed{first}"
+        if where.is_dir():
+            for path in plots.quality_plots([str(where)], results, prefix=f"quality_{source}"):
+                print(f"wrote {path}")
     print(md)
     return 0
 
 
-def render(table: dict, env: dict, epochs: int, seeds: tuple[int, ...]) -> str:
-    """The README's quality tables (one per data set) from the measured rows: the mean over seeds, +- the sample
-    standard deviation when there are several; gains are against random initialisation with the same seed."""
+def table_from_csv(path: Path, sources: tuple[str, ...], methods: tuple[str, ...], seeds: tuple[int, ...] | None
+                   ) -> tuple[dict, dict]:
+    """The table ``render`` takes, from quality.csv's rows (the last row of each number wins), for ``sources`` and
+    ``methods`` with the two references, at ``seeds`` (None: every seed found); and the environment of those rows,
+    each field's distinct values joined."""
+    import csv
+
+    if not path.is_file():
+        raise SystemExit(f"fusedssl bench quality: --table-only needs {path}, which does not exist")
+    names = (*methods, "random_init", "supervised")
+    keys = {("top1", p): p for p in PROTOCOLS} | {("train_s", "pretrain"): "train_s",
+                                                   ("effective_rank", "val_features"): "erank"}
+    found: dict = {}
+    envs: dict[str, list[str]] = {k: [] for k in ("device", "torch", "fusedssl", "git", "date")}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            parts = r["mode"].split("/")
+            if r["op"] != "quality" or len(parts) != 3 or not parts[2].startswith("seed"):
+                continue
+            source, proto, seed = parts[0], parts[1], int(parts[2][4:])
+            key = keys.get((r["metric"], proto))
+            if source not in sources or r["provider"] not in names or key is None or (seeds and seed not in seeds):
+                continue
+            run = found.setdefault(source, {}).setdefault(r["provider"], {}).setdefault(seed, {})
+            run[key], run["steps"] = float(r["value"]), int(r["n"])
+            for k, values in envs.items():
+                if r[k] not in values:
+                    values.append(r[k])
+    complete = {"knn", "knn10shot", "linear", "train_s", "erank"}
+    table = {}
+    for source in sources:
+        by_name = found.get(source, {})
+        for name in names:
+            runs = {seed: run for seed, run in sorted(by_name.get(name, {}).items()) if complete <= set(run)}
+            if runs:
+                table.setdefault(source, {})[name] = runs
+    if not table:
+        raise SystemExit(f"fusedssl bench quality: {path} has no complete quality rows for --data "
+                         f"{','.join(sources)}")
+    return table, {k: ", ".join(v) for k, v in envs.items()}
+
+
+def render(table: dict, env: dict, epochs: int) -> str:
+    """The README's quality tables (one per data set; table[source][name][seed] = results): the mean over seeds,
+    +- the sample standard deviation when there are several; gains are against random initialisation with the same
+    seed, and only where it was measured for every seed of the row."""
+    seeds = {source: sorted({s for runs in by_name.values() for s in runs}) for source, by_name in table.items()}
+    said = {", ".join(map(str, v)) for v in seeds.values()}
+    seed_text = (f"seeds {said.pop()}" if len(said) == 1 else
+                 "seeds " + "; ".join(f"{', '.join(map(str, v))} ({source})" for source, v in seeds.items()))
     lines = [f"Device {env['device']}, torch {env['torch']}, fusedssl {env['fusedssl']} (git {env['git']}), "
              f"{env['date']}; {f'{epochs} pretraining epochs per method' if epochs else 'each recipe its own length'}"
-             f"; seeds {', '.join(map(str, seeds))}. "
+             f"; {seed_text}. "
              f"'learns': at least +{LEARNS['knn10shot']:.0f} pts on 10-shot kNN and +{LEARNS['linear']:.0f} pts on "
              f"the linear probe over random initialisation, and an effective rank of at least "
              f"{LEARNS['erank_share']:.0%} of the random network's."]
@@ -233,13 +296,14 @@ def render(table: dict, env: dict, epochs: int, seeds: tuple[int, ...]) -> str:
                   "| method | steps | kNN (full bank) | vs random init | kNN, 10 labels/class | vs random init | "
                   "linear probe | vs random init | online probe | effective rank | learns | pretraining |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for name, runs in by_name.items():
-            paired = base is not None and name != "random_init" and len(base) == len(runs)
+        for name, by_seed in by_name.items():
+            paired = base is not None and name != "random_init" and set(by_seed) <= set(base)
+            runs = list(by_seed.values())
+            pairs = [(r, base[seed]) for seed, r in by_seed.items()] if paired else []
             cells = []
             for key in ("knn", "knn10shot", "linear"):
                 cells.append(stat([r[key] for r in runs], " %"))
-                cells.append(stat([r[key] - b[key] for r, b in zip(runs, base, strict=True)], " pts", "+")
-                             if paired else "-")
+                cells.append(stat([r[key] - b[key] for r, b in pairs], " pts", "+") if paired else "-")
             cells.append(stat([r["online_probe"] for r in runs], " %") if all("online_probe" in r for r in runs)
                          else "-")
             cells.append(stat([r["erank"] for r in runs]))
@@ -247,7 +311,7 @@ def render(table: dict, env: dict, epochs: int, seeds: tuple[int, ...]) -> str:
             if paired and name != "supervised":
                 ok = [r["knn10shot"] - b["knn10shot"] >= LEARNS["knn10shot"]
                       and r["linear"] - b["linear"] >= LEARNS["linear"]
-                      and r["erank"] >= LEARNS["erank_share"] * b["erank"] for r, b in zip(runs, base, strict=True)]
+                      and r["erank"] >= LEARNS["erank_share"] * b["erank"] for r, b in pairs]
                 learns = "yes" if all(ok) else f"no ({sum(ok)}/{len(ok)} seeds)"
             cells += [learns, stat([r["train_s"] for r in runs], " s")]
             lines.append(f"| {name} | {runs[0]['steps']} | " + " | ".join(cells) + " |")

@@ -277,12 +277,52 @@ def test_quality_table_spread_over_seeds_and_the_learns_column():
     def run(knn10, linear, erank):
         return {"knn": 80.0, "knn10shot": knn10, "linear": linear, "erank": erank, "steps": 5, "train_s": 10.0}
 
-    table = {"digits": {"a": [run(70, 90, 150), run(72, 92, 120)], "b": [run(70, 90, 150), run(60, 92, 150)],
-                        "random_init": [run(58, 85, 200), run(60, 87, 200)]}}
-    md = bench_quality.render(table, {"device": "d", "torch": "t", "fusedssl": "f", "git": "g", "date": "x"}, 5,
-                              (0, 1))
+    table = {"digits": {"a": {0: run(70, 90, 150), 1: run(72, 92, 120)},
+                        "b": {0: run(70, 90, 150), 1: run(60, 92, 150)},
+                        "random_init": {0: run(58, 85, 200), 1: run(60, 87, 200)}},
+             "photos": {"a": {0: run(30, 50, 100)}, "random_init": {0: run(20, 40, 100)}}}
+    md = bench_quality.render(table, {"device": "d", "torch": "t", "fusedssl": "f", "git": "g", "date": "x"}, 5)
+    assert "seeds 0, 1 (digits); 0 (photos)" in md
     a = next(line for line in md.splitlines() if line.startswith("| a |"))
     b = next(line for line in md.splitlines() if line.startswith("| b |"))
     assert "| 71.0 ± 1.4 % | +12.0 ± 0.0 pts |" in a and "| 91.0 ± 1.4 % | +5.0 ± 0.0 pts |" in a
     assert "| 135.0 ± 21.2 | yes |" in a
     assert "| no (1/2 seeds) |" in b  # seed 1 gains 0 points on 10-shot kNN
+
+
+def test_quality_table_only_joins_seeds_measured_by_separate_calls(tmp_path):
+    """--table-only renders quality.md from quality.csv alone: seeds appended by separate calls (other commits) make
+    one row per method, a re-measured number replaces the older one, and a data set or method not asked for stays
+    out; without the CSV it says which file is missing."""
+    from fusedssl.bench import harness
+
+    def rows(name, seed, knn10, git, steps=5):
+        env = {"n": steps, "d": 28, "dtype": "fp32", "device": "d", "torch": "t", "triton": "tr", "fusedssl": "f",
+               "git": git, "date": "x"}
+        top1 = {"knn": 80.0, "knn10shot": knn10, "linear": 90.0, "online_probe": 70.0}
+        out = [{"op": "quality", "provider": name, "mode": f"digits/{k}/seed{seed}", "metric": "top1",
+                "value": f"{v:.2f}", "unit": "%", **env} for k, v in top1.items()]
+        out += [{"op": "quality", "provider": name, "mode": f"digits/pretrain/seed{seed}", "metric": "train_s",
+                 "value": "12", "unit": "s", **env},
+                {"op": "quality", "provider": name, "mode": f"digits/val_features/seed{seed}",
+                 "metric": "effective_rank", "value": "150.0", "unit": "dims", **env}]
+        return out
+
+    csv_path = tmp_path / "quality.csv"
+    harness.append_csv(csv_path, rows("barlow", 0, 71.0, "g1") + rows("random_init", 0, 60.0, "g1", 0)
+                       + rows("vicreg", 0, 99.0, "g1"))
+    harness.append_csv(csv_path, rows("barlow", 1, 50.0, "g2") + rows("random_init", 1, 62.0, "g2", 0))
+    harness.append_csv(csv_path, rows("barlow", 1, 73.0, "g3"))  # seed 1 measured again: this one counts
+    photos = [{**r, "mode": r["mode"].replace("digits/", "photos/")} for r in rows("barlow", 0, 10.0, "g1")]
+    harness.append_csv(csv_path, photos)
+    assert bench_quality.main(["--methods", "barlow", "--results", str(tmp_path), "--table-only",
+                               "--out-dir", str(tmp_path / "no-runs")]) == 0
+    md = (tmp_path / "quality.md").read_text()
+    assert "seeds 0, 1." in md and "git g1, g2, g3" in md and "photos" not in md and "vicreg" not in md
+    barlow = next(line for line in md.splitlines() if line.startswith("| barlow |"))
+    assert "| 72.0 ± 1.4 % | +11.0 ± 0.0 pts |" in barlow
+    assert bench_quality.main(["--methods", "barlow", "--results", str(tmp_path), "--table-only", "--seeds", "1",
+                               "--out-dir", str(tmp_path / "no-runs")]) == 0
+    assert "| 73.0 % | +11.0 pts |" in (tmp_path / "quality.md").read_text()
+    with pytest.raises(SystemExit, match="quality.csv"):
+        bench_quality.main(["--results", str(tmp_path / "empty"), "--table-only"])
