@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"{source}/{{}}/seed{seed}"
         rows.extend({**base, "mode": tag.format(proto), "metric": "top1", "value": f"{v:.2f}", "unit": "%"}
                     for proto, v in top1.items())
-        rows.append({**base, "mode": tag.format("pretrain"), "metric": "train_s", "value": f"{train_s:.0f}",
+        rows.append({**base, "mode": tag.format("pretrain"), "metric": "train_s", "value": f"{train_s:.1f}",
                      "unit": "s"})
         rows.append({**base, "mode": tag.format("val_features"), "metric": "effective_rank", "value": f"{erank:.1f}",
                      "unit": "dims"})
