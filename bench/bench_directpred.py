@@ -53,14 +53,9 @@ def model_cost(provider: str, d: int, sweeps: float = 0.0) -> tuple[float, float
 
 
 def _cost_rows(meta: dict, provider: str, d: int, sweeps: float, p50: float | None) -> list[dict]:
-    """The modelled FLOPs and bytes of one provider, and with ``p50`` the achieved TFLOP/s and GB/s."""
-    flops, nbytes = model_cost(provider, d, sweeps)
-    rows = [{**meta, "metric": "flops", "value": f"{flops:.6g}", "unit": "FLOP (model)"},
-            {**meta, "metric": "bytes", "value": f"{nbytes:.6g}", "unit": "B (model)"}]
-    if p50:
-        rows += [{**meta, "metric": "tflops", "value": f"{flops / p50 / 1e9:.6g}", "unit": "TFLOP/s (model)"},
-                 {**meta, "metric": "gbs", "value": f"{nbytes / p50 / 1e6:.6g}", "unit": "GB/s (model)"}]
-    return rows
+    """harness.cost_rows of one provider's modelled FLOPs and bytes, each unit marked as a model."""
+    rows = harness.cost_rows(meta, *model_cost(provider, d, sweeps), p50)
+    return [{**r, "unit": f"{r['unit']} (model)"} for r in rows]
 
 
 def _sweeps(corrs: list[torch.Tensor], warm: bool) -> float:
