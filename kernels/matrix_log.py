@@ -13,19 +13,24 @@ Efficient evaluation (exactly equal to the code's matrix-power form; tests prove
   * Only traces of powers are needed. With the powers X^1..X^ceil(K/2) stored, tr X^k = <X^a, (X^b)'> and
     tr(P X^k) = <P X^b, X^a> (a + b = k). For K = 4 that is 1 GEMM for U and 3 for A instead of the code's 5 each.
   * Gram side when m < D: tr(C_x^j) = tr(M^j) with M = O~T~'/m (m x m, Sylvester), tr X^k follows by the binomial
-    expansion in (mu - 1); tr(C_t C_o^j) = <B A^(j-1), B> with A = O~O~'/m, B = T~O~'/m. No D x D matrix is formed.
+    expansion in (mu - 1); tr(C_t C_o^j) = tr(K A^(j-1)) with A = O~O~'/m, B = T~O~'/m, K = B'B. With Y_i = B A^(i-1),
+    <Y_i, Y_l> = tr(C_t C_o^(i+l-1)), so Y_1..Y_(floor(K/2)+1) give them all (2 GEMMs for K = 4, not 3). No D x D
+    matrix is formed.
   * Exact log (``exact=True``): U = -lam log|det(C_x + mu I)| (LU; on the Gram side D log mu + log det(I + M/mu));
     A via eigh of C_o + mu I with a Daleckii-Krein backward whose divided differences are evaluated with log1p, so
     (near-)degenerate spectra give finite, exact gradients (autograd through eigh gives NaN there).
 
-Triton (backend "triton", series only): a Triton GEMM with a fused scale + diagonal-shift epilogue (transposes read
-through strides) runs the D x D chain: uniformity forms X, X^2, X^3 (the value needs up to X^ceil(K/2), the backward
+Triton (backend "triton", series only): one Triton GEMM, C = alpha A B + shift I (transposes read through strides),
+whose epilogue can also reduce the tile's share of tr C, <C, E> and <C, C> from the fp32 accumulator (custom op
+``fusedssl::mm_trace``; ``fusedssl::mm_shift`` without the reductions), so the series' traces are never a second
+pass over a stored matrix: the launch forming X^j reduces tr X^j and <X^j, X'> = tr X^(j+1) (for a symmetric X,
+<X^j, X^(j-1)> and <X^j, X^j>), the launch forming Y_i reduces <Y_i, Y_(i-1)> and ||Y_i||^2, the one forming
+O~O~'/m also <., T~T~'/m> = ||C_x||_F^2. The D x D chain (m >= D): uniformity forms X, X^2, X^3 (the backward needs
 X^(K-1)) and returns the closed-form G_U (+ 2h C_x for Kernel-SSL's HSIC term); alignment forms P, X and, by the
 recurrence S_1 = P, S_(k+1) = P X^k + X S_k, G_A in 3 + 2(K-1) GEMMs; one GEMM per call maps G back to the rows.
-For m < D the provider runs the m x m Gram-side algebra of the reference instead, every product a Triton GEMM and
-the backward through the GEMM's registered one (no D x D matrix; the same FLOPs as the efficient reference).
-The GEMM is the custom op ``fusedssl::mm_shift`` (with a fake and a backward), so torch.compile traces both sides.
-Traces are elementwise reductions in torch (Inductor fuses them under torch.compile), not GEMM epilogues yet.
+For m < D the provider runs the m x m Gram-side algebra above, every product an mm_trace launch, the backward
+through mm_trace's registered one (no D x D matrix; the GEMMs of the efficient reference, the traces fused).
+Both ops have fakes and registered backwards, so torch.compile traces both sides.
 
 The teacher outputs are constants (stop-gradient): every function here detaches them.
 Distributed semantics: computed on the all-gathered batch (m = global batch), redundantly on every rank, as the
@@ -85,10 +90,13 @@ def matrix_ssl_loss_ref(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0, g
 if HAS_TRITON:
 
     @triton.jit
-    def _mm_shift_kernel(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, alpha, shift,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         PRECISION: tl.constexpr):
-        """C = alpha * A @ B + shift * I (M x N, contiguous); A and B read through strides (transposes are free)."""
+    def _mm_shift_kernel(a_ptr, b_ptr, c_ptr, e_ptr, part_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_em, s_en, alpha,
+                         shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         PRECISION: tl.constexpr, TRACES: tl.constexpr, HAS_E: tl.constexpr):
+        """C = alpha * A @ B + shift * I (M x N, contiguous); A, B and E read through strides (transposes are free).
+
+        TRACES: the epilogue also writes this tile's partial sums of tr C, <C, E> (HAS_E) and <C, C> to
+        part[3 * tile + 0..2], from the fp32 tile in registers: the series' traces cost no second pass over C."""
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -101,8 +109,20 @@ if HAS_TRITON:
             b = tl.load(b_ptr + offs_k[:, None] * s_bk + offs_n[None, :] * s_bn,
                         mask=(offs_k[:, None] < K) & (offs_n[None, :] < N), other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        c = alpha * acc + tl.where(offs_m[:, None] == offs_n[None, :], shift, 0.0)
-        tl.store(c_ptr + offs_m[:, None] * N + offs_n[None, :], c, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+        diag = offs_m[:, None] == offs_n[None, :]
+        valid = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        c = alpha * acc + tl.where(diag, shift, 0.0)
+        tl.store(c_ptr + offs_m[:, None] * N + offs_n[None, :], c, mask=valid)
+        if TRACES:
+            c = tl.where(valid, c, 0.0)
+            part = part_ptr + 3 * (pid_m * tl.num_programs(1) + pid_n)
+            tl.store(part, tl.sum(tl.sum(tl.where(diag, c, 0.0), axis=1), axis=0))
+            if HAS_E:
+                e = tl.load(e_ptr + offs_m[:, None] * s_em + offs_n[None, :] * s_en, mask=valid, other=0.0)
+                tl.store(part + 1, tl.sum(tl.sum(c * e, axis=1), axis=0))
+            else:
+                tl.store(part + 1, 0.0)
+            tl.store(part + 2, tl.sum(tl.sum(c * c, axis=1), axis=0))
 
 
 # ------------------------------------------------------------------------------------------------ launchers and helpers
@@ -200,15 +220,21 @@ def _alignment(t: torch.Tensor, o: torch.Tensor, mu: float, order: int, exact: b
         a = mm(o, o.T) / m                            # m x m, eigenvalues of C_o plus zeros
         b = mm(t, o.T) / m
         tr_co = _traces_from_powers(_powers(a, (order + 1) // 2, mm), order)  # tr C_o^j, j >= 1
-        tr_ctco, y = [], b                            # tr(C_t C_o^j) = <B A^(j-1), B>
-        for j in range(1, order + 1):
-            if j > 1:
-                y = mm(y, a)
-            tr_ctco.append((y * b).sum())
+        tr_ctco = _cross_traces(b, a, order, mm)      # tr(C_t C_o^j)
         tr_p = t.pow(2).sum() / m + mu * d            # tr P = tr C_t + mu D
         tr_pco = [tr_ctco[j] + mu * tr_co[j] for j in range(order)]
         traces = _shift_traces(tr_pco, tr_p, mu - 1.0, order)
     return -sum(_series_coeff(k + 1) * traces[k] for k in range(order))
+
+
+def _cross_traces(b: torch.Tensor, a: torch.Tensor, order: int, mm=torch.matmul) -> list[torch.Tensor]:
+    """[r_1, ..., r_order], r_j = tr(C_t C_o^j) = tr(K A^(j-1)) with K = B'B, A symmetric: with Y_i = B A^(i-1),
+    <Y_i, Y_l> = r_(i+l-1), so Y_1..Y_(floor(K/2)+1) give every r_j as <Y_i, Y_(i-1)> or ||Y_i||^2."""
+    ys, out = [b], [(b * b).sum()]
+    while len(out) < order:
+        ys.append(mm(ys[-1], a))
+        out += [(ys[-1] * ys[-2]).sum(), (ys[-1] * ys[-1]).sum()]
+    return out[:order]
 
 
 def _check_mce(teacher, online, lam, mu, order, check_finite):
@@ -222,20 +248,33 @@ def _check_mce(teacher, online, lam, mu, order, check_finite):
 # -------------------------------------------------------------------------------- custom ops (torch.compile sees these)
 
 
-@torch.library.custom_op("fusedssl::mm_shift", mutates_args=())
-def _mm_shift_op(a: torch.Tensor, b: torch.Tensor, alpha: float, shift: float) -> torch.Tensor:
-    if a.dtype != torch.float32 or b.dtype != torch.float32:
-        raise TypeError(f"mm_shift: the operands must be float32, got {a.dtype} and {b.dtype}")
+def _mm_launch(a: torch.Tensor, b: torch.Tensor, alpha: float, shift: float, e: torch.Tensor | None,
+               traces: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch _mm_shift_kernel: C, and with ``traces`` the (tiles, 3) partials of tr C, <C, e>, <C, C>."""
+    if a.dtype != torch.float32 or b.dtype != torch.float32 or (e is not None and e.dtype != torch.float32):
+        got = ", ".join(str(x.dtype) for x in (a, b, e) if x is not None)
+        raise TypeError(f"mm_shift: the operands must be float32, got {got}")
     m, k = a.shape
     n = b.shape[1]
+    if e is not None and e.shape != (m, n):
+        raise ValueError(f"mm_trace: e must have the product's shape {(m, n)}, got {tuple(e.shape)}")
     c = torch.empty(m, n, dtype=torch.float32, device=a.device)
     precision = dot_precision(torch.float32, a.device)
     bm, bn, bk = tile(m), tile(n), k_tile(k, torch.float32, precision)
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    part = torch.empty(grid[0] * grid[1], 3, dtype=torch.float32, device=a.device) if traces else None
+    ee = e if e is not None else c  # never read without HAS_E
     with _triton.on_device(a):
-        _mm_shift_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
-            a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), alpha, shift,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision)
-    return c
+        _mm_shift_kernel[grid](
+            a, b, c, ee, part if traces else c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+            ee.stride(0), ee.stride(1), alpha, shift, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision,
+            TRACES=traces, HAS_E=e is not None)
+    return c, part
+
+
+@torch.library.custom_op("fusedssl::mm_shift", mutates_args=())
+def _mm_shift_op(a: torch.Tensor, b: torch.Tensor, alpha: float, shift: float) -> torch.Tensor:
+    return _mm_launch(a, b, alpha, shift, None, False)[0]
 
 
 @_mm_shift_op.register_fake
@@ -260,6 +299,101 @@ def _mm_shift_backward(ctx, g):
 _mm_shift_op.register_autograd(_mm_shift_backward, setup_context=_mm_shift_setup)
 
 
+@torch.library.custom_op("fusedssl::mm_trace", mutates_args=())
+def _mm_trace_op(a: torch.Tensor, b: torch.Tensor, e: torch.Tensor | None, alpha: float, shift: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    c, part = _mm_launch(a, b, alpha, shift, e, True)
+    return c, part.sum(dim=0)  # the tiles' partials in one fixed order: deterministic
+
+
+@_mm_trace_op.register_fake
+def _(a, b, e, alpha, shift):
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.float32), a.new_empty((3,), dtype=torch.float32)
+
+
+def _mm_trace_setup(ctx, inputs, output):
+    a, b, e, alpha, _ = inputs
+    ctx.save_for_backward(a, b, e, output[0])
+    ctx.alpha = alpha
+
+
+def _mm_trace_backward(ctx, gc, gtr):
+    # every output is a function of C: dL/dC = gc + g_0 I + g_1 E + 2 g_2 C, then the GEMM's rule; dL/dE = g_1 C
+    a, b, e, c = ctx.saved_tensors
+    g = torch.zeros_like(c) if gc is None else gc.clone()
+    if gtr is not None:
+        g.diagonal().add_(gtr[0])
+        if e is not None:
+            g = g + gtr[1] * e
+        g = g + 2.0 * gtr[2] * c
+    ga = _mm_shift_op(g, b.T, ctx.alpha, 0.0) if ctx.needs_input_grad[0] else None
+    gb = _mm_shift_op(a.T, g, ctx.alpha, 0.0) if ctx.needs_input_grad[1] else None
+    ge = gtr[1] * c if ctx.needs_input_grad[2] and gtr is not None else None
+    return ga, gb, ge, None, None
+
+
+_mm_trace_op.register_autograd(_mm_trace_backward, setup_context=_mm_trace_setup)
+
+
+def mm_trace(a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0, shift: float = 0.0, e: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``C = alpha * a @ b + shift * I`` with the traces its epilogue reduces: (C, tr C, <C, e>, <C, C>).
+    ``e`` (the product's shape, any strides: pass ``x.T`` for <C, x'>) may be None (<C, e> is then 0)."""
+    c, tr = _mm_trace_op(a, b, e, float(alpha), float(shift))
+    return c, tr[0], tr[1], tr[2]
+
+
+def _traced_powers(x: torch.Tensor, known: dict[int, torch.Tensor], count: int, order: int, symmetric: bool
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Powers x^1..x^count (mm_trace launches) and [tr x^1, ..., tr x^order], as many as the launches' epilogues
+    reduce, the rest elementwise. ``known``: the traces the launch that formed x reduced ({1: tr x}, and {2: <x, x>}
+    for a symmetric x). General x: the launch of x^j reduces tr x^j (its diagonal) and <x^j, x'> = tr x^(j+1).
+    Symmetric x: it reduces <x^j, x^(j-1)> = tr x^(2j-1) and <x^j, x^j> = tr x^(2j), so ceil(order/2) powers give
+    every trace."""
+    pw, traces = [x], dict(known)
+    for j in range(2, count + 1):
+        c, diag, dot, self_dot = mm_trace(pw[-1], x, e=pw[-1] if symmetric else x.T)
+        pw.append(c)
+        traces.update({2 * j - 1: dot, 2 * j: self_dot} if symmetric else {j: diag, j + 1: dot})
+    for k in range(2, order + 1):
+        if k not in traces:  # tr x^k = <x^hi, (x^lo)'>, hi + lo = k, both stored
+            hi, lo = (k + 1) // 2, k // 2
+            traces[k] = _tr(pw[hi - 1], pw[lo - 1])
+    return pw, [traces[k] for k in range(1, order + 1)]
+
+
+def _uniformity_gram_triton(t: torch.Tensor, o: torch.Tensor, lam: float, mu: float, order: int) -> torch.Tensor:
+    """U on the m x m side (m < D): tr C_x^j = tr M^j, M = O~T~'/m, traces from the GEMM epilogues; the backward is
+    mm_trace's (the teacher side gets no GEMM)."""
+    m, d = o.shape
+    x, tr_x, _, _ = mm_trace(o, t.T, 1.0 / m)
+    _, traces = _traced_powers(x, {1: tr_x}, (order + 1) // 2, order, symmetric=False)
+    traces = _shift_traces(traces, float(d), mu - 1.0, order)
+    return -lam * sum(_series_coeff(k + 1) * traces[k] for k in range(order))
+
+
+def _alignment_gram_triton(t: torch.Tensor, o: torch.Tensor, mu: float, order: int, hsic: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A on the m x m side (m < D): s_j = tr A^j from the symmetric chain of A = O~O~'/m, r_j = tr(C_t C_o^j) from
+    Y_i = B A^(i-1), B = T~O~'/m, each launch of Y_i reducing <Y_i, Y_(i-1)> = r_(2i-2) and ||Y_i||^2 = r_(2i-1).
+    With ``hsic`` also ||C_x||_F^2 = <A, T~T~'/m>, reduced by the launch that forms A (one extra GEMM, on the
+    teacher: no gradient). Returns (A, ||C_x||_F^2 or 0)."""
+    m, d = o.shape
+    tt = mm_shift(t, t.T, 1.0 / m) if hsic else None
+    a, tr_a, h, a_sq = mm_trace(o, o.T, 1.0 / m, e=tt)
+    _, tr_co = _traced_powers(a, {1: tr_a, 2: a_sq}, (order + 1) // 2, order, symmetric=True)
+    y, _, _, r1 = mm_trace(t, o.T, 1.0 / m)
+    tr_ctco = [r1]
+    while len(tr_ctco) < order:
+        y_next, _, dot, self_dot = mm_trace(y, a, e=y)
+        tr_ctco += [dot, self_dot]
+        y = y_next
+    tr_p = t.pow(2).sum() / m + mu * d               # tr P = tr C_t + mu D
+    tr_pco = [tr_ctco[j] + mu * tr_co[j] for j in range(order)]
+    traces = _shift_traces(tr_pco, tr_p, mu - 1.0, order)
+    return -sum(_series_coeff(k + 1) * traces[k] for k in range(order)), h
+
+
 class _UniformityTriton(torch.autograd.Function):
     """U + h ||C_x||_F^2 on prepared (t, o), D x D side, with the closed-form backward of methods.md §2.7 / §3.2:
     G = -lam sum_k (-1)^(k+1) (X^(k-1))' + 2 h C_x,  dO~ = (1/m) T~ G."""
@@ -267,9 +401,9 @@ class _UniformityTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t, o, lam: float, mu: float, order: int, h: float):
         m = o.shape[0]
-        x = mm_shift(t.T, o, 1.0 / m, mu - 1.0)               # X = C_x + (mu - 1) I
-        pw = _powers(x, max((order + 1) // 2, order - 1), mm_shift)  # what the value and G need
-        traces = _traces_from_powers(pw, order)
+        x, tr_x, _, _ = mm_trace(t.T, o, 1.0 / m, mu - 1.0)   # X = C_x + (mu - 1) I
+        # the powers G needs (X^(K-1)); their launches reduce every trace the value needs
+        pw, traces = _traced_powers(x, {1: tr_x}, max((order + 1) // 2, order - 1), order, symmetric=False)
         val = -lam * sum(_series_coeff(k + 1) * traces[k] for k in range(order))
         eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device)  # not the global default dtype
         cx = x - (mu - 1.0) * eye
@@ -293,18 +427,18 @@ class _AlignmentTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t, o, mu: float, order: int):
         m = o.shape[0]
-        p = mm_shift(t.T, t, 1.0 / m, mu)                     # P = C_t + mu I
-        x = mm_shift(o.T, o, 1.0 / m, mu - 1.0)               # X = C_o + (mu - 1) I
+        x = mm_shift(o.T, o, 1.0 / m, mu - 1.0)               # X = C_o + (mu - 1) I, symmetric
+        p, _, tr_pxk, _ = mm_trace(t.T, t, 1.0 / m, mu, e=x)  # P = C_t + mu I, and tr(P X) = <P, X>
         val = 0.0
         pxk = p                                               # P X^(k-1)
         s = p                                                 # S_k
         g = torch.zeros_like(p)                               # 3 + (K - 1) * 2 GEMMs of D^3 in all
         for k in range(1, order + 1):
             c = _series_coeff(k)
-            val = val - c * _tr(pxk, x)                       # tr(P X^k) = <P X^(k-1), X'>
+            val = val - c * tr_pxk                            # tr(P X^k)
             g = g - c * s
             if k < order:
-                pxk = mm_shift(pxk, x)                        # P X^k
+                pxk, _, tr_pxk, _ = mm_trace(pxk, x, e=x)     # P X^k, and tr(P X^(k+1)) = <P X^k, X>
                 s = pxk + mm_shift(x, s)                      # S_(k+1)
         ctx.save_for_backward(o, g)
         return val
@@ -360,9 +494,10 @@ _backend.register("matrix_ssl_loss", "torch")(matrix_ssl_loss_ref)
 @_backend.register("matrix_ssl_loss", "triton")
 def matrix_ssl_loss_triton(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0, gamma=1.0, order=4, exact=False,
                            hsic_weight=0.0) -> torch.Tensor:
-    """Triton provider on the cheaper side: m < D the reference's m x m Gram-side algebra with every product a Triton
-    GEMM (backward through mm_shift's registered one), else the D x D GEMM chain with the closed-form G (module
-    docstring). ``exact=True`` keeps the LU / eigh path of the reference (no Triton eigendecomposition)."""
+    """Triton provider on the cheaper side: m < D the m x m Gram-side algebra with every product a Triton GEMM whose
+    epilogue reduces the traces (backward through mm_trace's registered one), else the D x D GEMM chain with the
+    closed-form G (module docstring). ``exact=True`` keeps the LU / eigh path of the reference (no Triton
+    eigendecomposition)."""
     if exact:
         return matrix_ssl_loss_ref(online1, online2, teacher1, teacher2, lam, mu, gamma, order, exact, hsic_weight)
     with full_precision(online1):
@@ -373,14 +508,12 @@ def matrix_ssl_loss_triton(online1, online2, teacher1, teacher2, lam=1.0, mu=1.0
         o1, o2 = prep(online1), prep(online2)
         t1, t2 = prep(teacher1.detach()), prep(teacher2.detach())
         if gram_side(*o1.shape):
-            loss = 0.5 * (_uniformity(t2, o1, lam, mu, order, False, mm_shift)
-                          + _uniformity(t1, o2, lam, mu, order, False, mm_shift))
-            loss = loss + 0.5 * gamma * (_alignment(t2, o1, mu, order, False, mm_shift)
-                                         + _alignment(t1, o2, mu, order, False, mm_shift))
-            if hsic_weight:  # ||T'O||_F^2 = <T T', O O'>
-                m = o1.shape[0]
-                h = sum((mm_shift(t, t.T) * mm_shift(o, o.T)).sum() for t, o in ((t2, o1), (t1, o2))) / (m * m)
-                loss = loss - hsic_weight * (1.0 + gamma) / 2.0 * h
+            loss = 0.0
+            for t, o in ((t2, o1), (t1, o2)):
+                align, h = _alignment_gram_triton(t, o, mu, order, bool(hsic_weight))
+                loss = loss + 0.5 * (_uniformity_gram_triton(t, o, lam, mu, order) + gamma * align)
+                if hsic_weight:
+                    loss = loss - hsic_weight * (1.0 + gamma) / 2.0 * h
             return loss
         h = -2.0 * hsic_weight * (1.0 + gamma) / 2.0  # each uniformity call carries weight 1/2
         loss = 0.5 * (_UniformityTriton.apply(t2, o1, lam, mu, order, h) + _UniformityTriton.apply(t1, o2, lam, mu,

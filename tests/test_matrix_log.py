@@ -184,6 +184,55 @@ def test_triton_closed_form_backward_every_order(mu, order, m, d, kernel_device)
         assert_close(got.cpu(), ref.cpu(), tol=verify.FLOORS[torch.float32])
 
 
+@pytest.mark.parametrize("m,k,n", [(70, 9, 70), (5, 33, 70), (70, 20, 3)], ids=["square 2x2 tiles", "wide", "tall"])
+def test_mm_trace_epilogue_reductions_and_backward(m, k, n, kernel_device):
+    """The GEMM epilogue's tr C, <C, E> (E strided: a transposed view) and <C, C> over several output tiles equal the
+    float64 products, and its backward (the traces' gradients folded into dL/dC, plus dL/dE) equals autograd's."""
+    from fusedssl.kernels.matrix_log import mm_trace
+    a64, b64 = torch.randn(m, k, dtype=torch.float64), torch.randn(k, n, dtype=torch.float64)
+    e64 = torch.randn(n, m, dtype=torch.float64).T  # strides (1, m)
+    w = torch.randn(4, dtype=torch.float64)         # fresh weights of the four outputs in the scalar pulled back
+    g_c = torch.randn(m, n, dtype=torch.float64)
+
+    def run(a, b, e, fn):
+        c, tr, dot, sq = fn(a, b, e)
+        return (g_c.to(c) * c).sum() * w[0] + tr * w[1] + dot * w[2] + sq * w[3], (c, tr, dot, sq)
+
+    def ref(a, b, e):
+        c = 0.7 * a @ b + torch.where(torch.eye(m, n, dtype=torch.bool), 0.3, 0.0).to(a)
+        return c, torch.diagonal(c).sum(), (c * e).sum(), (c * c).sum()
+
+    ins64 = [x.clone().requires_grad_() for x in (a64, b64, e64)]
+    ins32 = [x.detach().float().to(kernel_device).requires_grad_() for x in ins64]
+    l64, out64 = run(*ins64, ref)
+    l32, out32 = run(*ins32, lambda a, b, e: mm_trace(a, b, 0.7, 0.3, e=e))
+    for got, want, what in zip(out32, out64, ("C", "tr C", "<C, E>", "<C, C>"), strict=True):
+        assert_close(got.detach().cpu(), want.detach(), tol=verify.FLOORS[torch.float32], what=what)
+    for got, want, what in zip(torch.autograd.grad(l32, ins32), torch.autograd.grad(l64, ins64), "abe", strict=True):
+        assert_close(got.cpu(), want, tol=verify.FLOORS[torch.float32], what=f"d{what}")
+
+
+def test_gram_side_alignment_chain_needs_floor_k_half_plus_one_products():
+    """r_j = tr(C_t C_o^j) from Y_i = B A^(i-1): <Y_i, Y_l> = r_(i+l-1), so K = 4 takes Y_2, Y_3 (2 products), and
+    each r_j equals the direct <B A^(j-1), B>."""
+    from fusedssl.kernels.matrix_log import _cross_traces
+    m = 7
+    b, x = randn(m, m), randn(m, m)
+    a = x @ x.T / m
+    calls = []
+
+    def mm(u, v):
+        calls.append(1)
+        return u @ v
+
+    for order in (1, 2, 3, 4, 5, 6):
+        calls.clear()
+        got = _cross_traces(b, a, order, mm)
+        assert len(calls) == order // 2, (order, len(calls))
+        for j, r in enumerate(got, 1):
+            assert_close(r, (b @ torch.linalg.matrix_power(a, j - 1) * b).sum(), what=f"r_{j}")
+
+
 def test_torch_compile_traces_the_triton_chain(kernel_device):
     """fullgraph compile of the Triton Matrix-SSL provider (normalisation and GEMM chain are custom ops with fakes),
     value and online gradients equal to the eager reference."""

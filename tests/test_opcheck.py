@@ -86,6 +86,14 @@ def _mm_shift(layout, dtype):
     yield matrix_log._mm_shift_op, (_matrix(N, D, layout, dtype), _matrix(D, 7, layout, dtype), 0.5, 0.1)
 
 
+def _mm_trace(layout, dtype):
+    if dtype != torch.float32:
+        return
+    a, b = _matrix(N, D, layout, dtype, True), _matrix(D, 7, layout, dtype, True)
+    yield matrix_log._mm_trace_op, (a, b, _matrix(N, 7, layout, dtype, True), 0.5, 0.1)
+    yield matrix_log._mm_trace_op, (a, b, None, 0.5, 0.1)  # no E: <C, E> is 0
+
+
 SAMPLES = {
     "cov_loss": _cov_loss(_gram._cov_loss_op),
     "cov_loss_bwd": _cov_loss_bwd(_gram._cov_loss_bwd_op),
@@ -98,6 +106,7 @@ SAMPLES = {
     "gram_loss": _gram_loss,
     "gram_loss_bwd": _gram_loss_bwd,
     "mm_shift": _mm_shift,
+    "mm_trace": _mm_trace,
 }
 
 
@@ -116,7 +125,7 @@ def test_opcheck(name, layout, dtype, monkeypatch):
     for op, args in SAMPLES[name](layout, dtype):
         torch.library.opcheck(op, args)
         checked += 1
-    assert checked or (name == "mm_shift" and dtype != torch.float32)
+    assert checked or (name in ("mm_shift", "mm_trace") and dtype != torch.float32)
 
 
 def test_mm_shift_refuses_non_fp32_operands():
