@@ -1,8 +1,10 @@
 """``fusedssl bench directpred``: one DirectPred predictor update (F^ -> W_p) per provider, on a training-like F^.
 
-Providers: ``eager`` (kernels.predictor_weight backend "torch": torch.linalg.eigh, the reference), ``cuda-cold``
-(csrc/directpred.cu from the identity) and ``cuda-warm`` (from the previous update's eigenvectors, as
-engine/methods.py runs it). F^ follows training: F^ <- 0.3 F^ + 0.7 f'f / N with f = N rows of one fixed D-dimensional
+Providers: ``eager`` (kernels.predictor_weight backend "torch": torch.linalg.eigh, the reference),
+``eager-batched`` (the same map from eigh of a batch of one, which torch may hand to another solver: cuSOLVER's
+batched Jacobi in recent releases; not a backend yet), ``cuda-cold`` (csrc/directpred.cu from the identity) and
+``cuda-warm`` (from the previous update's eigenvectors, as engine/methods.py runs it): the candidates a GPU record
+decides between per D. F^ follows training: F^ <- 0.3 F^ + 0.7 f'f / N with f = N rows of one fixed D-dimensional
 feature distribution, so consecutive F^ differ by batch noise. The goal: cuda-warm under 1 ms at D = 256 with
 no host synchronisation (tests/test_directpred.py checks the latter with torch's sync debug mode). Also recorded: the
 Jacobi sweeps used (metric ``sweeps``) and each provider's modelled FLOPs and bytes (``model_cost``: eigensolvers are
@@ -44,10 +46,10 @@ def model_cost(provider: str, d: int, sweeps: float = 0.0) -> tuple[float, float
     orthonormalising Newton-Schulz step (4 D^3) and W (2 D^3). Bytes add the recorded rotations (8 B each), written
     by the sweep kernel and read by the replay, and the basis read and written."""
     n = d + d % 2
-    if provider == "eager":
+    if provider.startswith("eager"):
         return 11.0 * d**3, 3 * 4.0 * d * d
     if not provider.startswith("cuda"):
-        raise ValueError(f"model_cost: provider {provider!r} is not eager, cuda-cold or cuda-warm")
+        raise ValueError(f"model_cost: provider {provider!r} is not eager, eager-batched, cuda-cold or cuda-warm")
     rotations = sweeps * (n - 1) * (n // 2)
     return 10.0 * d**3 + 6.0 * sweeps * n**3, 4 * 4.0 * d * d + 2 * 8.0 * rotations
 
@@ -93,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
                                             return_basis=True, backend=backend, check_finite=False)
             state["basis"] = u
 
-        provs = {"eager": update}
+        def batched(i, corrs=corrs):
+            f = corrs[i % len(corrs)]
+            ev, vec = torch.linalg.eigh((0.5 * (f + f.T))[None])
+            directpred.spectral_map(ev[0], vec[0])
+
+        provs = {"eager": update, "eager-batched": batched}
         if not why:
             provs["cuda-cold"] = lambda i: update(i, "cuda", False)
             provs["cuda-warm"] = lambda i: update(i, "cuda", True)

@@ -49,10 +49,16 @@ def predictor_weight_ref(corr: torch.Tensor, mode: str = "directpred", eps: floa
         if mode == "directcopy":
             return corr + eps * eye, None
         s, u = torch.linalg.eigh(0.5 * (corr + corr.T))
-        # max s can be <= 0 only for an all-zero F^; the clamp keeps p finite (every p_j is then eps).
-        s_plus = s.clamp_min(0.0) / s.max().clamp_min(torch.finfo(s.dtype).tiny)
-        p = (s_plus.pow(1.0 / convert) + eps).clamp_min(1e-4)
-        return (u * p) @ u.T, u
+        return spectral_map(s, u, eps, convert), u
+
+
+def spectral_map(s: torch.Tensor, u: torch.Tensor, eps: float = 0.01, convert: float = 2.0) -> torch.Tensor:
+    """DirectPred's W_p = U diag(p) U' from F^'s eigenpairs (s, U): p_j = max((max(s_j, 0) / max s)^(1/c) + eps,
+    1e-4)."""
+    # max s can be <= 0 only for an all-zero F^; the clamp keeps p finite (every p_j is then eps).
+    s_plus = s.clamp_min(0.0) / s.max().clamp_min(torch.finfo(s.dtype).tiny)
+    p = (s_plus.pow(1.0 / convert) + eps).clamp_min(1e-4)
+    return (u * p) @ u.T
 
 
 # ------------------------------------------------------------------------------------------------ launchers and helpers

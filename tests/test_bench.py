@@ -57,7 +57,9 @@ def test_bench_directpred_models_each_providers_cost(tmp_path):
     rows = list(csv.DictReader(open(path)))
     fl = {r["provider"]: float(r["value"]) for r in rows if r["metric"] == "flops"}
     assert all(r["unit"].endswith("(model)") for r in rows if r["metric"] in ("flops", "bytes", "tflops", "gbs"))
-    assert fl["eager"] == 11 * 32**3
+    assert fl["eager"] == fl["eager-batched"] == 11 * 32**3
+    timed = {r["provider"] for r in rows if r["metric"] == "p50"}
+    assert {"eager", "eager-batched"} <= timed
     one, two = (bench_directpred.model_cost("cuda-warm", 32, k) for k in (1, 2))
     assert two[0] - one[0] == 6 * 32**3 and two[1] > one[1]
     if _cuda.ext() is not None:  # the host run of the kernel's schedule gives the sweep counts

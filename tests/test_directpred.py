@@ -24,6 +24,16 @@ def test_directpred_weight_equals_reference_code():
         assert_close(w, originals.directpred_weight(corr, eps=eps, convert=convert), what="W_p")
 
 
+def test_batched_eigh_candidate_gives_the_reference_weight():
+    """bench directpred's eager-batched provider (eigh of a batch of one, then the same spectral map) sets the W_p of
+    the reference, so its timing compares like with like."""
+    f = randn(40, 12)
+    corr = f.T @ f / 40
+    s, u = torch.linalg.eigh(corr[None])
+    assert_close(directpred.spectral_map(s[0], u[0], 0.05, 2.0), kernels.predictor_weight(corr, eps=0.05),
+                 what="W_p")
+
+
 def test_directpred_spectrum():
     """W_p shares F^'s eigenvectors; its eigenvalues are sqrt(s/max s) + eps (clamped at 1e-4)."""
     q, _ = torch.linalg.qr(randn(4, 4))
