@@ -2,19 +2,24 @@
 
 Providers: ``eager`` (kernels.predictor_weight backend "torch": torch.linalg.eigh, the reference),
 ``eager-batched`` (the same map from eigh of a batch of one, which torch may hand to another solver: cuSOLVER's
-batched Jacobi in recent releases; not a backend yet), ``cuda-cold`` (csrc/directpred.cu from the identity) and
-``cuda-warm`` (from the previous update's eigenvectors, as engine/methods.py runs it): the candidates a GPU record
-decides between per D. F^ follows training: F^ <- 0.3 F^ + 0.7 f'f / N with f = N rows of one fixed D-dimensional
-feature distribution, so consecutive F^ differ by batch noise. The goal: cuda-warm under 1 ms at D = 256 with
-no host synchronisation (tests/test_directpred.py checks the latter with torch's sync debug mode). Also recorded: the
-Jacobi sweeps used (metric ``sweeps``) and each provider's modelled FLOPs and bytes (``model_cost``: eigensolvers are
-iterative, FlopCounterMode does not count eigh, so the count is a model, unit "FLOP (model)"). Rows go to
-bench/results/<device>/directpred.csv (harness.FIELDS; n = rows of f, d = D).
+batched Jacobi in recent releases; not a backend yet), and csrc/directpred.cu's two Jacobi kernels, each from the
+identity (``-cold``) and from the previous update's eigenvectors (``-warm``, as engine/methods.py runs it):
+``cuda-cold``/``cuda-warm`` (one thread block) and ``cuda-multiblock-cold``/``cuda-multiblock-warm`` (every SM, one
+grid-wide barrier per round). These are the candidates a GPU record decides between per D: ``fusedssl bench render
+--prefer`` writes the faster warm kernel per D into kernels/preferences.json. F^ follows training: F^ <- 0.3 F^ +
+0.7 f'f / N with f = N rows of one fixed D-dimensional feature distribution, so consecutive F^ differ by batch noise.
+The goal: the warm update under 1 ms at D = 256 with no host synchronisation. Also recorded on a GPU: the host
+synchronisations of one update (metric ``host_syncs``, counted under torch's sync debug mode: eigh checks its
+convergence on the host, the Jacobi kernels never do); the Jacobi sweeps used (metric ``sweeps``); and each
+provider's modelled FLOPs and bytes (``model_cost``: eigensolvers are iterative, FlopCounterMode does not count eigh,
+so the count is a model, unit "FLOP (model)"). Rows go to bench/results/<device>/directpred.csv (harness.FIELDS;
+n = rows of f, d = D).
 """
 
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import torch
 from fusedssl import kernels
@@ -35,6 +40,26 @@ def sequence(d: int, rows: int, steps: int, device: torch.device, seed: int = 0)
     return out
 
 
+PROVIDERS = ("eager", "eager-batched", "cuda-cold", "cuda-warm", "cuda-multiblock-cold", "cuda-multiblock-warm")
+# the Jacobi kernel behind each cuda provider, and whether it starts from the previous eigenvectors
+JACOBI = {"cuda-cold": ("one-block", False), "cuda-warm": ("one-block", True),
+          "cuda-multiblock-cold": ("multi-block", False), "cuda-multiblock-warm": ("multi-block", True)}
+
+
+def host_syncs(fn, *args) -> int:
+    """Host synchronisations of one call of ``fn`` on the current GPU, counted from torch's sync debug warnings."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def model_cost(provider: str, d: int, sweeps: float = 0.0) -> tuple[float, float]:
     """(FLOPs, bytes) of one predictor update by ``provider``'s algorithm, modelled (n = D rounded up to even).
 
@@ -44,14 +69,16 @@ def model_cost(provider: str, d: int, sweeps: float = 0.0) -> tuple[float, float
     block of the packed upper triangle (24 FLOPs per block, n^2 / 8 blocks) and replay n / 2 rotations on each of the
     n rows of V (6 FLOPs each): 6 n^3 per sweep, an upper bound since identity blocks are skipped; then the
     orthonormalising Newton-Schulz step (4 D^3) and W (2 D^3). Bytes add the recorded rotations (8 B each), written
-    by the sweep kernel and read by the replay, and the basis read and written."""
+    by the sweep kernel and read by the replay, and the basis read and written. The multi-block kernel runs the same
+    rotations; it also reads and writes the packed matrix every round (4 n (n + 1) B, L2 traffic), counted."""
     n = d + d % 2
     if provider.startswith("eager"):
         return 11.0 * d**3, 3 * 4.0 * d * d
     if not provider.startswith("cuda"):
-        raise ValueError(f"model_cost: provider {provider!r} is not eager, eager-batched, cuda-cold or cuda-warm")
+        raise ValueError(f"model_cost: provider {provider!r} is not one of {', '.join(PROVIDERS)}")
     rotations = sweeps * (n - 1) * (n // 2)
-    return 10.0 * d**3 + 6.0 * sweeps * n**3, 4 * 4.0 * d * d + 2 * 8.0 * rotations
+    packed = sweeps * (n - 1) * 4.0 * n * (n + 1) if provider.startswith("cuda-multiblock") else 0.0
+    return 10.0 * d**3 + 6.0 * sweeps * n**3, 4 * 4.0 * d * d + 2 * 8.0 * rotations + packed
 
 
 def _cost_rows(meta: dict, provider: str, d: int, sweeps: float, p50: float | None) -> list[dict]:
@@ -60,11 +87,11 @@ def _cost_rows(meta: dict, provider: str, d: int, sweeps: float, p50: float | No
     return [{**r, "unit": f"{r['unit']} (model)"} for r in rows]
 
 
-def _sweeps(corrs: list[torch.Tensor], warm: bool) -> float:
+def _sweeps(corrs: list[torch.Tensor], warm: bool, solver: str = "one-block") -> float:
     """Median Jacobi sweeps (those that rotated + the final check sweep) over the sequence after its first F^."""
     counts, basis = [], None
     for corr in corrs:
-        _, u, _, info = directpred.jacobi_solve(corr, basis if warm else None)
+        _, u, _, info = directpred.jacobi_solve(corr, basis if warm else None, solver=solver)
         basis = u
         counts.append(float(info[0]) + float(info[1]))
     return float(torch.tensor(counts[1:] or counts).median())
@@ -95,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                                             return_basis=True, backend=backend, check_finite=False)
             state["basis"] = u
 
+        def jacobi(i, solver, warm, corrs=corrs, state=state):
+            _, u = directpred.predictor_weight_cuda(corrs[i % len(corrs)], basis=state["basis"] if warm else None,
+                                                    solver=solver)
+            state["basis"] = u
+
         def batched(i, corrs=corrs):
             f = corrs[i % len(corrs)]
             ev, vec = torch.linalg.eigh((0.5 * (f + f.T))[None])
@@ -102,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
         provs = {"eager": update, "eager-batched": batched}
         if not why:
-            provs["cuda-cold"] = lambda i: update(i, "cuda", False)
-            provs["cuda-warm"] = lambda i: update(i, "cuda", True)
+            provs.update({name: (lambda i, sw=sw: jacobi(i, *sw)) for name, sw in JACOBI.items()})
         base_ms = None
         for name, fn in provs.items():
             state["basis"] = None
@@ -113,17 +144,22 @@ def main(argv: list[str] | None = None) -> int:
             meta = dict(op="predictor_weight", provider=name, mode="directpred", n=args.rows, d=d, dtype="float32",
                         **stamp)
             rows += harness.ms_rows(meta, p20, p50, p80)
-            if name.startswith("cuda"):
-                sweeps = _sweeps(corrs, warm=name == "cuda-warm")
+            if device.type == "cuda":  # the next call continues the warm sequence, as training would
+                syncs = host_syncs(fn, args.reps + 3)
+                rows.append({**meta, "metric": "host_syncs", "value": str(syncs), "unit": "syncs per update"})
+                extra = f"  {syncs} host syncs"
+            if name in JACOBI:
+                solver, warm = JACOBI[name]
+                sweeps = _sweeps(corrs, warm=warm, solver=solver)
                 rows.append({**meta, "metric": "sweeps", "value": f"{sweeps:g}", "unit": "sweeps"})
-                extra = f"  {sweeps:g} sweeps"
+                extra += f"  {sweeps:g} sweeps"
             rows += _cost_rows(meta, name, d, sweeps, p50)
             extra += f"  {model_cost(name, d, sweeps)[0] / p50 / 1e9:.3g} TFLOP/s (model)"
-            print(f"  D={d:4d} {name:10s} {p50:9.3f} ms ({p20:.3f}-{p80:.3f})  {base_ms / p50:6.2f}x{extra}")
+            print(f"  D={d:4d} {name:20s} {p50:9.3f} ms ({p20:.3f}-{p80:.3f})  {base_ms / p50:6.2f}x{extra}")
         if why and _cuda.ext() is not None:  # no GPU: the sweep counts from the extension's host run of the schedule
             cpu = [c.cpu() for c in corrs]
-            for name in ("cuda-cold", "cuda-warm"):
-                sweeps = _sweeps(cpu, warm=name == "cuda-warm")
+            for name in ("cuda-cold", "cuda-warm"):  # the multi-block kernel runs the same rotations
+                sweeps = _sweeps(cpu, warm=JACOBI[name][1])
                 meta = dict(op="predictor_weight", provider=name, mode="directpred-host-schedule", n=args.rows, d=d,
                             dtype="float32", **stamp)
                 rows.append({**meta, "metric": "sweeps", "value": f"{sweeps:g}", "unit": "sweeps"})

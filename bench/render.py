@@ -11,12 +11,17 @@ Reads every ``*.csv`` of a results folder (a dated suite folder ``bench/results/
     own algorithm as counted in its rows, else the op's cost model below) against the measured bandwidth and FLOP/s
     ceilings of ``ceilings.csv``.
 Every table and plot names the device and the versions (torch, triton, fusedssl, git) of the rows it shows.
+
+With ``--prefer`` it also writes what a GPU record decides into kernels/preferences.json (``preferences``): for each
+GPU model and op, the backend that ``backend="auto"`` takes, and DirectPred's Jacobi kernel per D.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import math
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -255,11 +260,116 @@ def render(folder: Path, out: Path | None = None) -> tuple[Path, list[Path]]:
     return path, plots(rows, groups, out)
 
 
+# bench providers that are a backend of the public op; the cuda DirectPred update runs warm, by the faster kernel at D
+PROVIDER_BACKEND = {"eager": "torch", "torch": "torch", "triton": "triton", "cuda": "cuda", "cuda-warm": "cuda",
+                    "cuda-multiblock-warm": "cuda"}
+SOLVER_PROVIDERS = {"cuda-warm": "one-block", "cuda-multiblock-warm": "multi-block"}
+
+
+def _case_ops() -> dict[str, str]:
+    """verify's case names -> registry op (kernel_ssl_loss is a case of matrix_ssl_loss)."""
+    from .verify import CASES
+
+    return {c.name: c.op for c in CASES}
+
+
+def preferences(rows: list[dict], ops: set[str] | None = None) -> dict[str, dict[str, dict[str, str]]]:
+    """The choices a GPU record makes, from its rows (``read``); CPU rows are ignored.
+
+    "fastest" {GPU model: {op: backend}}: per op (variants "op[...]" count as their op), the backend with the highest
+    geometric-mean speedup over "torch" (the eager provider) across the op's measured shapes, modes and dtypes (only
+    "fwd+bwd" where the op has it: training runs both), where that mean exceeds 1. A backend with a failed check in
+    the record's verify.csv is never chosen (for DirectPred: a Jacobi kernel, "cuda[multi-block]").
+    "directpred_solver" {GPU model: {D: kernel}}: the faster warm Jacobi kernel at each measured D, among those that
+    passed verify and did not synchronise the host (metric host_syncs)."""
+    gpu = [r for r in rows if r.get("device") and not r["device"].startswith("cpu")]
+    case_op = _case_ops() if any(r["_file"] == "verify.csv" for r in gpu) else {}
+    failed = {(r["device"].lower(), case_op.get(r["case"], r["case"].split("[")[0]), r["backend"]) for r in gpu
+              if r["_file"] == "verify.csv" and r.get("ok") != "True"}
+    times: dict = defaultdict(dict)  # (gpu, op, mode, n, d, dtype) -> {provider: p50 ms}
+    syncs: dict = {}
+    for r in gpu:
+        if r["_file"] == "verify.csv":
+            continue
+        key = (r["device"].lower(), r["op"].split("[")[0], r["mode"], r["n"], r["d"], r["dtype"])
+        if r["metric"] == "p50" and r.get("unit") == "ms":
+            times[key][r["provider"]] = _num(r["value"])
+        elif r["metric"] == "host_syncs":
+            syncs[key + (r["provider"],)] = _num(r["value"])
+
+    def usable(model: str, op: str, provider: str, key: tuple) -> bool:
+        backend = PROVIDER_BACKEND.get(provider)
+        if backend is None or (model, op, backend) in failed:
+            return False
+        kernel = SOLVER_PROVIDERS.get(provider) if op == "predictor_weight" else None
+        return kernel is None or ((model, op, f"{backend}[{kernel}]") not in failed
+                                  and not syncs.get(key + (provider,)))
+
+    trained = {(k[0], k[1]) for k in times if k[2] == "fwd+bwd"}
+    speedups: dict = defaultdict(list)  # (gpu, op, backend) -> [speedup over torch]
+    solver: dict = defaultdict(dict)
+    for key, provs in times.items():
+        model, op, mode, _n, d, _dt = key
+        if (ops is not None and op not in ops) or ((model, op) in trained and mode != "fwd+bwd"):
+            continue
+        ok = {name: ms for name, ms in provs.items() if ms > 0 and usable(model, op, name, key)}
+        base = provs.get("eager", provs.get("torch"))
+        best: dict = {}  # backend -> its fastest provider's ms in this group
+        for name, ms in ok.items():
+            backend = PROVIDER_BACKEND[name]
+            best[backend] = min(ms, best.get(backend, math.inf))
+        for backend, ms in best.items():
+            if base and backend != "torch":
+                speedups[(model, op, backend)].append(base / ms)
+        warm = {SOLVER_PROVIDERS[name]: ms for name, ms in ok.items() if name in SOLVER_PROVIDERS}
+        if op == "predictor_weight" and warm:
+            solver[model][str(int(d))] = min(warm, key=warm.get)
+    fastest: dict = {k[0]: {} for k in times}  # a measured GPU with no winner: auto keeps torch there
+    for (model, op, backend), xs in sorted(speedups.items()):
+        mean = math.exp(sum(math.log(x) for x in xs) / len(xs))
+        current = fastest[model].get(op)
+        if mean > 1.0 and (current is None or mean > current[1]):
+            fastest[model][op] = (backend, mean)
+    return {"fastest": {m: {op: b for op, (b, _) in sorted(c.items())} for m, c in sorted(fastest.items())},
+            "directpred_solver": {m: dict(sorted(c.items(), key=lambda kv: int(kv[0])))
+                                  for m, c in sorted(solver.items())}}
+
+
+def write_preferences(folders: list[Path], path: Path, ops: set[str] | None = None) -> dict:
+    """Merge the choices of the records in ``folders`` into the preferences file at ``path``: the GPU models these
+    records measured are replaced, the others kept. Returns the file's new content."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    found = preferences([r for f in folders for r in read(f)], ops)
+    for choice, by_model in found.items():
+        kept = {m: v for m, v in data.get(choice, {}).items() if m not in by_model}
+        data[choice] = {**kept, **by_model}
+    data.setdefault("note", "backend=auto on a CUDA GPU: the fastest backend per op and DirectPred's Jacobi kernel per "
+                            "D, per GPU model, from a committed GPU record (fusedssl bench render --prefer)")
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fusedssl bench render", description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", help="results folders holding CSVs (e.g. bench/results/<device>/<date>)")
     p.add_argument("--out", default=None, help="where to write (default: each folder itself)")
+    p.add_argument("--prefer", nargs="?", const=str(Path(__file__).resolve().parents[1] / "kernels" /
+                                                   "preferences.json"), default=None, metavar="JSON",
+                   help="also write the records' choices (auto's backend per op, DirectPred's kernel per D) into this "
+                        "file (default: kernels/preferences.json of this checkout)")
     args = p.parse_args(argv)
+    if args.prefer:
+        from fusedssl.kernels import _backend
+
+        missing = [f for f in args.folders if not Path(f).is_dir()]
+        if missing:
+            print(f"fusedssl bench render: error: folders: {', '.join(missing)} not found")
+            return 2
+        data = write_preferences([Path(f) for f in args.folders], Path(args.prefer), set(_backend._REGISTRY))
+        print(f"wrote {args.prefer}: " + json.dumps({k: v for k, v in data.items() if k != "note"}))
     for f in args.folders:
         try:
             tables, pngs = render(Path(f), Path(args.out) if args.out else None)

@@ -28,6 +28,7 @@ from fusedssl.kernels import (
     barlow_twins_loss,
     byol_loss,
     col_normalize,
+    directpred,
     ema_,
     frossl_loss,
     kernel_ssl_loss,
@@ -228,8 +229,10 @@ def predictor_floor(corr: torch.Tensor, convert: float = 2.0) -> float:
     return FLOORS[torch.float32] + float(((x + delta).pow(1.0 / convert) - x.pow(1.0 / convert)).max())
 
 
-def check_predictor(backend: str, d: int, rank: int, gen: torch.Generator, device: torch.device) -> list[Row]:
-    """Two predictor updates on fresh random F^ (the second one EMA-blended from the first, as in training)."""
+def check_predictor(backend: str, d: int, rank: int, gen: torch.Generator, device: torch.device,
+                    solver: str | None = None) -> list[Row]:
+    """Two predictor updates on fresh random F^ (the second one EMA-blended from the first, as in training).
+    ``solver``: backend "cuda"'s Jacobi kernel (directpred.SOLVERS; None: the one the provider would choose)."""
     def corr() -> torch.Tensor:
         f = torch.randn(4 * d, rank, generator=gen, dtype=torch.float64) @ torch.randn(rank, d, generator=gen,
                                                                                      dtype=torch.float64)
@@ -240,9 +243,13 @@ def check_predictor(backend: str, d: int, rank: int, gen: torch.Generator, devic
     for start, f in (("cold", first), ("warm", 0.3 * first + 0.7 * corr())):
         ref = predictor_weight(f, backend="torch")
         lp_torch = predictor_weight(f.float(), backend="torch")
-        w, basis = predictor_weight(f.float().to(device), basis=basis, return_basis=True, backend=backend)
-        rows.append(Row("predictor_weight", backend, "float32", f"{d}x{d} r{rank}", start, "value",
-                        _err(w.cpu(), ref), _slack(lp_torch, ref) + predictor_floor(f)))
+        if solver is None:
+            w, basis = predictor_weight(f.float().to(device), basis=basis, return_basis=True, backend=backend)
+        else:
+            w, basis = directpred.predictor_weight_cuda(f.float().to(device), basis=basis, solver=solver)
+        rows.append(Row("predictor_weight", backend if solver is None else f"{backend}[{solver}]", "float32",
+                        f"{d}x{d} r{rank}", start, "value", _err(w.cpu(), ref), _slack(lp_torch, ref)
+                        + predictor_floor(f)))
     return rows
 
 
@@ -317,9 +324,10 @@ def run(*, device: torch.device, full: bool = False, cases: list[str] | None = N
         for backend in backends:
             if not _runnable("predictor_weight", "predictor_weight", backend, device, skipped):
                 continue
-            for d, rank in PREDICTOR_FULL_SHAPES if full else PREDICTOR_SHAPES:
-                for row in check_predictor(backend, d, rank, gen, device):
-                    rows.append(_print(row, out))
+            for solver in directpred.SOLVERS if backend == "cuda" else (None,):
+                for d, rank in PREDICTOR_FULL_SHAPES if full else PREDICTOR_SHAPES:
+                    for row in check_predictor(backend, d, rank, gen, device, solver):
+                        rows.append(_print(row, out))
     if not cases or "photometric" in cases:
         why = why_not("photometric_augment", "cuda", torch.device("cpu"))
         if why:

@@ -78,11 +78,13 @@ at::Tensor cov_loss_epilogue_(at::Tensor c, double w_diag, double t_diag, double
 }
 
 // Eigendecomposition of a symmetric a (n x n fp32, n even) from the warm-start basis v0 (identity for a cold start):
-// returns (s, v, p, info) as sym_eig_jacobi in kernels.h. CUDA tensors run the kernels; CPU tensors run the same schedule
-// serially on the host (sym_eig_jacobi_host), which is how the tests check the arithmetic without a GPU.
+// returns (s, v, p, info) as sym_eig_jacobi in kernels.h; blocks > 1 asks for the multi-block variant with at most that
+// many blocks. CUDA tensors run the kernels; CPU tensors run the same schedule serially on the host (sym_eig_jacobi_host,
+// with the multi-block kernel's double-buffered data flow where blocks > 1), which is how the tests check the arithmetic
+// without a GPU.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> jacobi_eigh(const at::Tensor& a, const at::Tensor& v0,
                                                                        int64_t max_sweeps, double tol, double eps,
-                                                                       double convert) {
+                                                                       double convert, int64_t blocks) {
   check_dim(a, "a", 2);
   const int64_t n = a.size(0);
   TORCH_CHECK(a.size(1) == n, "a: expected a square matrix, got shape ", shape_of(a));
@@ -97,13 +99,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> jacobi_eigh(const at:
   auto v = v0.contiguous().clone();
   auto s = at::empty({n}, a.options()), p = at::empty({n}, a.options());
   auto info = at::empty({2}, a.options().dtype(at::kInt));
-  auto scratch = at::empty({jacobi_scratch_floats(n)}, a.options());
+  TORCH_CHECK(blocks >= 0, "blocks: expected 0 or 1 (one block) or > 1 (the multi-block variant), got ", blocks);
+  int grid = 1;
+  if (blocks > 1 && !a.is_cpu()) {
+    const c10::cuda::CUDAGuard guard(a.device());
+    grid = jacobi_grid_blocks(n, static_cast<int>(std::min<int64_t>(blocks, 1 << 20)));
+    TORCH_CHECK(grid > 1, "blocks: the multi-block variant needs cooperative launches, which ", a.device(),
+                " does not support; use blocks=1");
+  }
+  auto scratch = at::empty({jacobi_scratch_floats(n, a.is_cpu() ? (blocks > 1 ? 2 : 1) : grid)}, a.options());
   auto rots = at::empty({2 * jacobi_record_size(n, static_cast<int>(max_sweeps))}, a.options());
   auto* rot_ptr = reinterpret_cast<float2*>(rots.data_ptr<float>());
   if (a.is_cpu()) {
     sym_eig_jacobi_host(a.data_ptr<float>(), v.data_ptr<float>(), s.data_ptr<float>(), p.data_ptr<float>(),
                      info.data_ptr<int>(), scratch.data_ptr<float>(), rot_ptr, n, static_cast<int>(max_sweeps),
-                     static_cast<float>(tol), static_cast<float>(eps), static_cast<float>(convert));
+                     static_cast<float>(tol), static_cast<float>(eps), static_cast<float>(convert), blocks > 1);
     return {s, v, p, info};
   }
   check_cuda(a, "a");
@@ -111,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> jacobi_eigh(const at:
   check_cuda_error(sym_eig_jacobi(a.data_ptr<float>(), v.data_ptr<float>(), s.data_ptr<float>(), p.data_ptr<float>(),
                                info.data_ptr<int>(), scratch.data_ptr<float>(), rot_ptr, n,
                                static_cast<int>(max_sweeps), static_cast<float>(tol), static_cast<float>(eps),
-                               static_cast<float>(convert), stream_of(a)),
+                               static_cast<float>(convert), grid, stream_of(a)),
                    "jacobi_eigh");
   return {s, v, p, info};
 }
@@ -266,7 +276,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lars_step_", &fusedssl::lars_step_, "multi-tensor LARS step (in place)");
   m.def("ema_", &fusedssl::ema_, "multi-tensor EMA update of a teacher (in place)");
   m.def("jacobi_eigh", &fusedssl::jacobi_eigh,
-        "warm-started Jacobi eigendecomposition + DirectPred's spectral map: (s, v, p, info)");
+        "warm-started Jacobi eigendecomposition + DirectPred's spectral map: (s, v, p, info)", pybind11::arg("a"),
+        pybind11::arg("v0"), pybind11::arg("max_sweeps"), pybind11::arg("tol"), pybind11::arg("eps"),
+        pybind11::arg("convert"), pybind11::arg("blocks") = 1);
   m.def("photometric", &fusedssl::photometric,
         "fused colour jitter, grayscale, blur, solarisation and normalisation of uint8 NHWC views (CPU)");
 }

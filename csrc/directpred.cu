@@ -18,8 +18,15 @@
 // The eigenvectors V = U0 J_1 J_2 ... are not carried by the serial kernel: it records every round's rotations, and a
 // second kernel replays them on the rows of V, one warp per row (rows evolve independently), across the whole GPU.
 //
+// A multi-block variant (jacobi_grid_kernel) runs the same rounds with phase 2 spread over the whole GPU and one
+// grid-wide barrier per round; which of the two is faster at a given n is for the GPU record (bench_directpred) to say.
+//
 // The same phase functions run on the host in sym_eig_jacobi_host, so the CPU tests check this schedule's arithmetic
-// against float64 eigh (tests/test_directpred.py); only the thread mapping differs on the device.
+// against float64 eigh (tests/test_directpred.py); only the thread mapping differs on the device (and, in the
+// multi-block variant, the order in which ||A||_F^2 is summed for the absolute floor).
+#include <cooperative_groups.h>
+
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 
@@ -29,7 +36,10 @@
 namespace fusedssl {
 namespace {
 
+namespace cg = cooperative_groups;
+
 constexpr int kThreads = 1024;
+constexpr int kGridThreads = 256;  // per block of the multi-block variant: 132 SMs x 256 >= the 32896 blocks of n = 512
 constexpr int kMaxPairs = kMaxEighN / 2;
 constexpr int kReplayWarps = 8;                  // rows of V per replay block
 constexpr int kPairsPerLane = kMaxPairs / 32;    // rotations a lane applies per round
@@ -63,24 +73,34 @@ __host__ __device__ inline float2 rotation(float app, float aqq, float apq, floa
   return make_float2(c, t * c);
 }
 
-// Phase 2 for one pair block: A <- J_a' A J_b on its stored elements (pairs a and b are disjoint, or the same pair).
-__host__ __device__ inline void rotate_block(float* a, int n, int pa, int qa, float2 ra, int pb, int qb, float2 rb) {
+// Phase 2 for one pair block: dst <- J_a' src J_b on its stored elements (pairs a and b are disjoint, or the same
+// pair). Every read comes before the first write, so dst may be src (the one-block kernel and the host rotate in place;
+// the grid kernel reads one buffer and writes the other). An identity block is copied where dst is not src.
+__host__ __device__ inline void rotate_block(const float* src, float* dst, int n, int pa, int qa, float2 ra, int pb,
+                                             int qb, float2 rb) {
   if (pa == pb) {  // diagonal block: the closed form, a'_pq = 0 exactly
     const int ip = tri(pa, pa, n), iq = tri(qa, qa, n), ipq = tri(pa, qa, n);
-    const float t = ra.y / ra.x, apq = a[ipq];
-    a[ip] -= t * apq;
-    a[iq] += t * apq;
-    a[ipq] = 0.f;
+    const float app = src[ip], aqq = src[iq], apq = src[ipq];
+    if (ra.y == 0.f) {
+      dst[ip] = app;
+      dst[iq] = aqq;
+      dst[ipq] = apq;
+      return;
+    }
+    const float t = ra.y / ra.x;
+    dst[ip] = app - t * apq;
+    dst[iq] = aqq + t * apq;
+    dst[ipq] = 0.f;
     return;
   }
   const int i00 = tri(pa, pb, n), i01 = tri(pa, qb, n), i10 = tri(qa, pb, n), i11 = tri(qa, qb, n);
-  const float x = a[i00], y = a[i01], z = a[i10], w = a[i11];
+  const float x = src[i00], y = src[i01], z = src[i10], w = src[i11];
   const float x1 = ra.x * x - ra.y * z, y1 = ra.x * y - ra.y * w;  // rows:    J_a' A
   const float z1 = ra.y * x + ra.x * z, w1 = ra.y * y + ra.x * w;
-  a[i00] = rb.x * x1 - rb.y * y1;                                    // columns: (J_a' A) J_b
-  a[i01] = rb.y * x1 + rb.x * y1;
-  a[i10] = rb.x * z1 - rb.y * w1;
-  a[i11] = rb.y * z1 + rb.x * w1;
+  dst[i00] = rb.x * x1 - rb.y * y1;                                  // columns: (J_a' A) J_b
+  dst[i01] = rb.y * x1 + rb.x * y1;
+  dst[i10] = rb.x * z1 - rb.y * w1;
+  dst[i11] = rb.y * z1 + rb.x * w1;
 }
 
 // Columns p, q of one row of V: V <- V J.
@@ -143,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (ka > kb) continue;
         const float2 ra = rot[ka], rb = rot[kb];
         if (ra.y == 0.f && rb.y == 0.f) continue;
-        rotate_block(a, n, pidx[ka], qidx[ka], ra, pidx[kb], qidx[kb], rb);
+        rotate_block(a, a, n, pidx[ka], qidx[ka], ra, pidx[kb], qidx[kb], rb);
       }
       __syncthreads();
     }
@@ -164,6 +184,97 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid == 0) bcast = mx;
   __syncthreads();
   for (int i = tid; i < n; i += kThreads) p_out[i] = spectral(a[tri(i, i, n)], bcast, eps, inv_c);
+  if (tid == 0) {
+    info[0] = swept;
+    info[1] = converged;
+  }
+}
+
+// The multi-block variant of jacobi_kernel: the same rounds and rotations, with phase 2 spread over every SM. Launched
+// cooperatively (all blocks resident), one grid-wide barrier per round. Every block computes all of a round's rotations
+// itself from the same matrix (at most 256, three reads each), so the rotations, the convergence test and the
+// barrier count agree across blocks without any exchange. The packed matrix lives in global memory (L2) twice: a round
+// reads one copy and writes the next into the other, identity blocks copied, so no block can overwrite an entry that
+// another block still reads for the same round's rotations; one barrier then separates the rounds.
+// Where it may win: n > 336, when A no longer fits one SM's shared memory and the one-block kernel's phase 2 runs on
+// one SM's share of L2 bandwidth; where a barrier costs more than a round's work, it loses. bench_directpred decides.
+__global__ void __launch_bounds__(kGridThreads)
+    jacobi_grid_kernel(const float* __restrict__ in, float* bufs, float* partial, float2* __restrict__ rots,
+                       float* __restrict__ s_out, float* __restrict__ p_out, int* __restrict__ info, int n,
+                       int max_sweeps, float tol, float eps, float inv_c) {
+  cg::grid_group grid = cg::this_grid();
+  __shared__ float2 rot[kMaxPairs];
+  __shared__ float red[kGridThreads / 32];
+  __shared__ float bcast;
+  const int m = n / 2, tid = threadIdx.x;
+  const int64_t packed = static_cast<int64_t>(n) * (n + 1) / 2;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kGridThreads + tid;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kGridThreads;
+
+  float sq = 0.f;
+  for (int64_t idx = first; idx < static_cast<int64_t>(n) * n; idx += stride) {
+    const int i = static_cast<int>(idx / n), j = static_cast<int>(idx - static_cast<int64_t>(i) * n);
+    if (i > j) continue;
+    const float v = 0.5f * (in[idx] + in[static_cast<int64_t>(j) * n + i]);
+    bufs[tri(i, j, n)] = v;
+    sq += (i == j ? 1.f : 2.f) * v * v;
+  }
+  sq = block_sum<kGridThreads>(sq, red);
+  if (tid == 0) partial[blockIdx.x] = sq;
+  grid.sync();
+  // every block sums the partials in the same order: one floor everywhere, the same from run to run
+  float total = 0.f;
+  for (int b = tid; b < static_cast<int>(gridDim.x); b += kGridThreads) total += partial[b];
+  total = block_sum<kGridThreads>(total, red);
+  if (tid == 0) bcast = total;
+  __syncthreads();
+  const float floor_abs = tol * sqrtf(bcast) / n;
+
+  float* cur = bufs;
+  float* nxt = bufs + packed;
+  int swept = 0, converged = 0;
+  for (int sweep = 0; sweep < max_sweeps; ++sweep) {
+    int any = 0;
+    for (int r = 0; r < n - 1; ++r) {
+      int mine = 0;
+      for (int k = tid; k < m; k += kGridThreads) {
+        const int2 pq = pair_of(r, k, n);
+        const float2 g = rotation(cur[tri(pq.x, pq.x, n)], cur[tri(pq.y, pq.y, n)], cur[tri(pq.x, pq.y, n)], tol,
+                                  floor_abs);
+        rot[k] = g;
+        if (blockIdx.x == 0) rots[(static_cast<int64_t>(sweep) * (n - 1) + r) * m + k] = g;
+        mine |= g.y != 0.f;
+      }
+      any |= __syncthreads_or(mine);
+      for (int64_t idx = first; idx < static_cast<int64_t>(m) * m; idx += stride) {
+        const int ka = static_cast<int>(idx / m), kb = static_cast<int>(idx - static_cast<int64_t>(ka) * m);
+        if (ka > kb) continue;
+        const int2 a = pair_of(r, ka, n), b = pair_of(r, kb, n);
+        rotate_block(cur, nxt, n, a.x, a.y, rot[ka], b.x, b.y, rot[kb]);
+      }
+      grid.sync();
+      float* const t = cur;
+      cur = nxt;
+      nxt = t;
+    }
+    if (!any) {
+      converged = 1;
+      break;
+    }
+    swept = sweep + 1;
+  }
+
+  if (blockIdx.x != 0) return;
+  float mx = -FLT_MAX;
+  for (int i = tid; i < n; i += kGridThreads) {
+    const float s = cur[tri(i, i, n)];
+    s_out[i] = s;
+    mx = fmaxf(mx, s);
+  }
+  mx = block_reduce<kGridThreads>(mx, red, MaxOp{}, -FLT_MAX);
+  if (tid == 0) bcast = mx;
+  __syncthreads();
+  for (int i = tid; i < n; i += kGridThreads) p_out[i] = spectral(cur[tri(i, i, n)], bcast, eps, inv_c);
   if (tid == 0) {
     info[0] = swept;
     info[1] = converged;
@@ -212,44 +323,77 @@ __global__ void __launch_bounds__(kReplayWarps * 32)
 
 }  // namespace
 
-int64_t jacobi_scratch_floats(int64_t n) { return n * (n + 1) / 2; }
+int64_t jacobi_scratch_floats(int64_t n, int blocks) {
+  const int64_t packed = n * (n + 1) / 2;
+  return blocks <= 1 ? packed : 2 * packed + blocks;
+}
 
 int64_t jacobi_record_size(int64_t n, int max_sweeps) { return static_cast<int64_t>(max_sweeps) * (n - 1) * (n / 2); }
 
+int jacobi_grid_blocks(int64_t n, int requested) {
+  int dev = 0, coop = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !coop ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, jacobi_grid_kernel, kGridThreads, 0) != cudaSuccess)
+    return 0;
+  // no more blocks than give each thread one pair block, nor than can be resident at once (a cooperative launch
+  // fails otherwise)
+  const int64_t m = n / 2, useful = (m * m + kGridThreads - 1) / kGridThreads;
+  int64_t blocks = static_cast<int64_t>(sms) * per_sm;
+  if (requested > 1) blocks = std::min<int64_t>(blocks, requested);
+  return static_cast<int>(std::max<int64_t>(2, std::min<int64_t>(blocks, useful)));
+}
+
 cudaError_t sym_eig_jacobi(const float* a, float* v, float* s, float* p, int* info, float* scratch, float2* rots,
-                           int64_t n, int max_sweeps, float tol, float eps, float convert, cudaStream_t stream) {
+                           int64_t n, int max_sweeps, float tol, float eps, float convert, int blocks,
+                           cudaStream_t stream) {
   if (n < 2 || n > kMaxEighN || n % 2) return cudaErrorInvalidValue;
-  int dev = 0, optin = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  if (err != cudaSuccess) return err;
-  // the kernel's static shared memory (rot, pidx, qidx, red, bcast) comes on top of the packed matrix: read it from
-  // the compiled kernel rather than estimating it
-  cudaFuncAttributes attr;
-  err = cudaFuncGetAttributes(&attr, jacobi_kernel);
-  if (err != cudaSuccess) return err;
-  const size_t bytes = static_cast<size_t>(jacobi_scratch_floats(n)) * sizeof(float);
-  const bool use_smem = bytes + attr.sharedSizeBytes <= static_cast<size_t>(optin);
-  const size_t dyn = use_smem ? bytes : 0;
-  // The default dynamic limit is 48 KiB minus the static shared memory, so the opt-in is set for every launch that
-  // uses shared memory (setting it once for a large n and not for a slightly smaller one made n = 150..156 fail)
-  if (use_smem) {
-    err = cudaFuncSetAttribute(jacobi_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn));
+  cudaError_t err;
+  if (blocks > 1) {
+    // blocks was capped by jacobi_grid_blocks (the caller sized scratch with it); co-residency is the launch's own check
+    int ni = static_cast<int>(n), sweeps = max_sweeps;
+    float inv_c = 1.f / convert;
+    float* bufs = scratch;
+    float* partial = scratch + 2 * (n * (n + 1) / 2);
+    void* args[] = {const_cast<float**>(&a), &bufs, &partial, &rots, &s, &p, &info, &ni, &sweeps, &tol, &eps, &inv_c};
+    err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(jacobi_grid_kernel), dim3(blocks),
+                                      dim3(kGridThreads), args, 0, stream);
+    if (err != cudaSuccess) return err;
+  } else {
+    int dev = 0, optin = 0;
+    err = cudaGetDevice(&dev);
+    if (err != cudaSuccess) return err;
+    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err != cudaSuccess) return err;
+    // the kernel's static shared memory (rot, pidx, qidx, red, bcast) comes on top of the packed matrix: read it from
+    // the compiled kernel rather than estimating it
+    cudaFuncAttributes attr;
+    err = cudaFuncGetAttributes(&attr, jacobi_kernel);
+    if (err != cudaSuccess) return err;
+    const size_t bytes = static_cast<size_t>(jacobi_scratch_floats(n, 1)) * sizeof(float);
+    const bool use_smem = bytes + attr.sharedSizeBytes <= static_cast<size_t>(optin);
+    const size_t dyn = use_smem ? bytes : 0;
+    // The default dynamic limit is 48 KiB minus the static shared memory, so the opt-in is set for every launch that
+    // uses shared memory (setting it once for a large n and not for a slightly smaller one made n = 150..156 fail)
+    if (use_smem) {
+      err = cudaFuncSetAttribute(jacobi_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn));
+      if (err != cudaSuccess) return err;
+    }
+    jacobi_kernel<<<1, kThreads, dyn, stream>>>(a, scratch, rots, s, p, info, static_cast<int>(n), max_sweeps, tol,
+                                                eps, 1.f / convert, use_smem ? 1 : 0);
+    err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  jacobi_kernel<<<1, kThreads, dyn, stream>>>(a, scratch, rots, s, p, info, static_cast<int>(n), max_sweeps, tol, eps,
-                                              1.f / convert, use_smem ? 1 : 0);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  const int blocks = static_cast<int>((n + kReplayWarps - 1) / kReplayWarps);
-  replay_kernel<<<blocks, kReplayWarps * 32, 0, stream>>>(rots, info, v, static_cast<int>(n));
+  const int rows = static_cast<int>((n + kReplayWarps - 1) / kReplayWarps);
+  replay_kernel<<<rows, kReplayWarps * 32, 0, stream>>>(rots, info, v, static_cast<int>(n));
   return cudaGetLastError();
 }
 
 void sym_eig_jacobi_host(const float* a_in, float* v, float* s, float* p, int* info, float* a, float2* rots,
-                         int64_t n64, int max_sweeps, float tol, float eps, float convert) {
+                         int64_t n64, int max_sweeps, float tol, float eps, float convert, bool double_buffer) {
   const int n = static_cast<int>(n64), m = n / 2;
+  float* other = a + n64 * (n64 + 1) / 2;  // the second copy (double_buffer only)
   float sq = 0.f;
   for (int i = 0; i < n; ++i)
     for (int j = i; j < n; ++j) {
@@ -273,8 +417,11 @@ void sym_eig_jacobi_host(const float* a_in, float* v, float* s, float* p, int* i
       }
       for (int ka = 0; ka < m; ++ka)  // phase 2
         for (int kb = ka; kb < m; ++kb)
-          if (rot[ka].y != 0.f || rot[kb].y != 0.f)
-            rotate_block(a, n, pidx[ka], qidx[ka], rot[ka], pidx[kb], qidx[kb], rot[kb]);
+          if (double_buffer)  // the multi-block kernel's data flow: every block rotated or copied into the other copy
+            rotate_block(a, other, n, pidx[ka], qidx[ka], rot[ka], pidx[kb], qidx[kb], rot[kb]);
+          else if (rot[ka].y != 0.f || rot[kb].y != 0.f)
+            rotate_block(a, a, n, pidx[ka], qidx[ka], rot[ka], pidx[kb], qidx[kb], rot[kb]);
+      if (double_buffer) std::swap(a, other);
     }
     if (!any) {
       converged = 1;

@@ -50,19 +50,24 @@ cudaError_t lars_step(const TensorTable& t, float* scratch, float lr, const floa
 // online).
 cudaError_t ema_update(const TensorTable& t, float weight, cudaStream_t stream);
 
-// directpred.cu: symmetric eigendecomposition of a (n x n, fp32, n even, n <= kMaxEighN) by one-block cyclic Jacobi,
-// for DirectPred's predictor. v holds the warm-start basis U0 on entry (a is then U0' F U0) and U0 V on exit; s gets the
+// directpred.cu: symmetric eigendecomposition of a (n x n, fp32, n even, n <= kMaxEighN) by cyclic Jacobi, for
+// DirectPred's predictor. v holds the warm-start basis U0 on entry (a is then U0' F U0) and U0 V on exit; s gets the
 // eigenvalues (unsorted), p the spectral map max((max(s, 0) / max s)^(1/convert) + eps, 1e-4), info = {sweeps that
-// rotated, converged 0/1}, all on the device. scratch: jacobi_scratch_floats(n) floats (used where the packed matrix
-// does not fit in shared memory); rots: jacobi_record_size(n, max_sweeps) rotations.
+// rotated, converged 0/1}, all on the device. blocks <= 1: the one-block kernel; blocks > 1: the multi-block variant
+// (a cooperative launch of that many blocks, from jacobi_grid_blocks, which returns 0 where the device cannot launch
+// it cooperatively). scratch: jacobi_scratch_floats(n, blocks) floats; rots: jacobi_record_size(n, max_sweeps).
 constexpr int64_t kMaxEighN = 512;
-int64_t jacobi_scratch_floats(int64_t n);
+int64_t jacobi_scratch_floats(int64_t n, int blocks);
 int64_t jacobi_record_size(int64_t n, int max_sweeps);
+int jacobi_grid_blocks(int64_t n, int requested);
 cudaError_t sym_eig_jacobi(const float* a, float* v, float* s, float* p, int* info, float* scratch, float2* rots,
-                           int64_t n, int max_sweeps, float tol, float eps, float convert, cudaStream_t stream);
-// The same schedule on host memory, serially (the CPU tests' way to check the kernel's arithmetic).
+                           int64_t n, int max_sweeps, float tol, float eps, float convert, int blocks,
+                           cudaStream_t stream);
+// The same schedule on host memory, serially (the CPU tests' way to check the kernel's arithmetic); double_buffer
+// follows the multi-block kernel's data flow (each round read from one copy of the packed matrix and written, identity
+// blocks copied, into the other: scratch then holds jacobi_scratch_floats(n, 2) floats).
 void sym_eig_jacobi_host(const float* a, float* v, float* s, float* p, int* info, float* scratch, float2* rots,
-                         int64_t n, int max_sweeps, float tol, float eps, float convert);
+                         int64_t n, int max_sweeps, float tol, float eps, float convert, bool double_buffer);
 
 // photometric.cpp: colour jitter, grayscale, Gaussian blur, solarisation and normalisation of uint8 NHWC views (n, h, w,
 // 3, contiguous) into float NHWC, per sample k: v = min(bright x, 255); v = clamp(contrast v + (1 - contrast) m) with m

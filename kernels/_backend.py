@@ -35,15 +35,19 @@ _CHECKS: dict[tuple[str, str], Callable[[torch.device], str | None]] = {}  # (op
 _CPU_AUTO: dict[str, str] = {}  # op -> the backend "auto" takes for CPU tensors where it can run (else "torch")
 
 
-def _load_preferences() -> dict[str, dict[str, str]]:
-    """{GPU model: {op: fastest backend}} from the committed GPU record (an unmeasured kernel is never chosen)."""
+def _load_preferences() -> dict[str, dict[str, dict[str, str]]]:
+    """preferences.json, the committed GPU record's choices: "fastest" {GPU model: {op: fastest backend}} and the
+    per-shape choices inside one provider (e.g. "directpred_solver" {GPU model: {D: kernel}}); an unmeasured kernel
+    is never chosen."""
     try:
-        return json.loads((Path(__file__).with_name("preferences.json")).read_text()).get("fastest", {})
+        data = json.loads((Path(__file__).with_name("preferences.json")).read_text())
     except (OSError, ValueError):
         return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
-_PREFERENCE: dict[str, dict[str, str]] = _load_preferences()
+_CHOICES: dict[str, dict[str, dict[str, str]]] = _load_preferences()
+_PREFERENCE: dict[str, dict[str, str]] = _CHOICES.get("fastest", {})
 
 # Why a backend may be missing for an op, keyed by backend: shown in BackendUnavailable messages.
 _WHY_MISSING = {
@@ -80,6 +84,14 @@ def register(op: str, backend: str, *, why_not: Callable[[torch.device], str | N
 def gpu_model(device: torch.device) -> str:
     """The key of ``device`` in preferences.json: its marketing name, lower case ("nvidia h200")."""
     return torch.cuda.get_device_name(device).lower()
+
+
+def tuned(choice: str, device: torch.device) -> dict[str, str]:
+    """The committed GPU record's per-shape choices named ``choice`` for ``device``'s GPU model ({} when unmeasured or
+    not a GPU)."""
+    if device.type != "cuda":
+        return {}
+    return _CHOICES.get(choice, {}).get(gpu_model(device), {})
 
 
 def available(op: str) -> list[str]:

@@ -11,9 +11,11 @@ No gradient flows through any of this. The reference uses ``torch.linalg.eigh`` 
 ``torch.eig``; for a symmetric F^ the real parts agree). Distributed semantics: engine/methods.py all-reduces (mean)
 B_f before the EMA so every rank sets an identical W_p, as DDP's replicated parameters require.
 
-Backend "cuda" (csrc/directpred.cu) replaces eigh by a one-block Jacobi eigensolver warm-started from the previous
-call's eigenvectors (``basis``): A = U0' F^ U0 is nearly diagonal when F^ moved little, so fewer sweeps finish it, and
-nothing is read back to the host.
+Backend "cuda" (csrc/directpred.cu) replaces eigh by a Jacobi eigensolver warm-started from the previous call's
+eigenvectors (``basis``): A = U0' F^ U0 is nearly diagonal when F^ moved little, so fewer sweeps finish it, and nothing
+is read back to the host. Two kernels run the same schedule: one thread block ("one-block"), or every SM with a
+grid-wide barrier per round ("multi-block"); the GPU record's winner at each D serves it (``jacobi_solver``), one-block
+where nothing was measured. torch's eigh, batched or not, checks its convergence on the host: it synchronises.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ MODES = ("directpred", "directcopy")
 # (~1e-5 at D = 256), while it saves sweeps on rank-deficient F^ (10 -> 6 at D = 256, rank 20).
 JACOBI_TOL = 1e-5
 JACOBI_MAX_SWEEPS = 30
+SOLVERS = ("one-block", "multi-block")
 
 
 # ----------------------------------------------------------------------------------------------------------- references
@@ -73,10 +76,23 @@ def _orthonormalize(u: torch.Tensor) -> torch.Tensor:
     return (1.5 * u - 0.5 * (u @ (u.T @ u))).float()
 
 
-def jacobi_solve(corr: torch.Tensor, basis: torch.Tensor | None, eps: float = 0.01, convert: float = 2.0
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def jacobi_solver(d: int, device: torch.device) -> str:
+    """The Jacobi kernel that serves a D x D update on ``device``: the GPU record's faster one at the measured D
+    nearest to ``d`` (preferences.json "directpred_solver", written by ``fusedssl bench render --prefer``), else
+    "one-block"."""
+    measured = _backend.tuned("directpred_solver", device)
+    if not measured:
+        return "one-block"
+    nearest = min(measured, key=lambda k: (abs(int(k) - d), int(k)))
+    return measured[nearest] if measured[nearest] in SOLVERS else "one-block"
+
+
+def jacobi_solve(corr: torch.Tensor, basis: torch.Tensor | None, eps: float = 0.01, convert: float = 2.0,
+                 solver: str = "one-block") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The eigensolve of the cuda provider: (eigenvalues, orthonormalised eigenvectors, spectral map p, info), D-sized,
-    unsorted; info = (sweeps that rotated, converged) stays on the device (bench/bench_directpred.py reads it)."""
+    unsorted; info = (sweeps that rotated, converged) stays on the device (bench/bench_directpred.py reads it).
+    ``solver``: one of SOLVERS (the same rotations either way; CPU tensors run the host schedule for both)."""
+    check_choice("solver", solver, SOLVERS)
     with torch.no_grad(), torch.autocast(device_type=corr.device.type, enabled=False):
         d = corr.shape[0]
         n = d + d % 2
@@ -88,7 +104,10 @@ def jacobi_solve(corr: torch.Tensor, basis: torch.Tensor | None, eps: float = 0.
         a[:d, :d] = u064.T @ f.double() @ u064  # fp64: see _orthonormalize
         v0 = torch.eye(n, dtype=torch.float32, device=f.device)
         v0[:d, :d] = u0
-        s, v, p, info = _cuda.ext().jacobi_eigh(a, v0, JACOBI_MAX_SWEEPS, JACOBI_TOL, float(eps), float(convert))
+        # multi-block: as many blocks as the GPU holds at once (the extension caps the request)
+        blocks = 1 << 20 if solver == "multi-block" else 1
+        s, v, p, info = _cuda.ext().jacobi_eigh(a, v0, JACOBI_MAX_SWEEPS, JACOBI_TOL, float(eps), float(convert),
+                                                blocks)
         return s[:d], _orthonormalize(v[:d, :d]), p[:d], info
 
 
@@ -101,15 +120,17 @@ _backend.register("predictor_weight", "torch")(predictor_weight_ref)
 
 @_backend.register("predictor_weight", "cuda")
 def predictor_weight_cuda(corr: torch.Tensor, mode: str = "directpred", eps: float = 0.01, convert: float = 2.0,
-                          basis: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """csrc/directpred.cu through fusedssl.kernels._C.jacobi_eigh, in fp32 (float64 inputs are computed in fp32 too).
+                          basis: torch.Tensor | None = None, solver: str | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """csrc/directpred.cu through fusedssl.kernels._C.jacobi_eigh, in fp32 (float64 inputs are computed in fp32 too),
+    by ``solver`` (one of SOLVERS; None: ``jacobi_solver``'s choice for this D and GPU).
 
     Odd D is padded to even with a zero row and column: their pairs never rotate (a_pq = 0), so the padding stays an
     isolated zero eigenvalue with eigenvector e_D and is cropped. The extension also runs on CPU tensors (the same
     schedule on the host), which is how the tests reach this function without a GPU."""
     if mode == "directcopy":  # no eigendecomposition: one elementwise op, the reference is already that
         return predictor_weight_ref(corr, mode, eps, convert)
-    _s, u, p, _info = jacobi_solve(corr, basis, eps, convert)
+    _s, u, p, _info = jacobi_solve(corr, basis, eps, convert, solver or jacobi_solver(corr.shape[0], corr.device))
     u64 = u.double()  # D <= 512: fp64 costs nothing here and, unlike fp32, never runs as TF32
     return ((u64 * p.double()) @ u64.T).float(), u
 

@@ -199,6 +199,105 @@ def test_renderer_on_the_committed_cpu_record(tmp_path):
         render.render(tmp_path / "empty_folder_missing")
 
 
+def _record(folder: Path, name: str, rows: list[tuple], device: str = "NVIDIA H200") -> None:
+    """A CSV of a record: rows (op, provider, mode, n, d, dtype, metric, value, unit) on ``device``."""
+    from fusedssl.bench import harness
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=harness.FIELDS)
+        w.writeheader()
+        for op, prov, mode, n, d, dt, metric, value, unit in rows:
+            w.writerow(dict(op=op, provider=prov, mode=mode, n=n, d=d, dtype=dt, metric=metric, value=value, unit=unit,
+                            device=device, torch="2.11.0", triton="3.6.0", fusedssl="0.1.0", git="abc1234",
+                            date="2026-12-06"))
+
+
+def test_render_prefer_writes_what_the_gpu_record_decides(tmp_path, monkeypatch):
+    """--prefer turns a record into kernels/preferences.json: per op the backend with the best geometric-mean speedup
+    over eager in training mode (fwd+bwd), none where nothing beats eager or the winner failed verify; DirectPred's
+    faster warm Jacobi kernel per D; CPU rows ignored; other GPU models kept, this one's old choices replaced. Then
+    auto and the cuda predictor provider follow the file."""
+    import json
+
+    import torch
+    from fusedssl.bench import render
+    from fusedssl.kernels import _backend, directpred
+
+    def timed(op, prov, mode, n, d, ms, dt="bfloat16"):
+        return (op, prov, mode, n, d, dt, "p50", ms, "ms")
+
+    rec = tmp_path / "NVIDIA_H200" / "2026-12-06"
+    _record(rec, "covariance.csv", [
+        # barlow: triton wins both fwd+bwd shapes (2x, 3x), cuda 1.5x and 1.2x; its fwd-only rows would pick cuda
+        timed("barlow_twins_loss", "eager", "fwd+bwd", 256, 8192, 6.0), timed("barlow_twins_loss", "triton",
+                                                                                "fwd+bwd", 256, 8192, 3.0),
+        timed("barlow_twins_loss", "cuda", "fwd+bwd", 256, 8192, 4.0), timed("barlow_twins_loss[hsic,tsai]", "eager",
+                                                                            "fwd+bwd", 2048, 8192, 9.0),
+        timed("barlow_twins_loss[hsic,tsai]", "triton", "fwd+bwd", 2048, 8192, 3.0),
+        timed("barlow_twins_loss[hsic,tsai]", "cuda", "fwd+bwd", 2048, 8192, 7.5),
+        timed("barlow_twins_loss", "eager", "fwd", 256, 8192, 2.0), timed("barlow_twins_loss", "cuda", "fwd", 256,
+                                                                        8192, 0.1),
+        timed("barlow_twins_loss", "compile", "fwd+bwd", 256, 8192, 0.5),  # torch.compile is not a backend
+        # vicreg: faster at one shape, slower at the other: geometric mean 0.9 -> stays torch
+        timed("vicreg_covariance", "eager", "fwd+bwd", 256, 2048, 1.0), timed("vicreg_covariance", "triton",
+                                                                            "fwd+bwd", 256, 2048, 0.9),
+        timed("vicreg_covariance", "eager", "fwd+bwd", 2048, 8192, 1.0), timed("vicreg_covariance", "triton",
+                                                                             "fwd+bwd", 2048, 8192, 1.0 / 0.729),
+        # frossl: cuda fastest but failed verify; triton next
+        timed("frossl_loss", "eager", "fwd+bwd", 256, 2048, 4.0), timed("frossl_loss", "cuda", "fwd+bwd", 256, 2048,
+                                                                        1.0),
+        timed("frossl_loss", "triton", "fwd+bwd", 256, 2048, 2.0),
+    ])
+    _record(rec, "directpred.csv", [
+        timed("predictor_weight", "eager", "directpred", 512, 256, 3.0, "float32"),
+        ("predictor_weight", "eager", "directpred", 512, 256, "float32", "host_syncs", "2", "syncs per update"),
+        timed("predictor_weight", "cuda-warm", "directpred", 512, 256, 0.4, "float32"),
+        timed("predictor_weight", "cuda-multiblock-warm", "directpred", 512, 256, 0.6, "float32"),
+        timed("predictor_weight", "cuda-cold", "directpred", 512, 256, 0.1, "float32"),  # not what training runs
+        timed("predictor_weight", "eager", "directpred", 512, 512, 9.0, "float32"),
+        timed("predictor_weight", "cuda-warm", "directpred", 512, 512, 3.0, "float32"),
+        timed("predictor_weight", "cuda-multiblock-warm", "directpred", 512, 512, 1.5, "float32"),
+    ])
+    with open(rec / "verify.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "backend", "dtype", "shape", "layout", "quantity", "err", "tol", "ok", "device"])
+        w.writerow(["frossl_loss[legacy]", "cuda", "bfloat16", "256x2048", "contiguous", "dA", "1", "0.1", "False",
+                    "NVIDIA H200"])
+        w.writerow(["frossl_loss", "triton", "bfloat16", "256x2048", "contiguous", "dA", "0.01", "0.1", "True",
+                    "NVIDIA H200"])
+    _record(tmp_path / "cpu", "covariance.csv", [timed("vicreg_covariance", "eager", "fwd+bwd", 256, 2048, 9.0),
+                                                 timed("vicreg_covariance", "triton", "fwd+bwd", 256, 2048, 1.0)],
+            device="cpu-x86_64-2threads")
+    prefs = tmp_path / "preferences.json"
+    prefs.write_text(json.dumps({"note": "kept", "fastest": {"nvidia h200": {"log_frobenius": "cuda"},
+                                                             "nvidia a100-sxm4-80gb": {"barlow_twins_loss": "cuda"}}}))
+    assert cli.main(["bench", "render", str(rec), str(tmp_path / "cpu"), "--out", str(tmp_path / "tables"),
+                     "--prefer", str(prefs)]) == 0
+    data = json.loads(prefs.read_text())
+    assert data["note"] == "kept"
+    assert data["fastest"] == {"nvidia h200": {"barlow_twins_loss": "triton", "frossl_loss": "triton",
+                                               "predictor_weight": "cuda"},
+                               "nvidia a100-sxm4-80gb": {"barlow_twins_loss": "cuda"}}
+    assert data["directpred_solver"] == {"nvidia h200": {"256": "one-block", "512": "multi-block"}}
+
+    choices = {k: v for k, v in data.items() if isinstance(v, dict)}
+    monkeypatch.setattr(_backend, "_CHOICES", choices)
+    monkeypatch.setattr(_backend, "_PREFERENCE", choices["fastest"])
+    monkeypatch.setattr(_backend, "gpu_model", lambda device: "nvidia h200")
+    monkeypatch.setattr(_backend, "why_unavailable", lambda device: None)
+    cuda = torch.device("cuda")
+    assert _backend.resolve("barlow_twins_loss", "auto", cuda) == "triton"
+    assert _backend.resolve("vicreg_covariance", "auto", cuda) == "torch"
+    assert [directpred.jacobi_solver(d, cuda) for d in (64, 256, 300, 384, 400, 512)] == [
+        "one-block", "one-block", "one-block", "one-block", "multi-block", "multi-block"]
+    assert directpred.jacobi_solver(512, torch.device("cpu")) == "one-block"
+    monkeypatch.setattr(_backend, "gpu_model", lambda device: "nvidia a100-sxm4-80gb")
+    assert directpred.jacobi_solver(512, cuda) == "one-block"  # nothing measured on that GPU
+    assert cli.main(["bench", "render", str(tmp_path / "nowhere"), "--prefer", str(prefs)]) == 2
+    assert render.preferences([]) == {"fastest": {}, "directpred_solver": {}}
+
+
 def test_gpu_suite_dry_run_lists_every_stage_inside_the_budget(tmp_path):
     """The GPU record's plan, checked on a CPU machine: every stage with its estimate, the sum within the 330 s."""
     import subprocess

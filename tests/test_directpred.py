@@ -89,10 +89,13 @@ def _spectral(s, eps=0.01):
     return ((s.clamp_min(0) / s.max().clamp_min(torch.finfo(s.dtype).tiny)).sqrt() + eps).clamp_min(1e-4)
 
 
-@pytest.mark.parametrize("n,rank", [(2, 2), (8, 8), (64, 64), (64, 3), (128, 128), (256, 256)])
-def test_jacobi_schedule_against_float64_eigh(n, rank):
+@pytest.mark.parametrize("n,rank,blocks", [(2, 2, 1), (8, 8, 1), (64, 64, 1), (64, 3, 1), (128, 128, 1),
+                                           (256, 256, 1), (2, 2, 4), (8, 8, 4), (64, 3, 4), (130, 130, 4)])
+def test_jacobi_schedule_against_float64_eigh(n, rank, blocks):
+    """blocks > 1: the multi-block kernel's data flow (two copies of the packed matrix, every block rotated or copied
+    from one into the other each round)."""
     f = _psd(n, rank)
-    s, v, p, info = _ext().jacobi_eigh(f.float(), torch.eye(n), 30, directpred.JACOBI_TOL, 0.01, 2.0)
+    s, v, p, info = _ext().jacobi_eigh(f.float(), torch.eye(n), 30, directpred.JACOBI_TOL, 0.01, 2.0, blocks)
     assert info.tolist()[1] == 1, f"not converged in 30 sweeps: {info.tolist()}"
     s, v = s.double(), v.double()
     scale = float(f.abs().max())
@@ -102,6 +105,22 @@ def test_jacobi_schedule_against_float64_eigh(n, rank):
                  what="residual F V - V diag(s)")
     assert_close(v.T @ v, torch.eye(n, dtype=torch.float64), tol=EIGH_FP32["orthogonality"], what="V'V")
     assert_close(p, _spectral(s), tol=EIGH_FP32["spectral map"], what="spectral map")
+
+
+@pytest.mark.parametrize("n,rank", [(6, 6), (48, 48), (96, 7)])
+def test_jacobi_multi_block_data_flow_gives_the_one_block_result_exactly(n, rank):
+    """Both kernels apply the same rotations in the same arithmetic; the multi-block one reads each round from one
+    copy of the packed matrix and writes every 2x2 block, identity blocks copied, into the other. An entry that no
+    block wrote (or wrote twice) would leave a stale value behind and change the result. Warm start included."""
+    ext = _ext()
+    f = _psd(n, rank).float()
+    q, _ = torch.linalg.qr(randn(n, n))
+    for a, v0 in ((f, torch.eye(n)), ((q.T @ f.double() @ q).float(), q.float())):
+        one = ext.jacobi_eigh(a, v0, 30, 1e-5, 0.01, 2.0, 1)
+        multi = ext.jacobi_eigh(a, v0, 30, 1e-5, 0.01, 2.0, 64)
+        assert one[3][0] >= 2 and one[3][1] == 1, one[3]
+        for x, y, what in zip(one, multi, ("s", "v", "p", "info"), strict=True):
+            assert torch.equal(x, y), what
 
 
 def test_jacobi_degenerate_and_zero_spectra():
@@ -144,17 +163,20 @@ def test_jacobi_warm_start_needs_fewer_sweeps():
                      what="W_p")
 
 
+@pytest.mark.parametrize("solver", [None, *directpred.SOLVERS])
 @pytest.mark.parametrize("d,rank", [(7, 7), (33, 4), (64, 64)])
-def test_cuda_provider_on_cpu(monkeypatch, d, rank):
+def test_cuda_provider_on_cpu(monkeypatch, d, rank, solver):
     """The "cuda" provider (padding of odd D, U0' F U0, Newton-Schulz re-orthonormalisation, reconstruction) through
-    verify's own check, cold and warm, with the extension's host schedule standing in for the GPU."""
+    verify's own check, cold and warm, by each Jacobi kernel, with the extension's host schedule standing in for the
+    GPU."""
     from fusedssl.kernels import _cuda
 
     _ext()
     monkeypatch.setattr(_cuda, "why_unavailable", lambda device: None)
     gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
-    rows = verify.check_predictor("cuda", d, rank, gen, torch.device("cpu"))
+    rows = verify.check_predictor("cuda", d, rank, gen, torch.device("cpu"), solver)
     assert [r.layout for r in rows] == ["cold", "warm"]
+    assert {r.backend for r in rows} == {"cuda" if solver is None else f"cuda[{solver}]"}
     for row in rows:
         assert row.ok, row
 
@@ -171,6 +193,10 @@ def test_jacobi_argument_errors():
         ext.jacobi_eigh(torch.eye(4), torch.eye(6), 30, 1e-5, 0.01, 2.0)
     with pytest.raises(RuntimeError, match="max_sweeps: expected 1..100, got 0"):
         ext.jacobi_eigh(torch.eye(4), torch.eye(4), 0, 1e-5, 0.01, 2.0)
+    with pytest.raises(RuntimeError, match=r"blocks: expected 0 or 1 \(one block\) or > 1"):
+        ext.jacobi_eigh(torch.eye(4), torch.eye(4), 30, 1e-5, 0.01, 2.0, -2)
+    with pytest.raises(ValueError, match="solver='two-block' is not one of"):
+        directpred.jacobi_solve(torch.eye(4), None, solver="two-block")
 
 
 @pytest.mark.gpu
@@ -192,17 +218,38 @@ def test_cuda_predictor_at_the_dynamic_shared_memory_threshold_in_a_fresh_proces
 @pytest.mark.gpu
 def test_cuda_predictor_on_gpu_matches_reference_and_never_syncs():
     gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
-    for d, rank in verify.PREDICTOR_FULL_SHAPES:
-        for row in verify.check_predictor("cuda", d, rank, gen, torch.device("cuda")):
-            assert row.ok, row
+    for solver in directpred.SOLVERS:
+        for d, rank in verify.PREDICTOR_FULL_SHAPES:
+            for row in verify.check_predictor("cuda", d, rank, gen, torch.device("cuda"), solver):
+                assert row.ok, row
     corr = _psd(256, 256).float().cuda()
-    w, u = kernels.predictor_weight(corr, basis=None, return_basis=True, backend="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation in the update raises
-    try:
-        kernels.predictor_weight(corr, basis=u, return_basis=True, backend="cuda", check_finite=False)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    for solver in directpred.SOLVERS:
+        w, u = directpred.predictor_weight_cuda(corr, basis=None, solver=solver)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any host synchronisation in the update raises
+        try:
+            directpred.predictor_weight_cuda(corr, basis=u, solver=solver)
+            kernels.predictor_weight(corr, basis=u, return_basis=True, backend="cuda", check_finite=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [8, 338, 512])
+def test_multi_block_kernel_matches_one_block_on_gpu(n):
+    """The same rotations on the device: eigenvalues and W_p of both kernels agree (the floor's sum order differs)."""
+    ext = _ext()
+    f = _psd(n, n).float().cuda()
+    eye = torch.eye(n, device="cuda")
+    one = ext.jacobi_eigh(f, eye, 30, directpred.JACOBI_TOL, 0.01, 2.0, 1)
+    multi = ext.jacobi_eigh(f, eye, 30, directpred.JACOBI_TOL, 0.01, 2.0, 1 << 20)
+    assert one[3].tolist()[1] == multi[3].tolist()[1] == 1
+    ref = torch.linalg.eigvalsh(f.double().cpu())
+    for s, *_ in (one, multi):
+        assert_close(s.double().cpu().sort().values / ref.abs().max(), ref / ref.abs().max(),
+                     tol=EIGH_FP32["eigenvalues"], what="eigenvalues")
+    w1, w2 = ((v.double() * p.double()) @ v.double().T for _, v, p, _ in (one, multi))
+    assert_close(w2.cpu(), w1.cpu(), tol=1e-3, what="W_p multi-block vs one-block")
 
 
 def _directpred_method():
