@@ -62,6 +62,7 @@ class Result:
     shared: int = 0
     grid: tuple = ()
     tensor_cores: bool | None = None  # for GEMM kernels with half-precision operands
+    fp_fusion: bool | None = None  # Triton launches: whether FMA contraction was asked for (kernels._triton.LAUNCH)
     error: str = ""
     problems: list[str] = field(default_factory=list)
 
@@ -352,7 +353,8 @@ def compile_launches(launches: list[Launch], arch: int) -> list[Result]:
             consts = {kk: v for kk, v in ln.kwargs.items() if kk.isupper()}
             r = Result(name, ln.scenario, ln.realistic, arch, config=json.dumps(consts, default=str),
                        registers=regs, spill_stores=st, spill_loads=ld, stack=stack,
-                       shared=int(getattr(k.metadata, "shared", 0)), grid=tuple(ln.grid))
+                       shared=int(getattr(k.metadata, "shared", 0)), grid=tuple(ln.grid),
+                       fp_fusion=ln.kwargs.get("enable_fp_fusion") is True)
             if "tl.dot" in ln.fn.src and _dot_dtypes(ln) & {"torch.bfloat16", "torch.float16"}:
                 r.tensor_cores = any(op in k.asm.get("ptx", "") for op in TENSOR_CORE_PTX)
             by_kernel[id(k)] = r
@@ -438,6 +440,8 @@ def judge(results: list[Result], arch: int, expected_kernels: set[str] | None = 
             r.problems.append(f"grid {r.grid} over CUDA's limits")
         if r.realistic and r.tensor_cores is False:
             r.problems.append("half-precision GEMM without tensor-core instructions")
+        if r.fp_fusion is False:
+            r.problems.append("launched without kernels._triton.LAUNCH: FMA contraction left to the Triton version")
         fails += [f"sm_{arch} {r.kernel} [{r.scenario}] {p}" for p in r.problems]
     if expected_kernels is not None:
         seen = {r.kernel for r in results}

@@ -379,10 +379,10 @@ def cov_loss_fwd(a: torch.Tensor, b: torch.Tensor, scale: float, w_diag: float, 
         _cov_loss_fwd_kernel[(*tiles, split)](
             a, b, g, part, c, n, d, k_split, a.stride(0), a.stride(1), b.stride(0), b.stride(1), scale, w_diag,
             t_diag, w_off, t_off, BLOCK_I=bi, BLOCK_J=bi, BLOCK_K=bk, SPLIT=split, PRECISION=precision,
-            UPCAST=interpreting())
+            UPCAST=interpreting(), **_triton.LAUNCH)
         if split > 1:
             _cov_split_epilogue_kernel[tiles](c, g, part, d, scale, w_diag, t_diag, w_off, t_off, BLOCK_I=bi,
-                                              BLOCK_J=bi, SPLIT=split)
+                                              BLOCK_J=bi, SPLIT=split, **_triton.LAUNCH)
     return part.sum(), g
 
 
@@ -397,7 +397,7 @@ def _bwd_gemm(x: torch.Tensor, g: torch.Tensor, gout: torch.Tensor, scale: float
     with _triton.on_device(x):
         _cov_loss_bwd_kernel[(triton.cdiv(n, bm), triton.cdiv(d, bc))](
             x, g, gout, out, n, d, x.stride(0), x.stride(1), scale, BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bk,
-            TRANS_G=trans_g, PRECISION=precision, UPCAST=interpreting())
+            TRANS_G=trans_g, PRECISION=precision, UPCAST=interpreting(), **_triton.LAUNCH)
     return out
 
 
@@ -447,11 +447,12 @@ def _finish_block(*sizes: int) -> int:
 def _gram_warps(auto: bool, dtype: torch.dtype, precision: str, rowsum: bool) -> int:
     """Warps of a forward Gram program, from ptxas on sm_90 and sm_80 (bench/aot.py): one half-precision Gram fits
     4; two accumulators with four operand tiles took 199 registers on 4 warps, so 8; IEEE fp32 FMAs hold the operand
-    tiles in registers too: two 64-row Grams take 16 warps, and with the row sums 32-row tiles on 8 (every 64-row
-    configuration of that spilled on one of the two architectures)."""
+    tiles in registers too: one or two 64-row Grams take 16 warps (one Gram on 8 spilled 8 B on sm_90 with Triton
+    3.9, at FroSSL 256 x 2048), and with the row sums 32-row tiles on 8 (every 64-row configuration of that spilled on
+    one of the two architectures)."""
     if dtype in (torch.bfloat16, torch.float16) or precision != "ieee" or interpreting():
         return 4 if auto else 8
-    return 8 if auto or rowsum else 16
+    return 8 if rowsum else 16
 
 
 def gram_loss_fwd(a: torch.Tensor, b: torch.Tensor, mode: int, eps: float, scale: float, w_diag: float,
@@ -499,13 +500,13 @@ def gram_loss_fwd(a: torch.Tensor, b: torch.Tensor, mode: int, eps: float, scale
             a, b, sa[0], sa[1], sb[0], sb[1], ga, gb if not auto else ga, part, cd, rs, gp, n, d, t, k_split,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), BLOCK_N=bn, BLOCK_K=bk, SPLIT=split, AUTO=auto,
             NORM=mode != GRAM_NONE, ROWSUM=rowsum, PRECISION=precision, UPCAST=interpreting(),
-            num_warps=_gram_warps(auto, a.dtype, precision, rowsum))
+            num_warps=_gram_warps(auto, a.dtype, precision, rowsum), **_triton.LAUNCH)
         if split > 1:
             _gram_split_epilogue_kernel[(tiles,)](gp, ga, gb if not auto else ga, part, n, t, BLOCK_N=bn,
-                                                  SPLIT=split, AUTO=auto)
+                                                  SPLIT=split, AUTO=auto, **_triton.LAUNCH)
         _gram_finish_kernel[(1,)](part, cd, rs, loss, h, rsum, n, d, t, tiles, split, scale, w_diag, t_diag, w_off,
                                   t_off, w_off * t_off * t_off * float(d) * float(d),
-                                  BLOCK=_finish_block(n, d, tiles), ROWSUM=rowsum)
+                                  BLOCK=_finish_block(n, d, tiles), ROWSUM=rowsum, **_triton.LAUNCH)
     return (loss, ga, gb, h, rsum, *stats_a, *stats_b)
 
 
@@ -522,7 +523,7 @@ def _gram_bwd(g, x, sx, y, sy, h, rs, gout, alpha, beta, scale, norm, rowsum, ou
         _gram_bwd_kernel[(triton.cdiv(n, bm), triton.cdiv(d, bc))](
             g, x, sx[0], sx[1], y, sy[0], sy[1], h, rs, gout, out, n, d, x.stride(0), x.stride(1), y.stride(0),
             y.stride(1), alpha, beta, scale, BLOCK_M=bm, BLOCK_C=bc, BLOCK_K=bk, NORM=norm, ROWSUM=rowsum,
-            PRECISION=precision, UPCAST=interpreting(), num_warps=warps)
+            PRECISION=precision, UPCAST=interpreting(), num_warps=warps, **_triton.LAUNCH)
     return out
 
 

@@ -97,6 +97,12 @@ def k_tile(size: int, dtype: torch.dtype, precision: str) -> int:
     return tile(size, 32 if dtype == torch.float32 and precision == "ieee" else 64)
 
 
+# Options every launch passes. FMA contraction on: the kernels were verified and compiled without spills with it, and
+# it is Triton's default only up to 3.9 (3.9 warns when TRITON_DEFAULT_FP_FUSION is unset; 3.10 turns it off), so a
+# newer Triton must not change their arithmetic or speed behind our back. The interpreter ignores launch options.
+LAUNCH = {"enable_fp_fusion": True}
+
+
 # SMs of the GPU the ahead-of-time compile check assumes (H100/H200) when the wrappers run on CPU tensors
 AOT_SM_COUNT = 132
 

@@ -268,7 +268,7 @@ def _mm_launch(a: torch.Tensor, b: torch.Tensor, alpha: float, shift: float, e: 
         _mm_shift_kernel[grid](
             a, b, c, ee, part if traces else c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
             ee.stride(0), ee.stride(1), alpha, shift, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision,
-            TRACES=traces, HAS_E=e is not None)
+            TRACES=traces, HAS_E=e is not None, **_triton.LAUNCH)
     return c, part
 
 

@@ -245,7 +245,8 @@ def col_stats(z: torch.Tensor, mode: int, eps: float) -> tuple[torch.Tensor, tor
     bn, bd = _blocks(n, d)
     with _triton.on_device(z):
         _col_stats_kernel[(triton.cdiv(d, bd),)](z, z, mean, r, beta, n, d, z.stride(0), z.stride(1), 0, 0, eps,
-                                                 float(d) ** 0.5, MODE=mode, BLOCK_N=bn, BLOCK_D=bd, WRITE_Y=False)
+                                                 float(d) ** 0.5, MODE=mode, BLOCK_N=bn, BLOCK_D=bd, WRITE_Y=False,
+                                                 **_triton.LAUNCH)
     return mean, r, beta
 
 
@@ -263,11 +264,12 @@ def col_norm_bwd(g: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, r: torch.
             br, bd = _row_blocks(d, n)
             _row_norm_bwd_kernel[(triton.cdiv(d, br),)](g, zz, r, beta, dz, d, n, g.stride(0), g.stride(1),
                                                         zz.stride(0), zz.stride(1), dz.stride(0), dz.stride(1),
-                                                        BLOCK_R=br, BLOCK_D=bd)
+                                                        BLOCK_R=br, BLOCK_D=bd, **_triton.LAUNCH)
         else:
             bn, bd = _blocks(n, d)
             _col_norm_bwd_kernel[(triton.cdiv(d, bd),)](g, zz, mean, r, beta, dz, n, d, s_gn, s_gd, s_zn, s_zd,
-                                                        s_dn, s_dd, CENTER=center, BLOCK_N=bn, BLOCK_D=bd)
+                                                        s_dn, s_dd, CENTER=center, BLOCK_N=bn, BLOCK_D=bd,
+                                                        **_triton.LAUNCH)
     return dz.to(z.dtype)
 
 
@@ -289,11 +291,12 @@ def _col_norm_op(z: torch.Tensor, mode: int, eps: float, rows: bool
             mean.zero_()
             br, bd = _row_blocks(d, n)
             _row_stats_kernel[(triton.cdiv(d, br),)](zz, y, r, beta, d, n, zz.stride(0), zz.stride(1), y.stride(0),
-                                                     y.stride(1), eps, BLOCK_R=br, BLOCK_D=bd)
+                                                     y.stride(1), eps, BLOCK_R=br, BLOCK_D=bd, **_triton.LAUNCH)
         else:
             bn, bd = _blocks(n, d)
             _col_stats_kernel[(triton.cdiv(d, bd),)](zz, y, mean, r, beta, n, d, s_zn, s_zd, s_yn, s_yd, eps,
-                                                     float(d) ** 0.5, MODE=mode, BLOCK_N=bn, BLOCK_D=bd, WRITE_Y=True)
+                                                     float(d) ** 0.5, MODE=mode, BLOCK_N=bn, BLOCK_D=bd, WRITE_Y=True,
+                                                     **_triton.LAUNCH)
     return y, mean, r, beta
 
 
