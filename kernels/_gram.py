@@ -168,8 +168,10 @@ if HAS_TRITON:
         else:
             prod = acc_a * acc_b
         tl.store(part_ptr + pid, w * tl.sum(tl.sum(tl.where(valid, prod, 0.0), axis=1), axis=0))
-        # the diagonal tile is stored once: its mirror store would race with it over slightly different roundings
-        mirror = valid & (ti != tj)
+        # the diagonal tile is stored once: its mirror store would race with it over slightly different roundings.
+        # ti is compared as a tile: Triton 3.9's interpreter turns `block & (scalar != scalar)` into an int32 mask and
+        # rejects it (a branch instead made the two-Gram forward spill on sm_90)
+        mirror = valid & ((offs_i[:, None] * 0 + ti) != tj)
         rows = offs_i[:, None].to(tl.int64) * N + offs_j[None, :]
         cols = offs_j[None, :].to(tl.int64) * N + offs_i[:, None]
         tl.store(ga_ptr + rows, acc_a.to(ga_ptr.dtype.element_ty), mask=valid)
