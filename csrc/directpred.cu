@@ -116,6 +116,27 @@ __host__ __device__ inline float spectral(float s, float smax, float eps, float 
   return fmaxf(r + eps, 1e-4f);
 }
 
+// The end of a solve, by one block of kBlock threads: the eigenvalues (A's diagonal), the spectral map, and info.
+template <int kBlock>
+__device__ void finish(const float* a, int n, float* s_out, float* p_out, int* info, int swept, int converged,
+                       float eps, float inv_c, float* red, float* bcast) {
+  const int tid = threadIdx.x;
+  float mx = -FLT_MAX;
+  for (int i = tid; i < n; i += kBlock) {
+    const float s = a[tri(i, i, n)];
+    s_out[i] = s;
+    mx = fmaxf(mx, s);
+  }
+  mx = block_reduce<kBlock>(mx, red, MaxOp{}, -FLT_MAX);
+  if (tid == 0) *bcast = mx;
+  __syncthreads();
+  for (int i = tid; i < n; i += kBlock) p_out[i] = spectral(a[tri(i, i, n)], *bcast, eps, inv_c);
+  if (tid == 0) {
+    info[0] = swept;
+    info[1] = converged;
+  }
+}
+
 // (kThreads, 1): one block is ever launched, so ptxas may use the whole register file (at the default of two
 // blocks per SM it capped the kernel at 32 registers and spilled inside the sweep loops)
 __global__ void __launch_bounds__(kThreads, 1)
@@ -174,20 +195,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     swept = sweep + 1;
   }
 
-  float mx = -FLT_MAX;
-  for (int i = tid; i < n; i += kThreads) {
-    const float s = a[tri(i, i, n)];
-    s_out[i] = s;
-    mx = fmaxf(mx, s);
-  }
-  mx = block_reduce<kThreads>(mx, red, MaxOp{}, -FLT_MAX);
-  if (tid == 0) bcast = mx;
-  __syncthreads();
-  for (int i = tid; i < n; i += kThreads) p_out[i] = spectral(a[tri(i, i, n)], bcast, eps, inv_c);
-  if (tid == 0) {
-    info[0] = swept;
-    info[1] = converged;
-  }
+  finish<kThreads>(a, n, s_out, p_out, info, swept, converged, eps, inv_c, red, &bcast);
 }
 
 // The multi-block variant of jacobi_kernel: the same rounds and rotations, with phase 2 spread over every SM. Launched
@@ -264,21 +272,7 @@ __global__ void __launch_bounds__(kGridThreads)
     swept = sweep + 1;
   }
 
-  if (blockIdx.x != 0) return;
-  float mx = -FLT_MAX;
-  for (int i = tid; i < n; i += kGridThreads) {
-    const float s = cur[tri(i, i, n)];
-    s_out[i] = s;
-    mx = fmaxf(mx, s);
-  }
-  mx = block_reduce<kGridThreads>(mx, red, MaxOp{}, -FLT_MAX);
-  if (tid == 0) bcast = mx;
-  __syncthreads();
-  for (int i = tid; i < n; i += kGridThreads) p_out[i] = spectral(cur[tri(i, i, n)], bcast, eps, inv_c);
-  if (tid == 0) {
-    info[0] = swept;
-    info[1] = converged;
-  }
+  if (blockIdx.x == 0) finish<kGridThreads>(cur, n, s_out, p_out, info, swept, converged, eps, inv_c, red, &bcast);
 }
 
 // One warp per row of V (kept in shared memory); lane l applies pairs l, l + 32, ... of every recorded round, with the
