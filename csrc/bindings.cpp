@@ -60,12 +60,18 @@ at::Tensor col_norm_bwd(const at::Tensor& g, const at::Tensor& z, const at::Tens
 }
 
 // In place: c (D x D fp32 contiguous, the scaled cross-covariance from a GEMM) becomes G = dL/dC; returns the loss.
+// CPU tensors run the kernel's row function serially on the host (the tests' way to check its arithmetic).
 at::Tensor cov_loss_epilogue_(at::Tensor c, double w_diag, double t_diag, double w_off, double t_off) {
-  check_cuda(c, "c");
   check_dim(c, "c", 2);
   TORCH_CHECK(c.size(0) == c.size(1), "c: expected a square matrix, got shape ", shape_of(c));
   TORCH_CHECK(c.scalar_type() == at::kFloat && c.is_contiguous(), "c: expected contiguous float32, got ",
               c.scalar_type(), c.is_contiguous() ? "" : " (not contiguous)");
+  if (c.is_cpu())
+    return at::scalar_tensor(cov_loss_epilogue_host(c.data_ptr<float>(), c.size(0), static_cast<float>(w_diag),
+                                                    static_cast<float>(t_diag), static_cast<float>(w_off),
+                                                    static_cast<float>(t_off)),
+                             c.options());
+  check_cuda(c, "c");
   const c10::cuda::CUDAGuard guard(c.device());
   const int64_t d = c.size(0);
   auto partial = at::empty({cov_epilogue_blocks(d)}, c.options());

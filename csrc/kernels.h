@@ -24,6 +24,8 @@ cudaError_t col_norm_backward(const void* g, const void* z, const float* mean, c
 int cov_epilogue_blocks(int64_t d);
 cudaError_t cov_loss_epilogue(float* cg, float* partial, float* loss, int64_t d, float w_diag, float t_diag,
                               float w_off, float t_off, cudaStream_t stream);
+// The same row function on host memory, serially (the CPU tests' way to check its arithmetic): returns the loss.
+float cov_loss_epilogue_host(float* cg, int64_t d, float w_diag, float t_diag, float w_off, float t_off);
 
 // optim.cu: multi-tensor updates over fp32 tensors described by a device-resident table (see optim.cu).
 struct TensorTable {

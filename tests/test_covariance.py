@@ -349,3 +349,26 @@ def test_torch_compile_traces_the_gram_kernels(kernel_device):
         ref = fn(ra, rb)
         assert_close(got.cpu(), ref.detach().cpu(), tol=FLOORS[torch.float32], what="compiled")
         assert_close(ga.cpu(), torch.autograd.grad(ref, ra)[0].cpu(), tol=FLOORS[torch.float32], what="compiled grad")
+
+
+@pytest.mark.parametrize("d", [1, 3, 4, 8, 33, 64, 260])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_cuda_covariance_epilogue_row_function_against_float64(d, aligned):
+    """csrc/covariance.cu's epilogue (C -> G = 2w(C - t) in place, L = sum w (C - t)^2), its row function run on the
+    host by the extension: float4 rows where d % 4 == 0 and the base is 16-byte aligned, scalar rows otherwise (an
+    offset base), the diagonal found from the row index, the unrolled tail, non-zero targets."""
+    from fusedssl.kernels import _cuda
+
+    if _cuda.ext() is None:  # CI builds it and tests/test_cuda_build.py fails if it did not
+        pytest.skip(f"the extension is not built: {_cuda._IMPORT_ERROR}")
+    c64 = randn(d, d)
+    buf = torch.zeros(d * d + 1, dtype=torch.float32)
+    c = (buf[:-1] if aligned else buf[1:]).view(d, d)  # buf[1:] starts 4 bytes past a 16-byte boundary
+    c.copy_(c64)
+    w_diag, t_diag, w_off, t_off = 1.0, 0.5, 0.0051, -0.25
+    loss = _cuda.ext().cov_loss_epilogue_(c, w_diag, t_diag, w_off, t_off)
+    eye = torch.eye(d, dtype=torch.bool)
+    e = c64.float().double() - torch.where(eye, t_diag, t_off).double()
+    w = torch.where(eye, w_diag, w_off).double()
+    assert_close(c, 2 * w * e, tol=FLOORS[torch.float32], what="G")
+    assert_close(loss, (w * e * e).sum(), tol=FLOORS[torch.float32], what="loss")
