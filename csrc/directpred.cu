@@ -56,9 +56,24 @@ __host__ __device__ inline int tri(int i, int j, int n) {
 
 // Pair k of round r in the round-robin ordering of n (even) indices: n - 1 stays put, the others rotate; over n - 1
 // rounds every pair meets exactly once.
+// With 0 <= r < n - 1 and 0 < k < n / 2 both sums lie in [0, 2 (n - 1)), so one conditional subtraction replaces the
+// modulo (a division subroutine on the device).
 __host__ __device__ inline int2 pair_of(int r, int k, int n) {
   const int n1 = n - 1;
-  return k == 0 ? make_int2(r, n1) : make_int2((r + k) % n1, (r + n1 - k) % n1);
+  if (k == 0) return make_int2(r, n1);
+  const int p = r + k, q = r + n1 - k;
+  return make_int2(p >= n1 ? p - n1 : p, q >= n1 ? q - n1 : q);
+}
+
+// Pair blocks (ka, kb), ka <= kb, of m pairs, numbered row by row over the upper triangle: row ka starts at
+// ka (2m - ka + 1) / 2. Phase 2 walks these m (m + 1) / 2 numbers, so no thread draws a lower-triangle index and
+// idles. The float square root is exact to within one row for m <= 256; the two loops correct that.
+__host__ __device__ inline int2 tri_pair(int idx, int m) {
+  const float b = 2.f * m + 1.f;
+  int ka = static_cast<int>(0.5f * (b - sqrtf(b * b - 8.f * idx)));
+  while (ka > 0 && ka * (2 * m - ka + 1) / 2 > idx) --ka;
+  while ((ka + 1) * (2 * m - ka) / 2 <= idx) ++ka;
+  return make_int2(ka, ka + idx - ka * (2 * m - ka + 1) / 2);
 }
 
 // The rotation (c, s) with J = [[c, s], [-s, c]] on (p, q) such that (J' A J)_pq = 0 (Golub & Van Loan, sym.schur2);
@@ -139,16 +154,18 @@ __device__ void finish(const float* a, int n, float* s_out, float* p_out, int* i
 
 // (kThreads, 1): one block is ever launched, so ptxas may use the whole register file (at the default of two
 // blocks per SM it capped the kernel at 32 registers and spilled inside the sweep loops)
+// kSmem: A in shared memory (templated so that its accesses compile to shared loads and stores, not generic ones).
+template <bool kSmem>
 __global__ void __launch_bounds__(kThreads, 1)
     jacobi_kernel(const float* __restrict__ in, float* scratch_a, float2* __restrict__ rots, float* __restrict__ s_out,
                   float* __restrict__ p_out, int* __restrict__ info, int n, int max_sweeps, float tol, float eps,
-                  float inv_c, int use_smem) {
+                  float inv_c) {
   extern __shared__ float smem_a[];
   __shared__ float2 rot[kMaxPairs];
   __shared__ int pidx[kMaxPairs], qidx[kMaxPairs];
   __shared__ float red[kThreads / 32];
   __shared__ float bcast;
-  float* a = use_smem ? smem_a : scratch_a;  // no __restrict__/__ldg: A is rewritten every round
+  float* a = kSmem ? smem_a : scratch_a;  // no __restrict__/__ldg: A is rewritten every round
   const int m = n / 2, tid = threadIdx.x;
 
   float sq = 0.f;
@@ -179,12 +196,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         mine = g.y != 0.f;
       }
       any |= __syncthreads_or(mine);
-      for (int idx = tid; idx < m * m; idx += kThreads) {
-        const int ka = idx / m, kb = idx - ka * m;
-        if (ka > kb) continue;
-        const float2 ra = rot[ka], rb = rot[kb];
+      for (int idx = tid; idx < m * (m + 1) / 2; idx += kThreads) {
+        const int2 k = tri_pair(idx, m);
+        const float2 ra = rot[k.x], rb = rot[k.y];
         if (ra.y == 0.f && rb.y == 0.f) continue;
-        rotate_block(a, a, n, pidx[ka], qidx[ka], ra, pidx[kb], qidx[kb], rb);
+        rotate_block(a, a, n, pidx[k.x], qidx[k.x], ra, pidx[k.y], qidx[k.y], rb);
       }
       __syncthreads();
     }
@@ -254,11 +270,10 @@ __global__ void __launch_bounds__(kGridThreads)
         mine |= g.y != 0.f;
       }
       any |= __syncthreads_or(mine);
-      for (int64_t idx = first; idx < static_cast<int64_t>(m) * m; idx += stride) {
-        const int ka = static_cast<int>(idx / m), kb = static_cast<int>(idx - static_cast<int64_t>(ka) * m);
-        if (ka > kb) continue;
-        const int2 a = pair_of(r, ka, n), b = pair_of(r, kb, n);
-        rotate_block(cur, nxt, n, a.x, a.y, rot[ka], b.x, b.y, rot[kb]);
+      for (int64_t idx = first; idx < m * (m + 1) / 2; idx += stride) {
+        const int2 k = tri_pair(static_cast<int>(idx), m);
+        const int2 a = pair_of(r, k.x, n), b = pair_of(r, k.y, n);
+        rotate_block(cur, nxt, n, a.x, a.y, rot[k.x], b.x, b.y, rot[k.y]);
       }
       grid.sync();
       float* const t = cur;
@@ -293,13 +308,13 @@ __global__ void __launch_bounds__(kReplayWarps * 32)
     const int k = lane + 32 * u;
     cur[u] = (k < m && total > 0) ? rots[k] : make_float2(1.f, 0.f);
   }
+  int r = 0;
   for (int64_t step = 0; step < total; ++step) {
 #pragma unroll
     for (int u = 0; u < kPairsPerLane; ++u) {
       const int k = lane + 32 * u;
       nxt[u] = (k < m && step + 1 < total) ? rots[(step + 1) * m + k] : make_float2(1.f, 0.f);
     }
-    const int r = static_cast<int>(step % (n - 1));
 #pragma unroll
     for (int u = 0; u < kPairsPerLane; ++u) {
       const int k = lane + 32 * u;
@@ -311,6 +326,7 @@ __global__ void __launch_bounds__(kReplayWarps * 32)
     __syncwarp();
 #pragma unroll
     for (int u = 0; u < kPairsPerLane; ++u) cur[u] = nxt[u];
+    if (++r == n - 1) r = 0;  // step % (n - 1), without a 64-bit division per step
   }
   for (int j = lane; j < n; j += 32) v[static_cast<int64_t>(row) * n + j] = x[j];
 }
@@ -363,19 +379,22 @@ cudaError_t sym_eig_jacobi(const float* a, float* v, float* s, float* p, int* in
     // the kernel's static shared memory (rot, pidx, qidx, red, bcast) comes on top of the packed matrix: read it from
     // the compiled kernel rather than estimating it
     cudaFuncAttributes attr;
-    err = cudaFuncGetAttributes(&attr, jacobi_kernel);
+    err = cudaFuncGetAttributes(&attr, jacobi_kernel<true>);
     if (err != cudaSuccess) return err;
     const size_t bytes = static_cast<size_t>(jacobi_scratch_floats(n, 1)) * sizeof(float);
     const bool use_smem = bytes + attr.sharedSizeBytes <= static_cast<size_t>(optin);
-    const size_t dyn = use_smem ? bytes : 0;
     // The default dynamic limit is 48 KiB minus the static shared memory, so the opt-in is set for every launch that
     // uses shared memory (setting it once for a large n and not for a slightly smaller one made n = 150..156 fail)
     if (use_smem) {
-      err = cudaFuncSetAttribute(jacobi_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn));
+      err = cudaFuncSetAttribute(jacobi_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(bytes));
       if (err != cudaSuccess) return err;
+      jacobi_kernel<true><<<1, kThreads, bytes, stream>>>(a, scratch, rots, s, p, info, static_cast<int>(n),
+                                                          max_sweeps, tol, eps, 1.f / convert);
+    } else {
+      jacobi_kernel<false><<<1, kThreads, 0, stream>>>(a, scratch, rots, s, p, info, static_cast<int>(n), max_sweeps,
+                                                       tol, eps, 1.f / convert);
     }
-    jacobi_kernel<<<1, kThreads, dyn, stream>>>(a, scratch, rots, s, p, info, static_cast<int>(n), max_sweeps, tol,
-                                                eps, 1.f / convert, use_smem ? 1 : 0);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
@@ -409,12 +428,13 @@ void sym_eig_jacobi_host(const float* a_in, float* v, float* s, float* p, int* i
         rots[(static_cast<int64_t>(sweep) * (n - 1) + r) * m + k] = rot[k];
         any |= rot[k].y != 0.f;
       }
-      for (int ka = 0; ka < m; ++ka)  // phase 2
-        for (int kb = ka; kb < m; ++kb)
-          if (double_buffer)  // the multi-block kernel's data flow: every block rotated or copied into the other copy
-            rotate_block(a, other, n, pidx[ka], qidx[ka], rot[ka], pidx[kb], qidx[kb], rot[kb]);
-          else if (rot[ka].y != 0.f || rot[kb].y != 0.f)
-            rotate_block(a, a, n, pidx[ka], qidx[ka], rot[ka], pidx[kb], qidx[kb], rot[kb]);
+      for (int idx = 0; idx < m * (m + 1) / 2; ++idx) {  // phase 2, through the kernels' triangular numbering
+        const int ka = tri_pair(idx, m).x, kb = tri_pair(idx, m).y;
+        if (double_buffer)  // the multi-block kernel's data flow: every block rotated or copied into the other copy
+          rotate_block(a, other, n, pidx[ka], qidx[ka], rot[ka], pidx[kb], qidx[kb], rot[kb]);
+        else if (rot[ka].y != 0.f || rot[kb].y != 0.f)
+          rotate_block(a, a, n, pidx[ka], qidx[ka], rot[ka], pidx[kb], qidx[kb], rot[kb]);
+      }
       if (double_buffer) std::swap(a, other);
     }
     if (!any) {
@@ -431,11 +451,11 @@ void sym_eig_jacobi_host(const float* a_in, float* v, float* s, float* p, int* i
   for (int i = 0; i < n; ++i) p[i] = spectral(s[i], mx, eps, 1.f / convert);
   info[0] = swept;
   info[1] = converged;
-  for (int64_t step = 0; step < static_cast<int64_t>(swept) * (n - 1); ++step)  // the replay, row by row
-    for (int k = 0; k < m; ++k) {
+  for (int64_t step = 0, r = 0; step < static_cast<int64_t>(swept) * (n - 1); ++step, r = r + 1 == n - 1 ? 0 : r + 1)
+    for (int k = 0; k < m; ++k) {  // the replay, row by row
       const float2 g = rots[step * m + k];
       if (g.y == 0.f) continue;
-      const int2 pq = pair_of(static_cast<int>(step % (n - 1)), k, n);
+      const int2 pq = pair_of(static_cast<int>(r), k, n);
       for (int i = 0; i < n; ++i) rotate_pair(v + static_cast<int64_t>(i) * n, pq.x, pq.y, g);
     }
 }
