@@ -260,10 +260,15 @@ def render(folder: Path, out: Path | None = None) -> tuple[Path, list[Path]]:
     return path, plots(rows, groups, out)
 
 
-# bench providers that are a backend of the public op; the cuda DirectPred update runs warm, by the faster kernel at D
-PROVIDER_BACKEND = {"eager": "torch", "torch": "torch", "triton": "triton", "cuda": "cuda", "cuda-warm": "cuda",
-                    "cuda-multiblock-warm": "cuda"}
-SOLVER_PROVIDERS = {"cuda-warm": "one-block", "cuda-multiblock-warm": "multi-block"}
+# bench providers that are a backend of the public op (DirectPred's warm Jacobi providers join these: _solver_providers)
+PROVIDER_BACKEND = {"eager": "torch", "torch": "torch", "triton": "triton", "cuda": "cuda"}
+
+
+def _solver_providers() -> dict[str, str]:
+    """bench directpred's warm Jacobi providers -> the kernel each times (training runs the update warm)."""
+    from .bench_directpred import JACOBI
+
+    return {name: solver for name, (solver, warm) in JACOBI.items() if warm}
 
 
 def _case_ops() -> dict[str, str]:
@@ -283,6 +288,8 @@ def preferences(rows: list[dict], ops: set[str] | None = None) -> dict[str, dict
     "directpred_solver" {GPU model: {D: kernel}}: the faster warm Jacobi kernel at each measured D, among those that
     passed verify and did not synchronise the host (metric host_syncs)."""
     gpu = [r for r in rows if r.get("device") and not r["device"].startswith("cpu")]
+    solvers = _solver_providers()
+    backend_of = {**PROVIDER_BACKEND, **dict.fromkeys(solvers, "cuda")}
     case_op = _case_ops() if any(r["_file"] == "verify.csv" for r in gpu) else {}
     failed = {(r["device"].lower(), case_op.get(r["case"], r["case"].split("[")[0]), r["backend"]) for r in gpu
               if r["_file"] == "verify.csv" and r.get("ok") != "True"}
@@ -298,10 +305,10 @@ def preferences(rows: list[dict], ops: set[str] | None = None) -> dict[str, dict
             syncs[key + (r["provider"],)] = _num(r["value"])
 
     def usable(model: str, op: str, provider: str, key: tuple) -> bool:
-        backend = PROVIDER_BACKEND.get(provider)
+        backend = backend_of.get(provider)
         if backend is None or (model, op, backend) in failed:
             return False
-        kernel = SOLVER_PROVIDERS.get(provider) if op == "predictor_weight" else None
+        kernel = solvers.get(provider) if op == "predictor_weight" else None
         return kernel is None or ((model, op, f"{backend}[{kernel}]") not in failed
                                   and not syncs.get(key + (provider,)))
 
@@ -316,12 +323,12 @@ def preferences(rows: list[dict], ops: set[str] | None = None) -> dict[str, dict
         base = provs.get("eager", provs.get("torch"))
         best: dict = {}  # backend -> its fastest provider's ms in this group
         for name, ms in ok.items():
-            backend = PROVIDER_BACKEND[name]
+            backend = backend_of[name]
             best[backend] = min(ms, best.get(backend, math.inf))
         for backend, ms in best.items():
             if base and backend != "torch":
                 speedups[(model, op, backend)].append(base / ms)
-        warm = {SOLVER_PROVIDERS[name]: ms for name, ms in ok.items() if name in SOLVER_PROVIDERS}
+        warm = {solvers[name]: ms for name, ms in ok.items() if name in solvers}
         if op == "predictor_weight" and warm:
             solver[model][str(int(d))] = min(warm, key=warm.get)
     fastest: dict = {k[0]: {} for k in times}  # a measured GPU with no winner: auto keeps torch there

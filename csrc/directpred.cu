@@ -347,9 +347,9 @@ int jacobi_grid_blocks(int64_t n, int requested) {
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, jacobi_grid_kernel, kGridThreads, 0) != cudaSuccess)
     return 0;
-  // no more blocks than give each thread one pair block, nor than can be resident at once (a cooperative launch
-  // fails otherwise)
-  const int64_t m = n / 2, useful = (m * m + kGridThreads - 1) / kGridThreads;
+  // no more blocks than give each thread one pair block (phase 2 walks m (m + 1) / 2 of them), nor than can be
+  // resident at once (a cooperative launch fails otherwise)
+  const int64_t m = n / 2, useful = (m * (m + 1) / 2 + kGridThreads - 1) / kGridThreads;
   int64_t blocks = static_cast<int64_t>(sms) * per_sm;
   if (requested > 1) blocks = std::min<int64_t>(blocks, requested);
   return static_cast<int>(std::max<int64_t>(2, std::min<int64_t>(blocks, useful)));
@@ -429,11 +429,11 @@ void sym_eig_jacobi_host(const float* a_in, float* v, float* s, float* p, int* i
         any |= rot[k].y != 0.f;
       }
       for (int idx = 0; idx < m * (m + 1) / 2; ++idx) {  // phase 2, through the kernels' triangular numbering
-        const int ka = tri_pair(idx, m).x, kb = tri_pair(idx, m).y;
+        const int2 k = tri_pair(idx, m);
         if (double_buffer)  // the multi-block kernel's data flow: every block rotated or copied into the other copy
-          rotate_block(a, other, n, pidx[ka], qidx[ka], rot[ka], pidx[kb], qidx[kb], rot[kb]);
-        else if (rot[ka].y != 0.f || rot[kb].y != 0.f)
-          rotate_block(a, a, n, pidx[ka], qidx[ka], rot[ka], pidx[kb], qidx[kb], rot[kb]);
+          rotate_block(a, other, n, pidx[k.x], qidx[k.x], rot[k.x], pidx[k.y], qidx[k.y], rot[k.y]);
+        else if (rot[k.x].y != 0.f || rot[k.y].y != 0.f)
+          rotate_block(a, a, n, pidx[k.x], qidx[k.x], rot[k.x], pidx[k.y], qidx[k.y], rot[k.y]);
       }
       if (double_buffer) std::swap(a, other);
     }
